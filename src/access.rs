@@ -1,0 +1,167 @@
+//! The data path's own gate: the only way to a tenant's records.
+//!
+//! A [`TenantAccess`] can only be made by [`open`], which checks — independently of
+//! the HTTP policy table — that the principal is the tenant's own admin and that
+//! the tenant is active. Every record operation goes through it and is validated
+//! against the tenant's schema version. (Support engineers will reach records here
+//! through approved, audited grants; until then, nobody but the admins does.)
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::auth::Principal;
+use crate::ids::RecordId;
+use crate::schema::{self, Collection, RecordError, Registry, Schema};
+use crate::storage::{Record, Storage, StorageError, TenantDb, TenantRecord, TenantState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("only the tenant's own admins may reach its records")]
+    Denied,
+    #[error("tenant is deactivated: its data is kept but not served until it is reactivated")]
+    Deactivated,
+    #[error("tenant is destroyed")]
+    Destroyed,
+    #[error("unknown collection {0:?}")]
+    UnknownCollection(String),
+    #[error("record not found")]
+    RecordNotFound,
+    #[error("{0}")]
+    Invalid(#[from] RecordError),
+    #[error("field {0:?} is not indexed; look records up by an indexed field")]
+    NotIndexed(String),
+    #[error("value for {0:?} does not fit the field's type")]
+    BadQueryValue(String),
+    #[error("another record already has this {0}")]
+    Duplicate(String),
+    #[error("tenant's schema {0} v{1} is unknown to this host")]
+    SchemaMissing(String, u32),
+    #[error(transparent)]
+    Storage(StorageError),
+}
+
+impl From<StorageError> for AccessError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::NotFound => AccessError::RecordNotFound,
+            StorageError::Duplicate(field) => AccessError::Duplicate(field),
+            other => AccessError::Storage(other),
+        }
+    }
+}
+
+/// An open door to one tenant's records, for one principal.
+pub struct TenantAccess {
+    db: Arc<TenantDb>,
+    schema: Schema,
+}
+
+/// Checks the principal and the tenant's state, then opens the tenant's database.
+pub fn open(
+    storage: &Storage,
+    schemas: &Registry,
+    principal: &Principal,
+    tenant: &TenantRecord,
+) -> Result<TenantAccess, AccessError> {
+    if !principal.is_admin_of(&tenant.id) {
+        return Err(AccessError::Denied);
+    }
+    match tenant.state {
+        TenantState::Active => {}
+        TenantState::Deactivated => return Err(AccessError::Deactivated),
+        TenantState::Destroyed => return Err(AccessError::Destroyed),
+    }
+    let schema = schemas
+        .get(&tenant.schema, tenant.schema_version)
+        .map_err(|_| AccessError::SchemaMissing(tenant.schema.clone(), tenant.schema_version))?
+        .clone();
+    Ok(TenantAccess {
+        db: storage.tenant_db(tenant)?,
+        schema,
+    })
+}
+
+impl TenantAccess {
+    fn collection(&self, name: &str) -> Result<&Collection, AccessError> {
+        self.schema
+            .collection(name)
+            .ok_or_else(|| AccessError::UnknownCollection(name.to_string()))
+    }
+
+    pub fn insert(&self, collection: &str, record: &Value) -> Result<RecordId, AccessError> {
+        let spec = self.collection(collection)?;
+        let fields = validated(spec, record, None)?;
+        Ok(self.db.insert(collection, spec, &fields)?)
+    }
+
+    pub fn replace(
+        &self,
+        collection: &str,
+        id: &RecordId,
+        record: &Value,
+    ) -> Result<(), AccessError> {
+        let spec = self.collection(collection)?;
+        let fields = validated(spec, record, Some(id))?;
+        Ok(self.db.replace(collection, spec, id, &fields)?)
+    }
+
+    pub fn delete(&self, collection: &str, id: &RecordId) -> Result<(), AccessError> {
+        let spec = self.collection(collection)?;
+        Ok(self.db.delete(collection, spec, id)?)
+    }
+
+    pub fn get(&self, collection: &str, id: &RecordId) -> Result<Record, AccessError> {
+        self.collection(collection)?;
+        self.db
+            .get(collection, id)?
+            .ok_or(AccessError::RecordNotFound)
+    }
+
+    pub fn list(
+        &self,
+        collection: &str,
+        after: Option<&RecordId>,
+        limit: usize,
+    ) -> Result<Vec<Record>, AccessError> {
+        self.collection(collection)?;
+        Ok(self.db.list(collection, after, limit)?)
+    }
+
+    pub fn find(
+        &self,
+        collection: &str,
+        field: &str,
+        raw_value: &str,
+        limit: usize,
+    ) -> Result<Vec<Record>, AccessError> {
+        let spec = self.collection(collection)?;
+        let field_spec = spec
+            .fields
+            .get(field)
+            .filter(|f| f.is_indexed())
+            .ok_or_else(|| AccessError::NotIndexed(field.to_string()))?;
+        let value = schema::parse_query_value(field_spec, raw_value)
+            .ok_or_else(|| AccessError::BadQueryValue(field.to_string()))?;
+        Ok(self.db.find(collection, field, &value, limit)?)
+    }
+}
+
+/// Validates a record body. An `"id"` member is accepted only when it names the
+/// record being replaced (so a GET result can be PUT back); it is never stored.
+fn validated(
+    spec: &Collection,
+    record: &Value,
+    id: Option<&RecordId>,
+) -> Result<Map<String, Value>, AccessError> {
+    let mut fields = record.as_object().ok_or(RecordError::NotAnObject)?.clone();
+    if let Some(given) = fields.remove("id") {
+        let matches = id.is_some_and(|id| given.as_str() == Some(id.as_str()));
+        if !matches {
+            return Err(RecordError::UnknownField("id".into()).into());
+        }
+    }
+    fields.retain(|_, v| !v.is_null());
+    spec.validate(&Value::Object(fields.clone()))?;
+    Ok(fields)
+}

@@ -1,0 +1,633 @@
+//! The control API: the only user of hyper. HTTP/1.1, JSON bodies, bearer tokens.
+//!
+//! Each request is parsed into an [`Endpoint`], its caller authenticated, the
+//! action checked against `auth`'s policy table, and only then dispatched. Errors
+//! become `{"error": ...}` in one exhaustive status mapping ([`ApiError::status`]).
+//! Blocking work (sled, file I/O) runs through [`blocking`], which keeps the span
+//! and runs to completion even if the client hangs up.
+
+mod routes;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tokio::net::TcpListener;
+use tracing::Instrument;
+
+pub use routes::Endpoint;
+
+use crate::access::{self, AccessError};
+use crate::auth::{self, Action, AuthError, Principal, Role};
+use crate::config::Config;
+use crate::ids::{rfc3339, Region, RecordId, TenantId};
+use crate::keys;
+use crate::lifecycle::{self, LifecycleError};
+use crate::schema::Registry;
+use crate::storage::{NewTenant, Record, Storage, StorageError, TenantRecord, TenantState};
+
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// What every handler shares.
+pub struct AppState {
+    pub storage: Arc<Storage>,
+    pub schemas: Registry,
+    pub config: Config,
+    next_request: AtomicU64,
+}
+
+impl AppState {
+    pub fn new(storage: Arc<Storage>, schemas: Registry, config: Config) -> Self {
+        AppState {
+            storage,
+            schemas,
+            config,
+            next_request: AtomicU64::new(1),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method not allowed on this path")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Gone(String),
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("{0}")]
+    Unavailable(String),
+    /// Logged with its detail; the client sees only `public` and the request id.
+    #[error("internal error: {detail}")]
+    Internal { public: String, detail: String },
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Gone(_) => StatusCode::GONE,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn internal(detail: impl std::fmt::Display) -> Self {
+        ApiError::Internal {
+            public: "internal error".into(),
+            detail: detail.to_string(),
+        }
+    }
+
+    fn into_response(self, request_id: u64) -> Response<Body> {
+        let status = self.status();
+        let body = match &self {
+            ApiError::Internal { public, detail } => {
+                tracing::error!(request_id, error = %detail, "request failed");
+                json!({"error": public, "request_id": request_id.to_string()})
+            }
+            other => json!({"error": other.to_string()}),
+        };
+        json_response(status, &body)
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Missing | AuthError::Invalid => ApiError::Unauthorized(e.to_string()),
+            AuthError::Storage(inner) => ApiError::from(inner),
+        }
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::NotFound => ApiError::NotFound("not found".into()),
+            StorageError::Damaged(what) => ApiError::Internal {
+                public: format!("{what} is damaged and cannot be opened"),
+                detail: format!("damaged: {what}"),
+            },
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<AccessError> for ApiError {
+    fn from(e: AccessError) -> Self {
+        let message = e.to_string();
+        match e {
+            AccessError::Denied => ApiError::Forbidden(message),
+            AccessError::Deactivated => ApiError::Conflict(message),
+            AccessError::Destroyed => ApiError::Gone(message),
+            AccessError::UnknownCollection(_) | AccessError::RecordNotFound => {
+                ApiError::NotFound(message)
+            }
+            AccessError::Invalid(_) => ApiError::Unprocessable(message),
+            AccessError::NotIndexed(_) | AccessError::BadQueryValue(_) => {
+                ApiError::BadRequest(message)
+            }
+            AccessError::Duplicate(_) => ApiError::Conflict(message),
+            AccessError::SchemaMissing(..) => ApiError::internal(message),
+            AccessError::Storage(inner) => ApiError::from(inner),
+        }
+    }
+}
+
+impl From<LifecycleError> for ApiError {
+    fn from(e: LifecycleError) -> Self {
+        let message = e.to_string();
+        match e {
+            LifecycleError::NotFound => ApiError::NotFound(message),
+            LifecycleError::NotActive(_) | LifecycleError::NotDeactivated(_) => {
+                ApiError::Conflict(message)
+            }
+            LifecycleError::Destroyed => ApiError::Gone(message),
+            LifecycleError::Storage(inner) => ApiError::from(inner),
+        }
+    }
+}
+
+/// Accepts connections until `shutdown` resolves, then lets in-flight requests
+/// finish (up to 10 s) before returning.
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        tracing::warn!(%error, "accept connection");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let state = state.clone();
+                let service = service_fn(move |request| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(handle(state, request).await) }
+                });
+                let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, "connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: waiting for in-flight requests");
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = tokio::time::sleep(Duration::from_secs(10)) => tracing::warn!("gave up waiting for connections to close"),
+    }
+    Ok(())
+}
+
+async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Response<Body> {
+    let request_id = state.next_request.fetch_add(1, Ordering::Relaxed);
+    // Only the path is logged: query strings can carry field values.
+    let span = tracing::info_span!(
+        "request",
+        request_id,
+        method = %request.method(),
+        path = %request.uri().path(),
+        tenant_id = tracing::field::Empty,
+    );
+    let started = Instant::now();
+    let timeout = state.config.request_timeout;
+    let response = async {
+        match tokio::time::timeout(timeout, route(state, request)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => error.into_response(request_id),
+            Err(_) => ApiError::Unavailable("request timed out".into()).into_response(request_id),
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    let _enter = span.enter();
+    tracing::info!(
+        status = response.status().as_u16(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "request done"
+    );
+    response
+}
+
+async fn route(state: Arc<AppState>, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let endpoint = Endpoint::parse(request.method(), request.uri().path())?;
+    if let Some(tenant) = endpoint.tenant() {
+        tracing::Span::current().record("tenant_id", tracing::field::display(tenant));
+    }
+    if endpoint == Endpoint::Health {
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({"status": "ok", "region": state.config.region.as_str()}),
+        ));
+    }
+    let auth_header = match request.headers().get(AUTHORIZATION) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| ApiError::Unauthorized("invalid bearer token".into()))?
+                .to_string(),
+        ),
+    };
+    let principal = {
+        let storage = state.storage.clone();
+        blocking(move || auth::authenticate(&storage, auth_header.as_deref())).await??
+    };
+    let query = routes::parse_query(request.uri().query().unwrap_or(""))?;
+    let body = read_body(request, state.config.max_body_bytes).await?;
+    dispatch(&state, &principal, endpoint, query, body).await
+}
+
+fn allow(principal: &Principal, action: Action<'_>) -> Result<(), ApiError> {
+    auth::authorize(principal, &action).map_err(|denied| ApiError::Forbidden(denied.0.into()))
+}
+
+async fn dispatch(
+    state: &Arc<AppState>,
+    principal: &Principal,
+    endpoint: Endpoint,
+    query: Vec<(String, String)>,
+    body: Bytes,
+) -> Result<Response<Body>, ApiError> {
+    let storage = state.storage.clone();
+    match endpoint {
+        Endpoint::Health => unreachable!("answered before authentication"),
+        Endpoint::CreateTenant => {
+            allow(principal, Action::CreateTenant)?;
+            let request: CreateTenantRequest = parse_json(&body)?;
+            let new = checked_new_tenant(state, request)?;
+            let (tenant, admin_token) = blocking(move || lifecycle::create(&storage, new)).await??;
+            tracing::info!(tenant_id = %tenant.id, "tenant created");
+            let mut body = tenant_json(&tenant);
+            body["admin_token"] = Value::from(admin_token);
+            Ok(json_response(StatusCode::CREATED, &body))
+        }
+        Endpoint::ListTenants => {
+            allow(principal, Action::ListTenants)?;
+            let tenants: Vec<Value> = storage.catalog.tenants().iter().map(tenant_json).collect();
+            Ok(json_response(StatusCode::OK, &json!({ "tenants": tenants })))
+        }
+        Endpoint::ReadTenant(id) => {
+            allow(principal, Action::ReadTenant(&id))?;
+            let tenant = known_tenant(&storage, &id)?;
+            Ok(json_response(StatusCode::OK, &tenant_json(&tenant)))
+        }
+        Endpoint::DeactivateTenant(id) => {
+            allow(principal, Action::DeactivateTenant(&id))?;
+            known_tenant(&storage, &id)?;
+            let grace = state.config.grace_period;
+            let tenant = blocking(move || lifecycle::deactivate(&storage, &id, grace)).await??;
+            tracing::info!(destroy_after = tenant.destroy_after, "tenant deactivated");
+            Ok(json_response(StatusCode::ACCEPTED, &tenant_json(&tenant)))
+        }
+        Endpoint::ReactivateTenant(id) => {
+            allow(principal, Action::ReactivateTenant(&id))?;
+            known_tenant(&storage, &id)?;
+            let tenant = blocking(move || lifecycle::reactivate(&storage, &id)).await??;
+            tracing::info!("tenant reactivated");
+            Ok(json_response(StatusCode::OK, &tenant_json(&tenant)))
+        }
+        Endpoint::PurgeTenant(id) => {
+            allow(principal, Action::PurgeTenant(&id))?;
+            known_tenant(&storage, &id)?;
+            let tenant = blocking(move || lifecycle::destroy(&storage, &id)).await??;
+            tracing::info!("tenant purged");
+            Ok(json_response(StatusCode::OK, &tenant_json(&tenant)))
+        }
+        Endpoint::CreateRecord(id, collection) => {
+            allow(principal, Action::WriteRecords(&id))?;
+            let record: Value = parse_json(&body)?;
+            let state = state.clone();
+            let principal = principal.clone();
+            let record_id = blocking(move || {
+                let door = open_tenant(&state, &principal, &id)?;
+                door.insert(&collection, &record).map_err(ApiError::from)
+            })
+            .await??;
+            Ok(json_response(StatusCode::CREATED, &json!({ "id": record_id.as_str() })))
+        }
+        Endpoint::ReadRecord(id, collection, record_id) => {
+            allow(principal, Action::ReadRecords(&id))?;
+            let state = state.clone();
+            let principal = principal.clone();
+            let record = blocking(move || {
+                let door = open_tenant(&state, &principal, &id)?;
+                door.get(&collection, &record_id).map_err(ApiError::from)
+            })
+            .await??;
+            Ok(json_response(StatusCode::OK, &record_json(record)))
+        }
+        Endpoint::ReplaceRecord(id, collection, record_id) => {
+            allow(principal, Action::WriteRecords(&id))?;
+            let record: Value = parse_json(&body)?;
+            let state = state.clone();
+            let principal = principal.clone();
+            let stored = blocking(move || {
+                let door = open_tenant(&state, &principal, &id)?;
+                door.replace(&collection, &record_id, &record)?;
+                door.get(&collection, &record_id).map_err(ApiError::from)
+            })
+            .await??;
+            Ok(json_response(StatusCode::OK, &record_json(stored)))
+        }
+        Endpoint::DeleteRecord(id, collection, record_id) => {
+            allow(principal, Action::WriteRecords(&id))?;
+            let state = state.clone();
+            let principal = principal.clone();
+            blocking(move || {
+                let door = open_tenant(&state, &principal, &id)?;
+                door.delete(&collection, &record_id).map_err(ApiError::from)
+            })
+            .await??;
+            Ok(empty_response(StatusCode::NO_CONTENT))
+        }
+        Endpoint::ListRecords(id, collection) => {
+            allow(principal, Action::ReadRecords(&id))?;
+            let listing = ListQuery::parse(query)?;
+            let state = state.clone();
+            let principal = principal.clone();
+            blocking(move || {
+                let door = open_tenant(&state, &principal, &id)?;
+                let (records, next) = match &listing.filter {
+                    Some((field, value)) => (door.find(&collection, field, value, listing.limit)?, None),
+                    None => {
+                        let mut page = door.list(&collection, listing.after.as_ref(), listing.limit + 1)?;
+                        let more = page.len() > listing.limit;
+                        page.truncate(listing.limit);
+                        let next = more.then(|| page.last().map(|(id, _)| id.to_string())).flatten();
+                        (page, next)
+                    }
+                };
+                let records: Vec<Value> = records.into_iter().map(record_json).collect();
+                Ok(json_response(StatusCode::OK, &json!({"records": records, "next": next})))
+            })
+            .await?
+        }
+        Endpoint::MintToken => {
+            let request: MintTokenRequest = parse_json(&body)?;
+            let role = match request.role.as_str() {
+                "operator" => Role::Operator,
+                "support" => Role::Support,
+                "backup-agent" => Role::BackupAgent,
+                "tenant-admin" => Role::TenantAdmin,
+                other => {
+                    return Err(ApiError::Unprocessable(format!(
+                        "unknown role {other:?}: use support, backup-agent, operator or tenant-admin"
+                    )))
+                }
+            };
+            allow(principal, Action::MintToken(role))?;
+            let name = checked_name(&request.name)?;
+            let tenant = (role == Role::TenantAdmin).then(|| principal.tenant.clone()).flatten();
+            let (token, secret) = blocking(move || storage.issue_token(role, tenant, &name)).await??;
+            tracing::info!(token_id = %token.id, role = role.as_str(), "token minted");
+            Ok(json_response(
+                StatusCode::CREATED,
+                &json!({"id": token.id.as_str(), "token": secret, "role": role.as_str(), "name": token.name}),
+            ))
+        }
+        Endpoint::RotateMasterKey => {
+            allow(principal, Action::RotateMasterKey)?;
+            let source = state.config.key_source.clone();
+            let report = blocking(move || keys::rotate(&storage, &source, |_, _| {}))
+                .await?
+                .map_err(|e| ApiError::Conflict(format!("{e:#}")))?;
+            tracing::info!(new_kek_id = %report.new_kek_id, rewrapped = report.rewrapped, "master key rotated");
+            Ok(json_response(StatusCode::OK, &json!(report)))
+        }
+    }
+}
+
+fn known_tenant(storage: &Storage, id: &TenantId) -> Result<TenantRecord, ApiError> {
+    storage
+        .catalog
+        .tenant(id)
+        .ok_or_else(|| ApiError::NotFound("unknown tenant".into()))
+}
+
+fn open_tenant(
+    state: &AppState,
+    principal: &Principal,
+    id: &TenantId,
+) -> Result<access::TenantAccess, ApiError> {
+    let tenant = known_tenant(&state.storage, id)?;
+    Ok(access::open(&state.storage, &state.schemas, principal, &tenant)?)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTenantRequest {
+    name: String,
+    region: String,
+    schema: String,
+    #[serde(default)]
+    schema_version: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MintTokenRequest {
+    role: String,
+    name: String,
+}
+
+fn checked_new_tenant(state: &AppState, request: CreateTenantRequest) -> Result<NewTenant, ApiError> {
+    let name = checked_name(&request.name)?;
+    let region = Region::parse(&request.region)
+        .ok_or_else(|| ApiError::Unprocessable(format!("region {:?} is not a region label", request.region)))?;
+    if region != state.config.region {
+        return Err(ApiError::Unprocessable(format!(
+            "this host serves region {:?}, not {:?}",
+            state.config.region.as_str(),
+            region.as_str()
+        )));
+    }
+    let schema = match request.schema_version {
+        Some(version) => state.schemas.get(&request.schema, version),
+        None => state.schemas.newest(&request.schema),
+    }
+    .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    Ok(NewTenant {
+        name,
+        region,
+        schema: schema.name.clone(),
+        schema_version: schema.version,
+    })
+}
+
+fn checked_name(name: &str) -> Result<String, ApiError> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+        return Err(ApiError::Unprocessable(
+            "name must be 1 to 200 printable characters".into(),
+        ));
+    }
+    Ok(name.to_string())
+}
+
+struct ListQuery {
+    limit: usize,
+    after: Option<RecordId>,
+    filter: Option<(String, String)>,
+}
+
+impl ListQuery {
+    const DEFAULT_LIMIT: usize = 100;
+    const MAX_LIMIT: usize = 1000;
+
+    fn parse(query: Vec<(String, String)>) -> Result<ListQuery, ApiError> {
+        let mut listing = ListQuery {
+            limit: Self::DEFAULT_LIMIT,
+            after: None,
+            filter: None,
+        };
+        for (key, value) in query {
+            match key.as_str() {
+                "limit" => {
+                    listing.limit = value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=Self::MAX_LIMIT).contains(n))
+                        .ok_or_else(|| {
+                            ApiError::BadRequest(format!("limit must be 1 to {}", Self::MAX_LIMIT))
+                        })?
+                }
+                "after" => {
+                    listing.after = Some(RecordId::parse(&value).ok_or_else(|| {
+                        ApiError::BadRequest("after must be a record id from \"next\"".into())
+                    })?)
+                }
+                _ if listing.filter.is_some() => {
+                    return Err(ApiError::BadRequest("look up by one field at a time".into()))
+                }
+                _ => listing.filter = Some((key, value)),
+            }
+        }
+        if listing.filter.is_some() && listing.after.is_some() {
+            return Err(ApiError::BadRequest("after pages full listings, not lookups".into()));
+        }
+        Ok(listing)
+    }
+}
+
+fn tenant_json(tenant: &TenantRecord) -> Value {
+    let mut body = json!({
+        "id": tenant.id.as_str(),
+        "name": tenant.name,
+        "region": tenant.region.as_str(),
+        "schema": tenant.schema,
+        "schema_version": tenant.schema_version,
+        "state": tenant.state.as_str(),
+        "created_at": rfc3339(tenant.created_at),
+    });
+    if let Some(at) = tenant.destroy_after {
+        body["destroy_after"] = Value::from(rfc3339(at));
+    }
+    if let (TenantState::Destroyed, Some(at)) = (tenant.state, tenant.destroyed_at) {
+        body["destroyed_at"] = Value::from(rfc3339(at));
+    }
+    body
+}
+
+fn record_json((id, fields): Record) -> Value {
+    let mut object = Map::with_capacity(fields.len() + 1);
+    object.insert("id".into(), Value::from(id.to_string()));
+    object.extend(fields);
+    Value::Object(object)
+}
+
+/// Runs blocking work on the blocking pool, inside the current span. The work
+/// runs to completion even if the request's future is dropped.
+pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(work))
+        .await
+        .map_err(ApiError::internal)
+}
+
+async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(request.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::PayloadTooLarge(limit))
+        }
+        Err(error) => Err(ApiError::BadRequest(format!("read request body: {error}"))),
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::BadRequest("request body must be JSON".into()));
+    }
+    serde_json::from_slice(body).map_err(|error| match error.classify() {
+        serde_json::error::Category::Data => ApiError::Unprocessable(format!("invalid request: {error}")),
+        _ => ApiError::BadRequest(format!("malformed JSON: {error}")),
+    })
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+    let bytes = Bytes::from(serde_json::to_vec(body).expect("JSON values always serialise"));
+    let mut response = Response::new(Full::new(bytes).map_err(|never| match never {}).boxed());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn empty_response(status: StatusCode) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed());
+    *response.status_mut() = status;
+    response
+}

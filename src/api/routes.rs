@@ -1,0 +1,193 @@
+//! Request line → typed [`Endpoint`]. Nothing runs before a request is parsed
+//! into one of these; ids that do not parse are unknown resources (404).
+
+use hyper::Method;
+
+use super::ApiError;
+use crate::ids::{RecordId, TenantId};
+use crate::schema::is_identifier;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Health,
+    CreateTenant,
+    ListTenants,
+    ReadTenant(TenantId),
+    DeactivateTenant(TenantId),
+    ReactivateTenant(TenantId),
+    PurgeTenant(TenantId),
+    CreateRecord(TenantId, String),
+    ListRecords(TenantId, String),
+    ReadRecord(TenantId, String, RecordId),
+    ReplaceRecord(TenantId, String, RecordId),
+    DeleteRecord(TenantId, String, RecordId),
+    MintToken,
+    RotateMasterKey,
+}
+
+impl Endpoint {
+    pub fn parse(method: &Method, path: &str) -> Result<Endpoint, ApiError> {
+        let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+        let tenant = |s: &str| {
+            TenantId::parse(s).ok_or_else(|| ApiError::NotFound("unknown tenant".into()))
+        };
+        let collection = |s: &str| {
+            if is_identifier(s) {
+                Ok(s.to_string())
+            } else {
+                Err(ApiError::NotFound(format!("unknown collection {s:?}")))
+            }
+        };
+        let record = |s: &str| {
+            RecordId::parse(s).ok_or_else(|| ApiError::NotFound("record not found".into()))
+        };
+        use Method as M;
+        let endpoint = match (method, segments.as_slice()) {
+            (&M::GET, ["healthz"]) => Endpoint::Health,
+            (&M::POST, ["v1", "tenants"]) => Endpoint::CreateTenant,
+            (&M::GET, ["v1", "tenants"]) => Endpoint::ListTenants,
+            (&M::GET, ["v1", "tenants", id]) => Endpoint::ReadTenant(tenant(id)?),
+            (&M::DELETE, ["v1", "tenants", id]) => Endpoint::DeactivateTenant(tenant(id)?),
+            (&M::POST, ["v1", "tenants", id, "reactivate"]) => {
+                Endpoint::ReactivateTenant(tenant(id)?)
+            }
+            (&M::POST, ["v1", "tenants", id, "purge"]) => Endpoint::PurgeTenant(tenant(id)?),
+            (&M::POST, ["v1", "tenants", id, "collections", c, "records"]) => {
+                Endpoint::CreateRecord(tenant(id)?, collection(c)?)
+            }
+            (&M::GET, ["v1", "tenants", id, "collections", c, "records"]) => {
+                Endpoint::ListRecords(tenant(id)?, collection(c)?)
+            }
+            (&M::GET, ["v1", "tenants", id, "collections", c, "records", r]) => {
+                Endpoint::ReadRecord(tenant(id)?, collection(c)?, record(r)?)
+            }
+            (&M::PUT, ["v1", "tenants", id, "collections", c, "records", r]) => {
+                Endpoint::ReplaceRecord(tenant(id)?, collection(c)?, record(r)?)
+            }
+            (&M::DELETE, ["v1", "tenants", id, "collections", c, "records", r]) => {
+                Endpoint::DeleteRecord(tenant(id)?, collection(c)?, record(r)?)
+            }
+            (&M::POST, ["v1", "tokens"]) => Endpoint::MintToken,
+            (&M::POST, ["v1", "keys", "rotate"]) => Endpoint::RotateMasterKey,
+            (_, segments) if Self::is_known_path(segments) => return Err(ApiError::MethodNotAllowed),
+            _ => return Err(ApiError::NotFound("no such endpoint".into())),
+        };
+        Ok(endpoint)
+    }
+
+    /// A path some endpoint serves with another method: 405, not 404.
+    fn is_known_path(segments: &[&str]) -> bool {
+        matches!(
+            segments,
+            ["healthz"]
+                | ["v1", "tenants"]
+                | ["v1", "tenants", _]
+                | ["v1", "tenants", _, "reactivate" | "purge"]
+                | ["v1", "tenants", _, "collections", _, "records"]
+                | ["v1", "tenants", _, "collections", _, "records", _]
+                | ["v1", "tokens"]
+                | ["v1", "keys", "rotate"]
+        )
+    }
+
+    /// The tenant this endpoint concerns, for the request's tracing span.
+    pub fn tenant(&self) -> Option<&TenantId> {
+        match self {
+            Endpoint::ReadTenant(t)
+            | Endpoint::DeactivateTenant(t)
+            | Endpoint::ReactivateTenant(t)
+            | Endpoint::PurgeTenant(t)
+            | Endpoint::CreateRecord(t, _)
+            | Endpoint::ListRecords(t, _)
+            | Endpoint::ReadRecord(t, _, _)
+            | Endpoint::ReplaceRecord(t, _, _)
+            | Endpoint::DeleteRecord(t, _, _) => Some(t),
+            Endpoint::Health
+            | Endpoint::CreateTenant
+            | Endpoint::ListTenants
+            | Endpoint::MintToken
+            | Endpoint::RotateMasterKey => None,
+        }
+    }
+}
+
+/// Splits and percent-decodes a query string (`+` is a space, as in forms).
+pub fn parse_query(query: &str) -> Result<Vec<(String, String)>, ApiError> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((percent_decode(key)?, percent_decode(value)?))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> Result<String, ApiError> {
+    let bad = || ApiError::BadRequest("malformed percent-encoding in the query string".into());
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = text.get(i + 1..i + 3).ok_or_else(bad)?;
+                out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            other => {
+                out.push(other);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_table() {
+        let t = "0".repeat(32);
+        let r = "1".repeat(32);
+        let cases: Vec<(Method, String, Result<&str, u16>)> = vec![
+            (Method::GET, "/healthz".into(), Ok("Health")),
+            (Method::POST, "/v1/tenants".into(), Ok("CreateTenant")),
+            (Method::GET, format!("/v1/tenants/{t}"), Ok("ReadTenant")),
+            (Method::GET, "/v1/tenants/nope".into(), Err(404)),
+            (Method::PATCH, format!("/v1/tenants/{t}"), Err(405)),
+            (Method::GET, format!("/v1/tenants/{t}/collections/contacts/records/{r}"), Ok("ReadRecord")),
+            (Method::GET, format!("/v1/tenants/{t}/collections/../records"), Err(404)),
+            (Method::GET, "/v1/elsewhere".into(), Err(404)),
+        ];
+        for (method, path, expected) in cases {
+            let got = Endpoint::parse(&method, &path)
+                .map(|e| format!("{e:?}"))
+                .map_err(|e| e.status().as_u16());
+            match expected {
+                Ok(name) => assert!(got.as_ref().is_ok_and(|g| g.starts_with(name)), "{path}: {got:?}"),
+                Err(status) => assert_eq!(got.err(), Some(status), "{path}"),
+            }
+        }
+    }
+
+    #[test]
+    fn query_decoding() {
+        assert_eq!(
+            parse_query("email=a%40b.c&limit=2&x=a+b").unwrap(),
+            vec![
+                ("email".to_string(), "a@b.c".to_string()),
+                ("limit".to_string(), "2".to_string()),
+                ("x".to_string(), "a b".to_string())
+            ]
+        );
+        assert!(parse_query("a=%zz").is_err());
+        assert!(parse_query("a=%ff").is_err());
+    }
+}

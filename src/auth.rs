@@ -1,0 +1,173 @@
+//! Who is calling and what they may do: bearer tokens to principals, and the one
+//! deny-by-default policy table over every action the API offers.
+//!
+//! The table is an exhaustive `match` on (action, role): a new action does not
+//! compile until someone decides who may take it. Reaching a tenant's records is
+//! decided again, below this table, by `access` (the data path's own check).
+
+use crate::ids::TenantId;
+pub use crate::storage::Role;
+use crate::storage::{Storage, StorageError, TokenRecord};
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub token_id: String,
+    pub role: Role,
+    pub tenant: Option<TenantId>,
+    pub name: String,
+}
+
+impl From<TokenRecord> for Principal {
+    fn from(token: TokenRecord) -> Self {
+        Principal {
+            token_id: token.id.to_string(),
+            role: token.role,
+            tenant: token.tenant,
+            name: token.name,
+        }
+    }
+}
+
+impl Principal {
+    /// True for a tenant admin whose token is bound to exactly this tenant.
+    pub fn is_admin_of(&self, tenant: &TenantId) -> bool {
+        self.role == Role::TenantAdmin && self.tenant.as_ref() == Some(tenant)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing bearer token")]
+    Missing,
+    #[error("invalid bearer token")]
+    Invalid,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Resolves an `Authorization` header value to a principal.
+pub fn authenticate(storage: &Storage, header: Option<&str>) -> Result<Principal, AuthError> {
+    let header = header.ok_or(AuthError::Missing)?;
+    let token = header
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or(AuthError::Invalid)?;
+    storage
+        .authenticate(token)?
+        .map(Principal::from)
+        .ok_or(AuthError::Invalid)
+}
+
+/// Everything a caller can ask of the control API, with the tenant it concerns.
+#[derive(Debug, Clone)]
+pub enum Action<'a> {
+    CreateTenant,
+    ListTenants,
+    ReadTenant(&'a TenantId),
+    DeactivateTenant(&'a TenantId),
+    ReactivateTenant(&'a TenantId),
+    PurgeTenant(&'a TenantId),
+    ReadRecords(&'a TenantId),
+    WriteRecords(&'a TenantId),
+    MintToken(Role),
+    RotateMasterKey,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Denied(pub &'static str);
+
+/// The policy. Deny unless a line below allows.
+pub fn authorize(principal: &Principal, action: &Action<'_>) -> Result<(), Denied> {
+    use Role::*;
+    let own = |tenant: &TenantId| principal.is_admin_of(tenant);
+    let allowed = match (action, principal.role) {
+        (Action::CreateTenant | Action::ListTenants | Action::RotateMasterKey, Operator) => true,
+        (Action::CreateTenant | Action::ListTenants | Action::RotateMasterKey, _) => false,
+
+        (
+            Action::ReadTenant(t) | Action::DeactivateTenant(t) | Action::ReactivateTenant(t),
+            role,
+        ) => role == Operator || own(t),
+        (Action::PurgeTenant(_), role) => role == Operator,
+
+        // Records: only the tenant's own admins. Operators, backup agents and
+        // support engineers without a grant never reach tenant data.
+        (Action::ReadRecords(t) | Action::WriteRecords(t), TenantAdmin) => own(t),
+        (Action::ReadRecords(_) | Action::WriteRecords(_), Operator | Support | BackupAgent) => {
+            false
+        }
+
+        // Operators mint staff tokens, never tenant-admin tokens; a tenant admin
+        // mints more admin tokens for its own tenant only.
+        (Action::MintToken(Support | BackupAgent | Operator), Operator) => true,
+        (Action::MintToken(TenantAdmin), TenantAdmin) => principal.tenant.is_some(),
+        (Action::MintToken(_), _) => false,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(Denied(match action {
+            Action::ReadRecords(_) | Action::WriteRecords(_) => {
+                "only the tenant's own admins may reach its records"
+            }
+            Action::MintToken(TenantAdmin) => {
+                "only a tenant's admin may mint admin tokens for that tenant"
+            }
+            _ => "this token's role may not do this",
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(role: Role, tenant: Option<&TenantId>) -> Principal {
+        Principal {
+            token_id: "t".into(),
+            role,
+            tenant: tenant.cloned(),
+            name: "n".into(),
+        }
+    }
+
+    #[test]
+    fn policy_table() {
+        let mine = TenantId::parse(&"a".repeat(32)).unwrap();
+        let other = TenantId::parse(&"b".repeat(32)).unwrap();
+        let op = principal(Role::Operator, None);
+        let admin = principal(Role::TenantAdmin, Some(&mine));
+        let support = principal(Role::Support, None);
+        let agent = principal(Role::BackupAgent, None);
+        let cases: Vec<(&Principal, Action, bool)> = vec![
+            (&op, Action::CreateTenant, true),
+            (&admin, Action::CreateTenant, false),
+            (&op, Action::ReadRecords(&mine), false),
+            (&op, Action::WriteRecords(&mine), false),
+            (&support, Action::ReadRecords(&mine), false),
+            (&agent, Action::ReadRecords(&mine), false),
+            (&admin, Action::ReadRecords(&mine), true),
+            (&admin, Action::WriteRecords(&other), false),
+            (&admin, Action::ReadTenant(&other), false),
+            (&admin, Action::PurgeTenant(&mine), false),
+            (&op, Action::PurgeTenant(&mine), true),
+            (&op, Action::MintToken(Role::TenantAdmin), false),
+            (&op, Action::MintToken(Role::Support), true),
+            (&admin, Action::MintToken(Role::TenantAdmin), true),
+            (&admin, Action::MintToken(Role::Operator), false),
+            (&support, Action::MintToken(Role::Support), false),
+            (&agent, Action::ListTenants, false),
+        ];
+        for (who, action, expected) in cases {
+            assert_eq!(
+                authorize(who, &action).is_ok(),
+                expected,
+                "{:?} {action:?}",
+                who.role
+            );
+        }
+    }
+}

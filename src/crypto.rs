@@ -1,0 +1,441 @@
+//! Keys and sealing: AES-256-GCM (ring), HKDF, HMAC, hashing. No I/O happens here.
+//!
+//! Every format defined in this file carries a version marker and never changes
+//! meaning; a new layout gets a new version byte.
+//!
+//! * A **sealed value** is `0x01 || nonce(12) || ciphertext || tag(16)`, sealed under
+//!   a tenant's data key with associated data that names the tenant, the collection
+//!   and the record id ([`record_aad`]). Moved anywhere else, it fails to open.
+//! * A **wrapped data key** is the same layout (version `0x01`) sealed under the
+//!   master key (KEK) with associated data naming the tenant and the KEK's id.
+//! * Secrets ([`SecretKey`]) are zeroized on drop and print `[SECRET]` in Debug.
+
+use std::fmt;
+
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::{digest, hkdf, hmac};
+use zeroize::{Zeroize, Zeroizing};
+
+/// Version byte of the sealed-value layout. Part of the on-disk format: never change.
+pub const SEALED_FORMAT_V1: u8 = 0x01;
+/// Length of every key this module handles (AES-256, HMAC-SHA256 keys).
+pub const KEY_LEN: usize = 32;
+const TAG_LEN: usize = 16;
+
+/// Why a cryptographic operation failed. Opening failures are deliberately one
+/// opaque variant: the caller learns "this did not open", never why (no oracle).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CryptoError {
+    #[error("sealed value failed to open (damaged, or not sealed for this place)")]
+    Open,
+    #[error("the system random generator failed")]
+    Random,
+    #[error("key material has the wrong length or encoding")]
+    KeyFormat,
+}
+
+/// 256 bits of key material. Zeroized on drop; never printed.
+#[derive(Clone)]
+pub struct SecretKey(Zeroizing<[u8; KEY_LEN]>);
+
+impl SecretKey {
+    pub fn generate() -> Result<Self, CryptoError> {
+        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+        SystemRandom::new()
+            .fill(bytes.as_mut())
+            .map_err(|_| CryptoError::Random)?;
+        Ok(SecretKey(bytes))
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CryptoError> {
+        let array: [u8; KEY_LEN] = bytes.try_into().map_err(|_| CryptoError::KeyFormat)?;
+        Ok(SecretKey(Zeroizing::new(array)))
+    }
+
+    /// Parses 64 hex digits (surrounding whitespace allowed), the key-file format.
+    pub fn from_hex(text: &str) -> Result<Self, CryptoError> {
+        let mut decoded = Zeroizing::new(decode_hex(text.trim()).ok_or(CryptoError::KeyFormat)?);
+        let key = Self::from_bytes(&decoded);
+        decoded.zeroize();
+        key
+    }
+
+    /// The key-file encoding: 64 lowercase hex digits. The caller owns the zeroizing.
+    pub fn to_hex(&self) -> Zeroizing<String> {
+        Zeroizing::new(encode_hex(self.0.as_ref()))
+    }
+
+    /// A public fingerprint: names the key without revealing it (SHA-256 over a
+    /// domain-separated HMAC of the key, first 8 bytes, hex).
+    pub fn fingerprint(&self) -> String {
+        let tag = hmac::sign(
+            &hmac::Key::new(hmac::HMAC_SHA256, self.0.as_ref()),
+            b"coffer key fingerprint v1",
+        );
+        encode_hex(&tag.as_ref()[..8])
+    }
+
+    fn aead_key(&self) -> LessSafeKey {
+        let unbound = UnboundKey::new(&AES_256_GCM, self.0.as_ref())
+            .expect("a 32-byte key is always valid for AES-256-GCM");
+        LessSafeKey::new(unbound)
+    }
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[SECRET]")
+    }
+}
+
+/// A tenant's data key, ready to seal and open records. Holds the expanded AES key
+/// and the blind-index key derived from the DEK; both are dropped with it.
+pub struct TenantCipher {
+    aead: LessSafeKey,
+    blind_index: hmac::Key,
+}
+
+impl fmt::Debug for TenantCipher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TenantCipher([SECRET])")
+    }
+}
+
+impl TenantCipher {
+    pub fn new(dek: &SecretKey) -> Self {
+        TenantCipher {
+            aead: dek.aead_key(),
+            blind_index: derive_hmac_key(dek, b"coffer blind index v1"),
+        }
+    }
+
+    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        seal_with(&self.aead, aad, plaintext)
+    }
+
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        open_with(&self.aead, aad, sealed)
+    }
+
+    /// The blind index of one field value: HMAC-SHA256 under the tenant's index
+    /// key over collection, field and the value's canonical bytes. Equal values give
+    /// equal tags, so lookups work without the value ever reaching the disk.
+    pub fn blind_index(&self, collection: &str, field: &str, value: &[u8]) -> [u8; 32] {
+        let mut ctx = hmac::Context::with_key(&self.blind_index);
+        for part in [collection.as_bytes(), field.as_bytes()] {
+            ctx.update(&(part.len() as u32).to_be_bytes());
+            ctx.update(part);
+        }
+        ctx.update(value);
+        let tag = ctx.sign();
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+}
+
+/// The master key (key-encryption key) with its public id. Wraps and unwraps DEKs.
+#[derive(Debug, Clone)]
+pub struct MasterKey {
+    pub id: String,
+    key: SecretKey,
+}
+
+impl MasterKey {
+    pub fn new(key: SecretKey) -> Self {
+        MasterKey {
+            id: key.fingerprint(),
+            key,
+        }
+    }
+
+    pub fn secret(&self) -> &SecretKey {
+        &self.key
+    }
+
+    pub fn wrap_dek(&self, tenant: &str, dek: &SecretKey) -> Result<Vec<u8>, CryptoError> {
+        seal_with(
+            &self.key.aead_key(),
+            &dek_aad(tenant, &self.id),
+            dek.0.as_ref(),
+        )
+    }
+
+    pub fn unwrap_dek(&self, tenant: &str, wrapped: &[u8]) -> Result<SecretKey, CryptoError> {
+        let plain = Zeroizing::new(open_with(
+            &self.key.aead_key(),
+            &dek_aad(tenant, &self.id),
+            wrapped,
+        )?);
+        SecretKey::from_bytes(&plain)
+    }
+}
+
+/// The master keys a host holds, by id, and which one wraps new data keys. Old
+/// keys stay here until no tenant's DEK is wrapped under them (see `keys`).
+#[derive(Debug, Clone)]
+pub struct Keyring {
+    keys: std::collections::HashMap<String, MasterKey>,
+    current: String,
+}
+
+impl Keyring {
+    pub fn new(current: MasterKey) -> Self {
+        let id = current.id.clone();
+        let mut keys = std::collections::HashMap::new();
+        keys.insert(id.clone(), current);
+        Keyring { keys, current: id }
+    }
+
+    pub fn add(&mut self, key: MasterKey) {
+        self.keys.insert(key.id.clone(), key);
+    }
+
+    pub fn set_current(&mut self, id: &str) -> bool {
+        let known = self.keys.contains_key(id);
+        if known {
+            self.current = id.to_string();
+        }
+        known
+    }
+
+    pub fn current(&self) -> &MasterKey {
+        &self.keys[&self.current]
+    }
+
+    pub fn get(&self, id: &str) -> Option<&MasterKey> {
+        self.keys.get(id)
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<_> = self.keys.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        let current = self.current.clone();
+        self.keys.retain(|id, _| id == &current || keep(id));
+    }
+}
+
+/// Associated data for a record value: binds the ciphertext to its place.
+pub fn record_aad(tenant: &str, collection: &str, record_id: &str) -> Vec<u8> {
+    length_prefixed(b"coffer record v1", &[tenant, collection, record_id])
+}
+
+fn dek_aad(tenant: &str, kek_id: &str) -> Vec<u8> {
+    length_prefixed(b"coffer dek v1", &[tenant, kek_id])
+}
+
+fn length_prefixed(domain: &[u8], parts: &[&str]) -> Vec<u8> {
+    let mut out = domain.to_vec();
+    for part in parts {
+        out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        out.extend_from_slice(part.as_bytes());
+    }
+    out
+}
+
+fn seal_with(key: &LessSafeKey, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    SystemRandom::new()
+        .fill(&mut nonce)
+        .map_err(|_| CryptoError::Random)?;
+    let mut out = Vec::with_capacity(1 + NONCE_LEN + plaintext.len() + TAG_LEN);
+    out.push(SEALED_FORMAT_V1);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(plaintext);
+    let tag = key
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut out[1 + NONCE_LEN..],
+        )
+        .map_err(|_| CryptoError::Random)?;
+    out.extend_from_slice(tag.as_ref());
+    Ok(out)
+}
+
+fn open_with(key: &LessSafeKey, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    if sealed.len() < 1 + NONCE_LEN + TAG_LEN || sealed[0] != SEALED_FORMAT_V1 {
+        return Err(CryptoError::Open);
+    }
+    let nonce: [u8; NONCE_LEN] = sealed[1..1 + NONCE_LEN]
+        .try_into()
+        .map_err(|_| CryptoError::Open)?;
+    let mut buffer = sealed[1 + NONCE_LEN..].to_vec();
+    let plain_len = key
+        .open_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut buffer,
+        )
+        .map_err(|_| CryptoError::Open)?
+        .len();
+    buffer.truncate(plain_len);
+    Ok(buffer)
+}
+
+fn derive_hmac_key(root: &SecretKey, info: &'static [u8]) -> hmac::Key {
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"coffer hkdf salt v1").extract(root.0.as_ref());
+    let infos = [info];
+    let okm = prk
+        .expand(&infos, hmac::HMAC_SHA256)
+        .expect("HKDF output of one SHA-256 block is always in range");
+    hmac::Key::from(okm)
+}
+
+/// 32 fresh random bytes as hex: bearer tokens and record ids draw from this.
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], CryptoError> {
+    let mut out = [0u8; N];
+    SystemRandom::new()
+        .fill(&mut out)
+        .map_err(|_| CryptoError::Random)?;
+    Ok(out)
+}
+
+/// SHA-256 of a bearer token: what the catalog stores instead of the token.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    let hash = digest::digest(&digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(hash.as_ref());
+    out
+}
+
+/// Equality for digests and MACs whose time does not depend on where they differ
+/// (lengths are public: callers compare fixed-size digests).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let difference = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(difference) == 0
+}
+
+pub fn encode_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(DIGITS[(byte >> 4) as usize] as char);
+        out.push(DIGITS[(byte & 0x0f) as usize] as char);
+    }
+    out
+}
+
+pub fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    text.as_bytes()
+        .chunks(2)
+        .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let key = SecretKey::generate().unwrap();
+        let hex = key.to_hex();
+        let master = MasterKey::new(key.clone());
+        for printed in [
+            format!("{key:?}"),
+            format!("{master:?}"),
+            format!("{:?}", TenantCipher::new(&key)),
+        ] {
+            assert!(printed.contains("[SECRET]"), "{printed}");
+            assert!(!printed.contains(hex.as_str()), "{printed}");
+        }
+    }
+
+    #[test]
+    fn sealed_value_is_bound_to_its_place() {
+        let cipher = TenantCipher::new(&SecretKey::generate().unwrap());
+        let sealed = cipher
+            .seal(&record_aad("t1", "contacts", "r1"), b"hello")
+            .unwrap();
+        assert_eq!(
+            cipher
+                .open(&record_aad("t1", "contacts", "r1"), &sealed)
+                .unwrap(),
+            b"hello"
+        );
+        for (tenant, collection, record) in [
+            ("t2", "contacts", "r1"),
+            ("t1", "deals", "r1"),
+            ("t1", "contacts", "r2"),
+        ] {
+            assert_eq!(
+                cipher.open(&record_aad(tenant, collection, record), &sealed),
+                Err(CryptoError::Open)
+            );
+        }
+        let other = TenantCipher::new(&SecretKey::generate().unwrap());
+        assert_eq!(
+            other.open(&record_aad("t1", "contacts", "r1"), &sealed),
+            Err(CryptoError::Open)
+        );
+    }
+
+    #[test]
+    fn flipped_bits_and_truncation_fail_to_open() {
+        let cipher = TenantCipher::new(&SecretKey::generate().unwrap());
+        let aad = record_aad("t", "c", "r");
+        let sealed = cipher.seal(&aad, b"payload").unwrap();
+        for index in 0..sealed.len() {
+            let mut damaged = sealed.clone();
+            damaged[index] ^= 0x40;
+            assert_eq!(cipher.open(&aad, &damaged), Err(CryptoError::Open));
+        }
+        for len in 0..sealed.len() {
+            assert_eq!(cipher.open(&aad, &sealed[..len]), Err(CryptoError::Open));
+        }
+    }
+
+    #[test]
+    fn dek_wrap_names_tenant_and_kek() {
+        let master = MasterKey::new(SecretKey::generate().unwrap());
+        let dek = SecretKey::generate().unwrap();
+        let wrapped = master.wrap_dek("t1", &dek).unwrap();
+        assert_eq!(
+            master.unwrap_dek("t1", &wrapped).unwrap().to_hex(),
+            dek.to_hex()
+        );
+        assert!(master.unwrap_dek("t2", &wrapped).is_err());
+        let other = MasterKey::new(SecretKey::generate().unwrap());
+        assert!(other.unwrap_dek("t1", &wrapped).is_err());
+    }
+
+    #[test]
+    fn blind_index_is_deterministic_and_keyed() {
+        let key = SecretKey::generate().unwrap();
+        let a = TenantCipher::new(&key);
+        let b = TenantCipher::new(&key);
+        let c = TenantCipher::new(&SecretKey::generate().unwrap());
+        let tag = a.blind_index("contacts", "email", b"x@example.com");
+        assert_eq!(tag, b.blind_index("contacts", "email", b"x@example.com"));
+        assert_ne!(tag, c.blind_index("contacts", "email", b"x@example.com"));
+        assert_ne!(tag, a.blind_index("contacts", "phone", b"x@example.com"));
+    }
+
+    #[test]
+    fn hex_round_trip_and_refusals() {
+        let key = SecretKey::generate().unwrap();
+        let again = SecretKey::from_hex(&format!("  {}\n", key.to_hex().as_str())).unwrap();
+        assert_eq!(again.to_hex(), key.to_hex());
+        for bad in ["", "abc", "zz", &"00".repeat(31), &"00".repeat(33)] {
+            assert_eq!(SecretKey::from_hex(bad).err(), Some(CryptoError::KeyFormat));
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! # Coffer — an encrypted multi-tenant customer database host
+//!
+//! A SaaS vendor runs Coffer to give every customer (a *tenant*) its own isolated
+//! database, encrypted at rest, controlled through an HTTP API. The product brief
+//! and the threat model live in `ops/`; this is the map of the code.
+//!
+//! ## Codemap (layers point down; nothing imports a module above it)
+//!
+//! ```text
+//! cli ─► api ─► auth, access, lifecycle, keys ─► storage, schema ─► crypto, ids
+//!        config (read by cli and api)
+//! ```
+//!
+//! - [`crypto`] — AES-256-GCM sealing (ring), key wrapping, HKDF, blind-index HMAC,
+//!   token digests. **No I/O.** The only module that touches AEAD and key bytes.
+//! - [`ids`] — id newtypes (`TenantId`, `RecordId`, `Region`…), parsed at the edge.
+//! - [`schema`] — tenant schema files (`tenant-schemas/`), record validation,
+//!   migrations. No I/O but reading schema files.
+//! - [`storage`] — **the only user of sled**: the catalog, one database per tenant,
+//!   the bounded pool of open tenant databases, group commit, crash-safe create,
+//!   shred and re-wrap.
+//! - [`keys`] — master keys on disk (0600 files), rotation ordering.
+//! - [`lifecycle`] — active → deactivated → destroyed, and the sweeper.
+//! - [`access`] — the data path's gate: the only way to a tenant's records.
+//! - [`auth`] — bearer tokens → principals; the deny-by-default policy table.
+//! - [`api`] — **the only user of hyper**: routes, status mapping, server loop.
+//! - [`config`] — TOML file + flags → one checked `Config`.
+//! - [`cli`] — `coffer serve`, `coffer keys rotate`; start-up glue.
+//!
+//! Rooms for what comes next: `backup` (archive format, export, import), `replication`
+//! (object stores per region) and `audit` (hash-chained log) sit beside `access`
+//! and `lifecycle`, above `storage`.
+//!
+//! ## Invariants
+//!
+//! 1. No tenant plaintext reaches the disk: record values are sealed with the
+//!    tenant's DEK, bound by associated data to tenant, collection and record id;
+//!    indexed values are stored only as HMAC tags under a key derived from the DEK.
+//! 2. DEKs exist on disk only wrapped by a master key; master keys live in 0600
+//!    files outside the tenant directories. Destroying a tenant deletes its wrapped
+//!    DEK first (crypto-shred), then its directory.
+//! 3. Only a tenant's own admins reach its records: checked by `auth`'s table and
+//!    again by `access::open`, which nothing else can bypass.
+//! 4. A 2xx on a write means the write is flushed to disk (group commit).
+//! 5. Key material never appears in `Debug` output or logs; query strings and
+//!    record values are never logged.
+//! 6. Bad input is a 4xx and changes nothing; no `unwrap()` on untrusted bytes.
+
+#![forbid(unsafe_code)]
+
+pub mod access;
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod ids;
+pub mod keys;
+pub mod lifecycle;
+pub mod schema;
+pub mod storage;

@@ -1,0 +1,121 @@
+//! Tenant lifecycle: active → deactivated (grace period, reactivation possible)
+//! → destroyed (data key shredded, directory removed), and the sweeper that
+//! destroys tenants whose grace period has ended.
+//!
+//! Transitions are checked here, persisted by `storage`, and survive restarts:
+//! the sweeper reads `destroy_after` from the catalog, not from memory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::ids::{unix_now, TenantId};
+use crate::storage::{NewTenant, Storage, StorageError, TenantRecord, TenantState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error("tenant not found")]
+    NotFound,
+    #[error("tenant is {0}; this needs an active tenant")]
+    NotActive(&'static str),
+    #[error("tenant is {0}; only a deactivated tenant can be reactivated")]
+    NotDeactivated(&'static str),
+    #[error("tenant is already destroyed")]
+    Destroyed,
+    #[error(transparent)]
+    Storage(StorageError),
+}
+
+impl From<StorageError> for LifecycleError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::NotFound => LifecycleError::NotFound,
+            other => LifecycleError::Storage(other),
+        }
+    }
+}
+
+pub fn create(storage: &Storage, new: NewTenant) -> Result<(TenantRecord, String), LifecycleError> {
+    Ok(storage.create_tenant(new)?)
+}
+
+/// Removal requested: data kept but not served until `now + grace`.
+pub fn deactivate(
+    storage: &Storage,
+    id: &TenantId,
+    grace: Duration,
+) -> Result<TenantRecord, LifecycleError> {
+    storage
+        .update_tenant(id, |tenant| match tenant.state {
+            TenantState::Active => {
+                let now = unix_now();
+                tenant.state = TenantState::Deactivated;
+                tenant.deactivated_at = Some(now);
+                tenant.destroy_after = Some(now + grace.as_secs());
+                Ok(())
+            }
+            other => Err(LifecycleError::NotActive(other.as_str())),
+        })?
+}
+
+pub fn reactivate(storage: &Storage, id: &TenantId) -> Result<TenantRecord, LifecycleError> {
+    storage
+        .update_tenant(id, |tenant| match tenant.state {
+            TenantState::Deactivated => {
+                tenant.state = TenantState::Active;
+                tenant.deactivated_at = None;
+                tenant.destroy_after = None;
+                Ok(())
+            }
+            other => Err(LifecycleError::NotDeactivated(other.as_str())),
+        })?
+}
+
+/// Destroys a tenant now, whatever its state (operator purge, or the sweeper).
+pub fn destroy(storage: &Storage, id: &TenantId) -> Result<TenantRecord, LifecycleError> {
+    storage
+        .destroy_tenant(id, |t| t.state != TenantState::Destroyed)?
+        .ok_or(LifecycleError::Destroyed)
+}
+
+/// Destroys every deactivated tenant whose grace period has ended. Returns how
+/// many it destroyed.
+pub fn sweep(storage: &Storage) -> usize {
+    let now = unix_now();
+    let due: Vec<TenantId> = storage
+        .catalog
+        .tenants()
+        .into_iter()
+        .filter(|t| t.state == TenantState::Deactivated && t.destroy_after.is_some_and(|at| at <= now))
+        .map(|t| t.id)
+        .collect();
+    let mut destroyed = 0;
+    for id in due {
+        let span = tracing::info_span!("sweep", tenant_id = %id);
+        let _enter = span.enter();
+        // Checked again under the update lock: a reactivation may have won the race.
+        let still_due =
+            |t: &TenantRecord| t.state == TenantState::Deactivated && t.destroy_after.is_some_and(|at| at <= now);
+        match storage.destroy_tenant(&id, still_due) {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                tracing::info!("grace period over: tenant destroyed");
+                destroyed += 1;
+            }
+            Err(error) => tracing::error!(%error, "destroy tenant after grace period; will retry"),
+        }
+    }
+    destroyed
+}
+
+/// Runs [`sweep`] every `interval` until the task is dropped.
+pub async fn run_sweeper(storage: Arc<Storage>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let storage = storage.clone();
+        if let Err(error) = tokio::task::spawn_blocking(move || sweep(&storage)).await {
+            tracing::error!(%error, "lifecycle sweeper task failed");
+        }
+    }
+}

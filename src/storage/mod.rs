@@ -1,0 +1,460 @@
+//! Storage: the only user of sled. The catalog, one database per tenant, the
+//! bounded pool of open tenant databases, and the on-disk lifecycle steps that
+//! must be crash-safe (create, shred, re-wrap).
+//!
+//! Layout under the data directory:
+//!
+//! ```text
+//! catalog/          sled: tenants, wrapped DEKs, token digests
+//! tenants/<id>/     sled: one tenant's sealed records and blind index tags
+//! trash/<id>-<n>/   destroyed tenants' directories, awaiting removal
+//! keys/             master keys (owned by the `keys` module, never read here)
+//! ```
+
+mod catalog;
+mod commit;
+mod tenant_db;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+
+pub use catalog::{Catalog, Role, TenantRecord, TenantState, TokenRecord, WrappedDek};
+pub use tenant_db::{Record, TenantDb};
+
+use crate::crypto::{self, CryptoError, Keyring, MasterKey, SecretKey, TenantCipher};
+use crate::ids::{unix_now, Region, TenantId, TokenId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("open {0}: {1}")]
+    Open(String, String),
+    #[error("storage: {0}")]
+    Sled(String),
+    #[error("flush to disk failed: {0}")]
+    Flush(String),
+    #[error("{0} is damaged and cannot be opened")]
+    Damaged(String),
+    #[error("not found")]
+    NotFound,
+    #[error("another record already has this {0}")]
+    Duplicate(String),
+    #[error("no master key {0} to unwrap this tenant's data key")]
+    MissingKek(String),
+    #[error("tenant's data key is gone (tenant destroyed)")]
+    Shredded,
+    #[error("file system: {0}")]
+    Io(String),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+impl From<sled::Error> for StorageError {
+    fn from(e: sled::Error) -> Self {
+        StorageError::Sled(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for StorageError {
+    fn from(e: std::io::Error) -> Self {
+        StorageError::Io(e.to_string())
+    }
+}
+
+/// Everything a new tenant needs besides its key, which storage makes itself.
+pub struct NewTenant {
+    pub name: String,
+    pub region: Region,
+    pub schema: String,
+    pub schema_version: u32,
+}
+
+pub struct Storage {
+    root: PathBuf,
+    pub catalog: Catalog,
+    keyring: RwLock<Keyring>,
+    pool: Pool,
+    cache_bytes_per_tenant: u64,
+    /// Serialises read-modify-write of tenant records (lifecycle, re-wrap).
+    tenant_update: Mutex<()>,
+}
+
+impl Storage {
+    /// Opens the data directory, creating what is missing, and finishes any
+    /// removal a crash interrupted (trash, directories the catalog never named).
+    pub fn open(
+        root: &Path,
+        keyring: Keyring,
+        open_tenants_max: usize,
+        cache_bytes_per_tenant: u64,
+    ) -> Result<Storage, StorageError> {
+        for dir in ["tenants", "trash"] {
+            std::fs::create_dir_all(root.join(dir))?;
+        }
+        let catalog = Catalog::open(&root.join("catalog"))?;
+        let storage = Storage {
+            root: root.to_path_buf(),
+            catalog,
+            keyring: RwLock::new(keyring),
+            pool: Pool::new(open_tenants_max),
+            cache_bytes_per_tenant,
+            tenant_update: Mutex::new(()),
+        };
+        storage.sweep_orphans()?;
+        Ok(storage)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn tenant_dir(&self, id: &TenantId) -> PathBuf {
+        self.root.join("tenants").join(id.as_str())
+    }
+
+    /// Creates the tenant's directory and key, then its catalog entry and first
+    /// admin token in one atomic write. Returns the record and the admin token.
+    pub fn create_tenant(&self, new: NewTenant) -> Result<(TenantRecord, String), StorageError> {
+        let id = TenantId::generate()?;
+        let dek = SecretKey::generate()?;
+        let kek = self.current_kek();
+        let record = TenantRecord {
+            format: catalog::CATALOG_FORMAT_V1,
+            id: id.clone(),
+            name: new.name,
+            region: new.region,
+            schema: new.schema,
+            schema_version: new.schema_version,
+            state: TenantState::Active,
+            created_at: unix_now(),
+            deactivated_at: None,
+            destroy_after: None,
+            destroyed_at: None,
+            wrapped_dek: Some(WrappedDek {
+                kek_id: kek.id.clone(),
+                sealed: crypto::encode_hex(&kek.wrap_dek(id.as_str(), &dek)?),
+            }),
+        };
+        // The directory first: a crash before the catalog write leaves an orphan
+        // directory that the next start removes, never a tenant without a home.
+        let db = TenantDb::open(
+            &self.tenant_dir(&id),
+            id.clone(),
+            TenantCipher::new(&dek),
+            self.cache_bytes_per_tenant,
+        )?;
+        let (token, secret) = new_token(Role::TenantAdmin, Some(id.clone()), "initial admin")?;
+        self.catalog
+            .create_tenant(&record, &token, &crypto::token_digest(&secret))?;
+        self.pool.insert(id, Arc::new(db));
+        Ok((record, secret))
+    }
+
+    /// The open database of an existing tenant (opened on demand).
+    pub fn tenant_db(&self, record: &TenantRecord) -> Result<Arc<TenantDb>, StorageError> {
+        self.pool.get_or_open(&record.id, || {
+            let wrapped = record.wrapped_dek.as_ref().ok_or(StorageError::Shredded)?;
+            let dek = {
+                let keyring = self.keyring.read().expect("keyring lock poisoned");
+                let kek = keyring
+                    .get(&wrapped.kek_id)
+                    .ok_or_else(|| StorageError::MissingKek(wrapped.kek_id.clone()))?;
+                let sealed = crypto::decode_hex(&wrapped.sealed)
+                    .ok_or_else(|| StorageError::Damaged("wrapped data key".into()))?;
+                kek.unwrap_dek(record.id.as_str(), &sealed)
+                    .map_err(|_| StorageError::Damaged("wrapped data key".into()))?
+            };
+            TenantDb::open(
+                &self.tenant_dir(&record.id),
+                record.id.clone(),
+                TenantCipher::new(&dek),
+                self.cache_bytes_per_tenant,
+            )
+        })
+    }
+
+    /// Read-modify-write of one tenant's catalog entry under the update lock.
+    pub fn update_tenant<E>(
+        &self,
+        id: &TenantId,
+        change: impl FnOnce(&mut TenantRecord) -> Result<(), E>,
+    ) -> Result<Result<TenantRecord, E>, StorageError> {
+        let _guard = self.tenant_update.lock().expect("tenant update lock poisoned");
+        let mut record = self.catalog.tenant(id).ok_or(StorageError::NotFound)?;
+        if let Err(e) = change(&mut record) {
+            return Ok(Err(e));
+        }
+        self.catalog.put_tenant(&record)?;
+        Ok(Ok(record))
+    }
+
+    /// Destroys a tenant: the catalog forgets its wrapped key and tokens (one
+    /// durable write, after which nothing can decrypt its data), then its directory
+    /// is renamed into the trash and removed in the background. Both steps are O(1)
+    /// in the tenant's size; the removal itself is not on the caller's path.
+    /// `only_if` is checked under the update lock; when it says no, nothing
+    /// happens and `None` is returned.
+    pub fn destroy_tenant(
+        &self,
+        id: &TenantId,
+        only_if: impl FnOnce(&TenantRecord) -> bool,
+    ) -> Result<Option<TenantRecord>, StorageError> {
+        let record = {
+            let _guard = self.tenant_update.lock().expect("tenant update lock poisoned");
+            let mut record = self.catalog.tenant(id).ok_or(StorageError::NotFound)?;
+            if !only_if(&record) {
+                return Ok(None);
+            }
+            record.state = TenantState::Destroyed;
+            record.destroyed_at = Some(unix_now());
+            record.destroy_after = None;
+            record.wrapped_dek = None;
+            self.catalog.destroy_tenant(&record)?;
+            record
+        };
+        self.pool.forget(id);
+        let dir = self.tenant_dir(id);
+        if dir.exists() {
+            let trash = self
+                .root
+                .join("trash")
+                .join(format!("{}-{}", id, unix_now()));
+            std::fs::rename(&dir, &trash)?;
+            std::thread::spawn(move || {
+                if let Err(error) = std::fs::remove_dir_all(&trash) {
+                    tracing::warn!(%error, path = %trash.display(), "remove destroyed tenant directory; retried at next start");
+                }
+            });
+        }
+        Ok(Some(record))
+    }
+
+    /// Mints a bearer token. The secret is returned once and stored only hashed.
+    pub fn issue_token(
+        &self,
+        role: Role,
+        tenant: Option<TenantId>,
+        name: &str,
+    ) -> Result<(TokenRecord, String), StorageError> {
+        let (record, secret) = new_token(role, tenant, name)?;
+        self.catalog
+            .put_token(&crypto::token_digest(&secret), &record)?;
+        Ok((record, secret))
+    }
+
+    /// The token's record, if the presented secret is a live token.
+    pub fn authenticate(&self, secret: &str) -> Result<Option<TokenRecord>, StorageError> {
+        let digest = crypto::token_digest(secret);
+        let Some(record) = self.catalog.token(&digest)? else {
+            return Ok(None);
+        };
+        let stored = crypto::decode_hex(&record.digest).unwrap_or_default();
+        Ok(crypto::constant_time_eq(&stored, &digest).then_some(record))
+    }
+
+    pub fn current_kek(&self) -> MasterKey {
+        self.keyring
+            .read()
+            .expect("keyring lock poisoned")
+            .current()
+            .clone()
+    }
+
+    pub fn add_kek(&self, key: MasterKey, make_current: bool) {
+        let mut keyring = self.keyring.write().expect("keyring lock poisoned");
+        let id = key.id.clone();
+        keyring.add(key);
+        if make_current {
+            keyring.set_current(&id);
+        }
+    }
+
+    /// Re-wraps every tenant's DEK that is not under the current master key.
+    /// Each tenant is one durable catalog write, so a kill at any point leaves
+    /// every tenant under either the old or the new key, both still on file.
+    /// `after_each` runs after every re-wrapped tenant (progress, pacing).
+    pub fn rewrap_all(&self, mut after_each: impl FnMut(usize, usize)) -> Result<usize, StorageError> {
+        let current = self.current_kek();
+        let todo: Vec<TenantId> = self
+            .catalog
+            .tenants()
+            .into_iter()
+            .filter(|t| t.wrapped_dek.as_ref().is_some_and(|w| w.kek_id != current.id))
+            .map(|t| t.id)
+            .collect();
+        let total = todo.len();
+        for (done, id) in todo.iter().enumerate() {
+            let outcome = self.update_tenant(id, |record| -> Result<(), StorageError> {
+                let Some(wrapped) = record.wrapped_dek.as_ref() else {
+                    return Ok(());
+                };
+                let keyring = self.keyring.read().expect("keyring lock poisoned");
+                let old = keyring
+                    .get(&wrapped.kek_id)
+                    .ok_or_else(|| StorageError::MissingKek(wrapped.kek_id.clone()))?;
+                let sealed = crypto::decode_hex(&wrapped.sealed)
+                    .ok_or_else(|| StorageError::Damaged("wrapped data key".into()))?;
+                let dek = old
+                    .unwrap_dek(id.as_str(), &sealed)
+                    .map_err(|_| StorageError::Damaged("wrapped data key".into()))?;
+                record.wrapped_dek = Some(WrappedDek {
+                    kek_id: current.id.clone(),
+                    sealed: crypto::encode_hex(&current.wrap_dek(id.as_str(), &dek)?),
+                });
+                Ok(())
+            })?;
+            outcome?;
+            after_each(done + 1, total);
+        }
+        Ok(total)
+    }
+
+    /// Master key ids that some tenant's DEK is still wrapped under.
+    pub fn kek_ids_in_use(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .catalog
+            .tenants()
+            .into_iter()
+            .filter_map(|t| t.wrapped_dek.map(|w| w.kek_id))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// Drops keys no tenant uses any more from the in-memory keyring.
+    pub fn retire_keks(&self, in_use: &[String]) {
+        self.keyring
+            .write()
+            .expect("keyring lock poisoned")
+            .retain(|id| in_use.iter().any(|used| used == id));
+    }
+
+    pub fn open_tenant_count(&self) -> usize {
+        self.pool.open_count()
+    }
+
+    fn sweep_orphans(&self) -> Result<(), StorageError> {
+        for entry in std::fs::read_dir(self.root.join("trash"))? {
+            let path = entry?.path();
+            std::fs::remove_dir_all(&path)?;
+        }
+        for entry in std::fs::read_dir(self.root.join("tenants"))? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let known = name
+                .to_str()
+                .and_then(TenantId::parse)
+                .and_then(|id| self.catalog.tenant(&id))
+                .is_some_and(|t| t.state != TenantState::Destroyed);
+            if !known {
+                tracing::warn!(dir = %entry.path().display(), "removing a tenant directory the catalog does not name (interrupted create or destroy)");
+                std::fs::remove_dir_all(entry.path())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn new_token(
+    role: Role,
+    tenant: Option<TenantId>,
+    name: &str,
+) -> Result<(TokenRecord, String), StorageError> {
+    let secret = format!("coffer_{}", crypto::encode_hex(&crypto::random_bytes::<32>()?));
+    let record = TokenRecord {
+        format: catalog::CATALOG_FORMAT_V1,
+        id: TokenId::generate()?,
+        role,
+        tenant,
+        name: name.to_string(),
+        created_at: unix_now(),
+        digest: crypto::encode_hex(&crypto::token_digest(&secret)),
+    };
+    Ok((record, secret))
+}
+
+/// A bounded set of open tenant databases, least recently used evicted first.
+/// sled keeps file handles and a page cache per open database, so a host with
+/// many tenants keeps only `capacity` open and reopens cold ones on demand. An
+/// evicted database that a request still holds stays reachable through `alive`
+/// so that it is never opened twice (sled locks its directory).
+struct Pool {
+    capacity: usize,
+    inner: Mutex<PoolInner>,
+}
+
+#[derive(Default)]
+struct PoolInner {
+    open: HashMap<TenantId, (Arc<TenantDb>, u64)>,
+    alive: HashMap<TenantId, Weak<TenantDb>>,
+    tick: u64,
+}
+
+impl Pool {
+    fn new(capacity: usize) -> Self {
+        Pool {
+            capacity: capacity.max(1),
+            inner: Mutex::new(PoolInner::default()),
+        }
+    }
+
+    fn get_or_open(
+        &self,
+        id: &TenantId,
+        open: impl FnOnce() -> Result<TenantDb, StorageError>,
+    ) -> Result<Arc<TenantDb>, StorageError> {
+        let mut inner = self.inner.lock().expect("pool lock poisoned");
+        inner.tick += 1;
+        let tick = inner.tick;
+        if let Some((db, used)) = inner.open.get_mut(id) {
+            *used = tick;
+            return Ok(db.clone());
+        }
+        let db = match inner.alive.get(id).and_then(Weak::upgrade) {
+            Some(db) => db,
+            None => Arc::new(open()?),
+        };
+        self.admit(&mut inner, id.clone(), db.clone(), tick);
+        Ok(db)
+    }
+
+    fn insert(&self, id: TenantId, db: Arc<TenantDb>) {
+        let mut inner = self.inner.lock().expect("pool lock poisoned");
+        inner.tick += 1;
+        let tick = inner.tick;
+        self.admit(&mut inner, id, db, tick);
+    }
+
+    fn admit(&self, inner: &mut PoolInner, id: TenantId, db: Arc<TenantDb>, tick: u64) {
+        inner.alive.insert(id.clone(), Arc::downgrade(&db));
+        inner.open.insert(id, (db, tick));
+        while inner.open.len() > self.capacity {
+            let coldest = inner
+                .open
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(id, _)| id.clone())
+                .expect("pool over capacity is not empty");
+            inner.open.remove(&coldest);
+        }
+        if inner.alive.len() > 2 * self.capacity {
+            inner.alive.retain(|_, weak| weak.strong_count() > 0);
+        }
+    }
+
+    fn forget(&self, id: &TenantId) {
+        let mut inner = self.inner.lock().expect("pool lock poisoned");
+        inner.open.remove(id);
+        inner.alive.remove(id);
+    }
+
+    fn open_count(&self) -> usize {
+        let inner = self.inner.lock().expect("pool lock poisoned");
+        inner
+            .alive
+            .values()
+            .filter(|weak| weak.strong_count() > 0)
+            .count()
+    }
+}
