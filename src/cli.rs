@@ -2,6 +2,7 @@
 //! with `main`, that uses `anyhow` for errors that end the process).
 
 use std::io::IsTerminal;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -16,7 +17,11 @@ use crate::schema::Registry;
 use crate::storage::{Role, Storage};
 
 #[derive(Parser, Debug)]
-#[command(name = "coffer", version, about = "Encrypted multi-tenant customer database host")]
+#[command(
+    name = "coffer",
+    version,
+    about = "Encrypted multi-tenant customer database host"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -115,6 +120,8 @@ fn init_tracing() {
 fn open_host(config: &Config) -> anyhow::Result<(Storage, Registry)> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create data directory {}", config.data_dir.display()))?;
+    std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restrict data directory {}", config.data_dir.display()))?;
     let keyring = keys::load(&config.data_dir, &config.key_source).context("load master key")?;
     let schemas = Registry::embedded().context("load embedded tenant schemas")?;
     let storage = Storage::open(

@@ -186,9 +186,27 @@ mod tests {
     #[test]
     fn bad_settings_are_named() {
         for (overrides, expected) in [
-            (Overrides { listen: Some("nowhere".into()), ..Default::default() }, "listen address"),
-            (Overrides { region: Some("EU West".into()), ..Default::default() }, "region"),
-            (Overrides { grace_period: Some("soon".into()), ..Default::default() }, "grace_period"),
+            (
+                Overrides {
+                    listen: Some("nowhere".into()),
+                    ..Default::default()
+                },
+                "listen address",
+            ),
+            (
+                Overrides {
+                    region: Some("EU West".into()),
+                    ..Default::default()
+                },
+                "region",
+            ),
+            (
+                Overrides {
+                    grace_period: Some("soon".into()),
+                    ..Default::default()
+                },
+                "grace_period",
+            ),
         ] {
             let error = Config::resolve(overrides).unwrap_err().to_string();
             assert!(error.contains(expected), "{error}");

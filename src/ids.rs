@@ -48,8 +48,14 @@ macro_rules! hex_id {
 }
 
 hex_id!(TenantId, "A tenant: 128 random bits, hex.");
-hex_id!(RecordId, "A record: 48 bits of milliseconds then 80 random bits, hex, so ids sort by creation.");
-hex_id!(TokenId, "A bearer token's public id (never the token itself).");
+hex_id!(
+    RecordId,
+    "A record: 48 bits of milliseconds then 80 random bits, hex, so ids sort by creation."
+);
+hex_id!(
+    TokenId,
+    "A bearer token's public id (never the token itself)."
+);
 
 impl TenantId {
     pub fn generate() -> Result<Self, CryptoError> {

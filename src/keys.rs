@@ -44,8 +44,7 @@ pub fn load(data_dir: &Path, source: &KeySource) -> anyhow::Result<Keyring> {
         }
         KeySource::Environment => {
             let text = zeroize::Zeroizing::new(
-                std::env::var(MASTER_KEY_ENV)
-                    .with_context(|| format!("read {MASTER_KEY_ENV}"))?,
+                std::env::var(MASTER_KEY_ENV).with_context(|| format!("read {MASTER_KEY_ENV}"))?,
             );
             let key = SecretKey::from_hex(&text)
                 .map_err(|_| anyhow::anyhow!("{MASTER_KEY_ENV} must hold 64 hex digits"))?;
@@ -82,7 +81,9 @@ pub fn load(data_dir: &Path, source: &KeySource) -> anyhow::Result<Keyring> {
                 .iter()
                 .find(|k| k.id == current_id)
                 .cloned()
-                .with_context(|| format!("keys/current names {current_id}, which has no key file"))?;
+                .with_context(|| {
+                    format!("keys/current names {current_id}, which has no key file")
+                })?;
             let mut keyring = Keyring::new(current);
             for key in keys {
                 keyring.add(key);
@@ -104,7 +105,10 @@ pub fn rotate(
     };
     let dir = storage.root().join("keys");
     let new_key = MasterKey::new(SecretKey::generate()?);
-    write_key_file(&dir.join(format!("kek-{}.key", new_key.id)), new_key.secret())?;
+    write_key_file(
+        &dir.join(format!("kek-{}.key", new_key.id)),
+        new_key.secret(),
+    )?;
     write_atomically(&dir.join("current"), new_key.id.as_bytes())?;
     storage.add_kek(new_key.clone(), true);
     let rewrapped = storage.rewrap_all(after_each)?;

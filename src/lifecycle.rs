@@ -44,30 +44,28 @@ pub fn deactivate(
     id: &TenantId,
     grace: Duration,
 ) -> Result<TenantRecord, LifecycleError> {
-    storage
-        .update_tenant(id, |tenant| match tenant.state {
-            TenantState::Active => {
-                let now = unix_now();
-                tenant.state = TenantState::Deactivated;
-                tenant.deactivated_at = Some(now);
-                tenant.destroy_after = Some(now + grace.as_secs());
-                Ok(())
-            }
-            other => Err(LifecycleError::NotActive(other.as_str())),
-        })?
+    storage.update_tenant(id, |tenant| match tenant.state {
+        TenantState::Active => {
+            let now = unix_now();
+            tenant.state = TenantState::Deactivated;
+            tenant.deactivated_at = Some(now);
+            tenant.destroy_after = Some(now + grace.as_secs());
+            Ok(())
+        }
+        other => Err(LifecycleError::NotActive(other.as_str())),
+    })?
 }
 
 pub fn reactivate(storage: &Storage, id: &TenantId) -> Result<TenantRecord, LifecycleError> {
-    storage
-        .update_tenant(id, |tenant| match tenant.state {
-            TenantState::Deactivated => {
-                tenant.state = TenantState::Active;
-                tenant.deactivated_at = None;
-                tenant.destroy_after = None;
-                Ok(())
-            }
-            other => Err(LifecycleError::NotDeactivated(other.as_str())),
-        })?
+    storage.update_tenant(id, |tenant| match tenant.state {
+        TenantState::Deactivated => {
+            tenant.state = TenantState::Active;
+            tenant.deactivated_at = None;
+            tenant.destroy_after = None;
+            Ok(())
+        }
+        other => Err(LifecycleError::NotDeactivated(other.as_str())),
+    })?
 }
 
 /// Destroys a tenant now, whatever its state (operator purge, or the sweeper).
@@ -85,7 +83,9 @@ pub fn sweep(storage: &Storage) -> usize {
         .catalog
         .tenants()
         .into_iter()
-        .filter(|t| t.state == TenantState::Deactivated && t.destroy_after.is_some_and(|at| at <= now))
+        .filter(|t| {
+            t.state == TenantState::Deactivated && t.destroy_after.is_some_and(|at| at <= now)
+        })
         .map(|t| t.id)
         .collect();
     let mut destroyed = 0;
@@ -93,8 +93,9 @@ pub fn sweep(storage: &Storage) -> usize {
         let span = tracing::info_span!("sweep", tenant_id = %id);
         let _enter = span.enter();
         // Checked again under the update lock: a reactivation may have won the race.
-        let still_due =
-            |t: &TenantRecord| t.state == TenantState::Deactivated && t.destroy_after.is_some_and(|at| at <= now);
+        let still_due = |t: &TenantRecord| {
+            t.state == TenantState::Deactivated && t.destroy_after.is_some_and(|at| at <= now)
+        };
         match storage.destroy_tenant(&id, still_due) {
             Ok(None) => {}
             Ok(Some(_)) => {

@@ -16,14 +16,8 @@ pub const SCHEMA_FORMAT_V1: u32 = 1;
 
 /// The schema files shipped with Coffer, embedded at build time.
 const EMBEDDED: &[(&str, &str)] = &[
-    (
-        "crm/v1.toml",
-        include_str!("../tenant-schemas/crm/v1.toml"),
-    ),
-    (
-        "crm/v2.toml",
-        include_str!("../tenant-schemas/crm/v2.toml"),
-    ),
+    ("crm/v1.toml", include_str!("../tenant-schemas/crm/v1.toml")),
+    ("crm/v2.toml", include_str!("../tenant-schemas/crm/v2.toml")),
     (
         "helpdesk/v1.toml",
         include_str!("../tenant-schemas/helpdesk/v1.toml"),
@@ -178,7 +172,9 @@ impl Schema {
         }
         for (name, collection) in &schema.collections {
             if !is_identifier(name) {
-                return Err(fail(format!("collection name {name:?} is not an identifier")));
+                return Err(fail(format!(
+                    "collection name {name:?} is not an identifier"
+                )));
             }
             for field in collection.fields.keys() {
                 if !is_identifier(field) || field == "id" {
@@ -201,13 +197,9 @@ impl Schema {
                 MigrationStep::AddField {
                     collection: c,
                     field,
-                    default,
-                } if c == collection => {
-                    if let Some(default) = default {
-                        if !record.contains_key(field) {
-                            record.insert(field.clone(), toml_to_json(default));
-                        }
-                    }
+                    default: Some(default),
+                } if c == collection && !record.contains_key(field) => {
+                    record.insert(field.clone(), toml_to_json(default));
                 }
                 MigrationStep::RenameField {
                     collection: c,
@@ -391,7 +383,9 @@ fn check_migration(from: &Schema, to: &Schema) -> Result<(), String> {
                 matches!(step, MigrationStep::AddCollection { collection } if collection == collection_name)
             });
             if !declared {
-                return Err(format!("{name}: new collection {collection_name} has no add_collection step"));
+                return Err(format!(
+                    "{name}: new collection {collection_name} has no add_collection step"
+                ));
             }
             continue;
         };
@@ -480,10 +474,19 @@ pub fn is_rfc3339(text: &str) -> bool {
     ) else {
         return false;
     };
-    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') || b[13] != b':' || b[16] != b':' {
+    if b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return false;
     }
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
     {
         return false;
     }
@@ -549,15 +552,37 @@ mod tests {
     #[test]
     fn validation_table() {
         let registry = Registry::embedded().unwrap();
-        let contacts = registry.get("crm", 1).unwrap().collection("contacts").unwrap();
+        let contacts = registry
+            .get("crm", 1)
+            .unwrap()
+            .collection("contacts")
+            .unwrap();
         let cases: Vec<(Value, Result<(), RecordError>)> = vec![
             (json!({"name": "Ada", "email": "a@x"}), Ok(())),
             (json!({"name": "Ada", "phone": null}), Ok(())),
             (json!([1, 2]), Err(RecordError::NotAnObject)),
-            (json!({"email": "a@x"}), Err(RecordError::MissingField("name".into()))),
-            (json!({"name": null}), Err(RecordError::WrongType { field: "name".into(), expected: "a string" })),
-            (json!({"name": 5}), Err(RecordError::WrongType { field: "name".into(), expected: "a string" })),
-            (json!({"name": "Ada", "age": 3}), Err(RecordError::UnknownField("age".into()))),
+            (
+                json!({"email": "a@x"}),
+                Err(RecordError::MissingField("name".into())),
+            ),
+            (
+                json!({"name": null}),
+                Err(RecordError::WrongType {
+                    field: "name".into(),
+                    expected: "a string",
+                }),
+            ),
+            (
+                json!({"name": 5}),
+                Err(RecordError::WrongType {
+                    field: "name".into(),
+                    expected: "a string",
+                }),
+            ),
+            (
+                json!({"name": "Ada", "age": 3}),
+                Err(RecordError::UnknownField("age".into())),
+            ),
         ];
         for (record, expected) in cases {
             assert_eq!(contacts.validate(&record), expected, "{record}");
@@ -566,10 +591,22 @@ mod tests {
 
     #[test]
     fn rfc3339_table() {
-        for good in ["2026-11-23T10:00:00Z", "2026-11-23t10:00:00.123+05:30", "1999-01-01T00:00:60-00:00"] {
+        for good in [
+            "2026-11-23T10:00:00Z",
+            "2026-11-23t10:00:00.123+05:30",
+            "1999-01-01T00:00:60-00:00",
+        ] {
             assert!(is_rfc3339(good), "{good}");
         }
-        for bad in ["", "2026-11-23", "2026-13-01T00:00:00Z", "2026-11-23T10:00:00", "2026-11-23T10:00:00.Z", "2026-11-23T24:00:00Z", "2026-11-23T10:00:00+5:30"] {
+        for bad in [
+            "",
+            "2026-11-23",
+            "2026-13-01T00:00:00Z",
+            "2026-11-23T10:00:00",
+            "2026-11-23T10:00:00.Z",
+            "2026-11-23T24:00:00Z",
+            "2026-11-23T10:00:00+5:30",
+        ] {
             assert!(!is_rfc3339(bad), "{bad}");
         }
     }

@@ -33,7 +33,7 @@ pub use routes::Endpoint;
 use crate::access::{self, AccessError};
 use crate::auth::{self, Action, AuthError, Principal, Role};
 use crate::config::Config;
-use crate::ids::{rfc3339, Region, RecordId, TenantId};
+use crate::ids::{rfc3339, RecordId, Region, TenantId};
 use crate::keys;
 use crate::lifecycle::{self, LifecycleError};
 use crate::schema::Registry;
@@ -260,7 +260,10 @@ async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Response<Bo
     response
 }
 
-async fn route(state: Arc<AppState>, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn route(
+    state: Arc<AppState>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let endpoint = Endpoint::parse(request.method(), request.uri().path())?;
     if let Some(tenant) = endpoint.tenant() {
         tracing::Span::current().record("tenant_id", tracing::field::display(tenant));
@@ -307,7 +310,8 @@ async fn dispatch(
             allow(principal, Action::CreateTenant)?;
             let request: CreateTenantRequest = parse_json(&body)?;
             let new = checked_new_tenant(state, request)?;
-            let (tenant, admin_token) = blocking(move || lifecycle::create(&storage, new)).await??;
+            let (tenant, admin_token) =
+                blocking(move || lifecycle::create(&storage, new)).await??;
             tracing::info!(tenant_id = %tenant.id, "tenant created");
             let mut body = tenant_json(&tenant);
             body["admin_token"] = Value::from(admin_token);
@@ -316,7 +320,10 @@ async fn dispatch(
         Endpoint::ListTenants => {
             allow(principal, Action::ListTenants)?;
             let tenants: Vec<Value> = storage.catalog.tenants().iter().map(tenant_json).collect();
-            Ok(json_response(StatusCode::OK, &json!({ "tenants": tenants })))
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({ "tenants": tenants }),
+            ))
         }
         Endpoint::ReadTenant(id) => {
             allow(principal, Action::ReadTenant(&id))?;
@@ -355,7 +362,10 @@ async fn dispatch(
                 door.insert(&collection, &record).map_err(ApiError::from)
             })
             .await??;
-            Ok(json_response(StatusCode::CREATED, &json!({ "id": record_id.as_str() })))
+            Ok(json_response(
+                StatusCode::CREATED,
+                &json!({ "id": record_id.as_str() }),
+            ))
         }
         Endpoint::ReadRecord(id, collection, record_id) => {
             allow(principal, Action::ReadRecords(&id))?;
@@ -400,17 +410,25 @@ async fn dispatch(
             blocking(move || {
                 let door = open_tenant(&state, &principal, &id)?;
                 let (records, next) = match &listing.filter {
-                    Some((field, value)) => (door.find(&collection, field, value, listing.limit)?, None),
+                    Some((field, value)) => {
+                        (door.find(&collection, field, value, listing.limit)?, None)
+                    }
                     None => {
-                        let mut page = door.list(&collection, listing.after.as_ref(), listing.limit + 1)?;
+                        let mut page =
+                            door.list(&collection, listing.after.as_ref(), listing.limit + 1)?;
                         let more = page.len() > listing.limit;
                         page.truncate(listing.limit);
-                        let next = more.then(|| page.last().map(|(id, _)| id.to_string())).flatten();
+                        let next = more
+                            .then(|| page.last().map(|(id, _)| id.to_string()))
+                            .flatten();
                         (page, next)
                     }
                 };
                 let records: Vec<Value> = records.into_iter().map(record_json).collect();
-                Ok(json_response(StatusCode::OK, &json!({"records": records, "next": next})))
+                Ok(json_response(
+                    StatusCode::OK,
+                    &json!({"records": records, "next": next}),
+                ))
             })
             .await?
         }
@@ -423,14 +441,17 @@ async fn dispatch(
                 "tenant-admin" => Role::TenantAdmin,
                 other => {
                     return Err(ApiError::Unprocessable(format!(
-                        "unknown role {other:?}: use support, backup-agent, operator or tenant-admin"
-                    )))
+                    "unknown role {other:?}: use support, backup-agent, operator or tenant-admin"
+                )))
                 }
             };
             allow(principal, Action::MintToken(role))?;
             let name = checked_name(&request.name)?;
-            let tenant = (role == Role::TenantAdmin).then(|| principal.tenant.clone()).flatten();
-            let (token, secret) = blocking(move || storage.issue_token(role, tenant, &name)).await??;
+            let tenant = (role == Role::TenantAdmin)
+                .then(|| principal.tenant.clone())
+                .flatten();
+            let (token, secret) =
+                blocking(move || storage.issue_token(role, tenant, &name)).await??;
             tracing::info!(token_id = %token.id, role = role.as_str(), "token minted");
             Ok(json_response(
                 StatusCode::CREATED,
@@ -462,7 +483,12 @@ fn open_tenant(
     id: &TenantId,
 ) -> Result<access::TenantAccess, ApiError> {
     let tenant = known_tenant(&state.storage, id)?;
-    Ok(access::open(&state.storage, &state.schemas, principal, &tenant)?)
+    Ok(access::open(
+        &state.storage,
+        &state.schemas,
+        principal,
+        &tenant,
+    )?)
 }
 
 #[derive(Deserialize)]
@@ -482,10 +508,14 @@ struct MintTokenRequest {
     name: String,
 }
 
-fn checked_new_tenant(state: &AppState, request: CreateTenantRequest) -> Result<NewTenant, ApiError> {
+fn checked_new_tenant(
+    state: &AppState,
+    request: CreateTenantRequest,
+) -> Result<NewTenant, ApiError> {
     let name = checked_name(&request.name)?;
-    let region = Region::parse(&request.region)
-        .ok_or_else(|| ApiError::Unprocessable(format!("region {:?} is not a region label", request.region)))?;
+    let region = Region::parse(&request.region).ok_or_else(|| {
+        ApiError::Unprocessable(format!("region {:?} is not a region label", request.region))
+    })?;
     if region != state.config.region {
         return Err(ApiError::Unprocessable(format!(
             "this host serves region {:?}, not {:?}",
@@ -549,13 +579,17 @@ impl ListQuery {
                     })?)
                 }
                 _ if listing.filter.is_some() => {
-                    return Err(ApiError::BadRequest("look up by one field at a time".into()))
+                    return Err(ApiError::BadRequest(
+                        "look up by one field at a time".into(),
+                    ))
                 }
                 _ => listing.filter = Some((key, value)),
             }
         }
         if listing.filter.is_some() && listing.after.is_some() {
-            return Err(ApiError::BadRequest("after pages full listings, not lookups".into()));
+            return Err(ApiError::BadRequest(
+                "after pages full listings, not lookups".into(),
+            ));
         }
         Ok(listing)
     }
@@ -589,7 +623,9 @@ fn record_json((id, fields): Record) -> Value {
 
 /// Runs blocking work on the blocking pool, inside the current span. The work
 /// runs to completion even if the request's future is dropped.
-pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
     let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || span.in_scope(work))
         .await
@@ -611,7 +647,9 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiErro
         return Err(ApiError::BadRequest("request body must be JSON".into()));
     }
     serde_json::from_slice(body).map_err(|error| match error.classify() {
-        serde_json::error::Category::Data => ApiError::Unprocessable(format!("invalid request: {error}")),
+        serde_json::error::Category::Data => {
+            ApiError::Unprocessable(format!("invalid request: {error}"))
+        }
         _ => ApiError::BadRequest(format!("malformed JSON: {error}")),
     })
 }
@@ -627,7 +665,11 @@ fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
 }
 
 fn empty_response(status: StatusCode) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed());
+    let mut response = Response::new(
+        Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *response.status_mut() = status;
     response
 }

@@ -28,9 +28,8 @@ pub enum Endpoint {
 impl Endpoint {
     pub fn parse(method: &Method, path: &str) -> Result<Endpoint, ApiError> {
         let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-        let tenant = |s: &str| {
-            TenantId::parse(s).ok_or_else(|| ApiError::NotFound("unknown tenant".into()))
-        };
+        let tenant =
+            |s: &str| TenantId::parse(s).ok_or_else(|| ApiError::NotFound("unknown tenant".into()));
         let collection = |s: &str| {
             if is_identifier(s) {
                 Ok(s.to_string())
@@ -69,7 +68,9 @@ impl Endpoint {
             }
             (&M::POST, ["v1", "tokens"]) => Endpoint::MintToken,
             (&M::POST, ["v1", "keys", "rotate"]) => Endpoint::RotateMasterKey,
-            (_, segments) if Self::is_known_path(segments) => return Err(ApiError::MethodNotAllowed),
+            (_, segments) if Self::is_known_path(segments) => {
+                return Err(ApiError::MethodNotAllowed)
+            }
             _ => return Err(ApiError::NotFound("no such endpoint".into())),
         };
         Ok(endpoint)
@@ -162,8 +163,16 @@ mod tests {
             (Method::GET, format!("/v1/tenants/{t}"), Ok("ReadTenant")),
             (Method::GET, "/v1/tenants/nope".into(), Err(404)),
             (Method::PATCH, format!("/v1/tenants/{t}"), Err(405)),
-            (Method::GET, format!("/v1/tenants/{t}/collections/contacts/records/{r}"), Ok("ReadRecord")),
-            (Method::GET, format!("/v1/tenants/{t}/collections/../records"), Err(404)),
+            (
+                Method::GET,
+                format!("/v1/tenants/{t}/collections/contacts/records/{r}"),
+                Ok("ReadRecord"),
+            ),
+            (
+                Method::GET,
+                format!("/v1/tenants/{t}/collections/../records"),
+                Err(404),
+            ),
             (Method::GET, "/v1/elsewhere".into(), Err(404)),
         ];
         for (method, path, expected) in cases {
@@ -171,7 +180,10 @@ mod tests {
                 .map(|e| format!("{e:?}"))
                 .map_err(|e| e.status().as_u16());
             match expected {
-                Ok(name) => assert!(got.as_ref().is_ok_and(|g| g.starts_with(name)), "{path}: {got:?}"),
+                Ok(name) => assert!(
+                    got.as_ref().is_ok_and(|g| g.starts_with(name)),
+                    "{path}: {got:?}"
+                ),
                 Err(status) => assert_eq!(got.err(), Some(status), "{path}"),
             }
         }

@@ -154,8 +154,7 @@ impl Catalog {
 
     /// Writes a tenant record (new or changed) durably.
     pub fn put_tenant(&self, record: &TenantRecord) -> Result<(), StorageError> {
-        self.tenants
-            .insert(record.id.as_str(), to_json(record))?;
+        self.tenants.insert(record.id.as_str(), to_json(record))?;
         self.db.flush()?;
         self.cache
             .write()

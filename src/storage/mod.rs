@@ -179,7 +179,10 @@ impl Storage {
         id: &TenantId,
         change: impl FnOnce(&mut TenantRecord) -> Result<(), E>,
     ) -> Result<Result<TenantRecord, E>, StorageError> {
-        let _guard = self.tenant_update.lock().expect("tenant update lock poisoned");
+        let _guard = self
+            .tenant_update
+            .lock()
+            .expect("tenant update lock poisoned");
         let mut record = self.catalog.tenant(id).ok_or(StorageError::NotFound)?;
         if let Err(e) = change(&mut record) {
             return Ok(Err(e));
@@ -200,7 +203,10 @@ impl Storage {
         only_if: impl FnOnce(&TenantRecord) -> bool,
     ) -> Result<Option<TenantRecord>, StorageError> {
         let record = {
-            let _guard = self.tenant_update.lock().expect("tenant update lock poisoned");
+            let _guard = self
+                .tenant_update
+                .lock()
+                .expect("tenant update lock poisoned");
             let mut record = self.catalog.tenant(id).ok_or(StorageError::NotFound)?;
             if !only_if(&record) {
                 return Ok(None);
@@ -273,13 +279,20 @@ impl Storage {
     /// Each tenant is one durable catalog write, so a kill at any point leaves
     /// every tenant under either the old or the new key, both still on file.
     /// `after_each` runs after every re-wrapped tenant (progress, pacing).
-    pub fn rewrap_all(&self, mut after_each: impl FnMut(usize, usize)) -> Result<usize, StorageError> {
+    pub fn rewrap_all(
+        &self,
+        mut after_each: impl FnMut(usize, usize),
+    ) -> Result<usize, StorageError> {
         let current = self.current_kek();
         let todo: Vec<TenantId> = self
             .catalog
             .tenants()
             .into_iter()
-            .filter(|t| t.wrapped_dek.as_ref().is_some_and(|w| w.kek_id != current.id))
+            .filter(|t| {
+                t.wrapped_dek
+                    .as_ref()
+                    .is_some_and(|w| w.kek_id != current.id)
+            })
             .map(|t| t.id)
             .collect();
         let total = todo.len();
@@ -361,7 +374,10 @@ fn new_token(
     tenant: Option<TenantId>,
     name: &str,
 ) -> Result<(TokenRecord, String), StorageError> {
-    let secret = format!("coffer_{}", crypto::encode_hex(&crypto::random_bytes::<32>()?));
+    let secret = format!(
+        "coffer_{}",
+        crypto::encode_hex(&crypto::random_bytes::<32>()?)
+    );
     let record = TokenRecord {
         format: catalog::CATALOG_FORMAT_V1,
         id: TokenId::generate()?,

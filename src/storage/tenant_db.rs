@@ -121,7 +121,10 @@ impl TenantDb {
     pub fn get(&self, collection: &str, id: &RecordId) -> Result<Option<Record>, StorageError> {
         match self.data.get(record_key(collection, id))? {
             None => Ok(None),
-            Some(sealed) => Ok(Some((id.clone(), self.open_record(collection, id, &sealed)?))),
+            Some(sealed) => Ok(Some((
+                id.clone(),
+                self.open_record(collection, id, &sealed)?,
+            ))),
         }
     }
 
@@ -313,8 +316,15 @@ impl TenantDb {
     }
 
     /// Test and tooling access to the raw sealed bytes of one record.
-    pub fn raw_record(&self, collection: &str, id: &RecordId) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self.data.get(record_key(collection, id))?.map(|v| v.to_vec()))
+    pub fn raw_record(
+        &self,
+        collection: &str,
+        id: &RecordId,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self
+            .data
+            .get(record_key(collection, id))?
+            .map(|v| v.to_vec()))
     }
 
     /// Overwrites the raw sealed bytes of one record (used by tests that prove a

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite, as a newcomer or CI runs it: formatting, lints, unit and
+# integration tests against the real `coffer` binary. Installs what a fresh
+# machine lacks; starts nothing that outlives it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_component() {
+  if ! cargo "$1" --version >/dev/null 2>&1; then
+    echo "== installing rust component $2"
+    rustup component add "$2"
+  fi
+}
+need_component fmt rustfmt
+need_component clippy clippy
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --locked
