@@ -8,7 +8,6 @@
 //! |---|---|
 //! | `r` collection `0x00` record-id | sealed record JSON (AAD: tenant, collection, id) |
 //! | `i` collection `0x00` field `0x00` tag(32) record-id | empty |
-//! | `m` `seq` | change sequence, u64 big-endian |
 //!
 //! Collection and field names come from the schema, not from the tenant. Writes to
 //! one tenant are serialised by a mutex (so unique checks and index maintenance see
@@ -215,10 +214,14 @@ impl TenantDb {
         {
             let _guard = self.write_lock.lock().expect("tenant write lock poisoned");
             let key = record_key(collection_name, id);
-            let old = match self.data.get(&key)? {
-                Some(sealed) => Some(self.open_record(collection_name, id, &sealed)?),
-                None if must_exist => return Err(StorageError::NotFound),
-                None => None,
+            // A fresh id (128 bits, 80 of them random) has no old version to read.
+            let old = if must_exist {
+                match self.data.get(&key)? {
+                    Some(sealed) => Some(self.open_record(collection_name, id, &sealed)?),
+                    None => return Err(StorageError::NotFound),
+                }
+            } else {
+                None
             };
             let old_tags = old
                 .as_ref()
@@ -242,37 +245,34 @@ impl TenantDb {
             for (field, tag, _) in &new_tags {
                 batch.insert(index_key(collection_name, field, tag, id), &[]);
             }
-            match fields {
+            let sealed = match fields {
                 Some(fields) => {
                     let plain = serde_json::to_vec(fields).expect("a JSON map always serialises");
-                    let sealed = self.cipher.seal(
+                    Some(self.cipher.seal(
                         &record_aad(self.tenant.as_str(), collection_name, id.as_str()),
                         &plain,
-                    )?;
-                    batch.insert(key, sealed);
+                    )?)
                 }
-                None => batch.remove(key),
+                None => None,
+            };
+            if old_tags.is_empty() && new_tags.is_empty() {
+                // One key changes: a plain insert or remove is atomic on its own
+                // and skips the batch machinery.
+                match sealed {
+                    Some(sealed) => self.data.insert(key, sealed)?,
+                    None => self.data.remove(key)?,
+                };
+            } else {
+                match sealed {
+                    Some(sealed) => batch.insert(key, sealed),
+                    None => batch.remove(key),
+                }
+                self.data.apply_batch(batch)?;
             }
-            let seq = self.next_sequence()?;
-            batch.insert(b"mseq".as_slice(), &seq.to_be_bytes());
-            self.data.apply_batch(batch)?;
         }
         self.commit
             .wait_durable(|| self.db.flush().map(|_| ()))
             .map_err(StorageError::Flush)
-    }
-
-    fn next_sequence(&self) -> Result<u64, StorageError> {
-        let current = match self.data.get(b"mseq")? {
-            Some(bytes) => u64::from_be_bytes(
-                bytes
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| StorageError::Damaged("change sequence".into()))?,
-            ),
-            None => 0,
-        };
-        Ok(current + 1)
     }
 
     fn index_tags(
