@@ -22,6 +22,9 @@ name = "bench"
 version = 1
 [collections.blobs]
 fields.body = { type = "string", required = true }
+[collections.contacts]
+fields.body = { type = "string", required = true }
+fields.email = { type = "string", unique = true }
 "#;
 
 fn main() {
@@ -72,7 +75,11 @@ fn main() {
             .unwrap();
     }
     sled_db.flush().unwrap();
-    record("sled", "insert, flush at end", rate(records - durable_n, start));
+    record(
+        "sled",
+        "insert, flush at end",
+        rate(records - durable_n, start),
+    );
     let order = shuffled(records);
     let start = Instant::now();
     for &i in &order {
@@ -98,7 +105,11 @@ fn main() {
         })
         .collect();
     handles.into_iter().for_each(|h| h.join().unwrap());
-    record("sled", "durable insert, 64 writers", rate(writers * per_writer, start));
+    record(
+        "sled",
+        "durable insert, 64 writers",
+        rate(writers * per_writer, start),
+    );
     drop(sled_db);
 
     // --- Coffer's tenant database: sealed values, blind index, group commit.
@@ -123,7 +134,12 @@ fn main() {
     let handles: Vec<_> = (0..2)
         .map(|t| {
             let db = db.clone();
-            let ids: Vec<_> = order.iter().skip(t).step_by(2).map(|&i| ids[i].clone()).collect();
+            let ids: Vec<_> = order
+                .iter()
+                .skip(t)
+                .step_by(2)
+                .map(|&i| ids[i].clone())
+                .collect();
             std::thread::spawn(move || {
                 for id in &ids {
                     std::hint::black_box(db.get("blobs", id).unwrap().unwrap());
@@ -147,7 +163,33 @@ fn main() {
         })
         .collect();
     handles.into_iter().for_each(|h| h.join().unwrap());
-    record("coffer", "durable insert, 64 writers", rate(writers * per_writer, start));
+    record(
+        "coffer",
+        "durable insert, 64 writers",
+        rate(writers * per_writer, start),
+    );
+    // The same with a unique indexed field: record and index entry in one batch.
+    let contacts = schema.collection("contacts").unwrap().clone();
+    let start = Instant::now();
+    let handles: Vec<_> = (0..writers)
+        .map(|w| {
+            let db = db.clone();
+            let contacts = contacts.clone();
+            let mut fields = body(w);
+            std::thread::spawn(move || {
+                for i in 0..per_writer {
+                    fields.insert("email".into(), Value::from(format!("{w}-{i}@example.com")));
+                    db.insert("contacts", &contacts, &fields).unwrap();
+                }
+            })
+        })
+        .collect();
+    handles.into_iter().for_each(|h| h.join().unwrap());
+    record(
+        "coffer",
+        "indexed insert, 64 writers",
+        rate(writers * per_writer, start),
+    );
     drop(db);
 
     println!();
