@@ -156,7 +156,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (storage, schemas) = open_host(&config)?;
     write_first_operator_token(&storage, &config.data_dir)?;
     let storage = Arc::new(storage);
+    // Blocking threads carry sled work and wait on group commit; cap them so a
+    // burst of clients cannot grow the process without bound.
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(128)
         .enable_all()
         .build()
         .context("start async runtime")?;
