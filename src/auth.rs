@@ -15,6 +15,8 @@ pub struct Principal {
     pub token_id: String,
     pub role: Role,
     pub tenant: Option<TenantId>,
+    /// Restored copies of `tenant` this admin token also reaches.
+    pub also: Vec<TenantId>,
     pub name: String,
 }
 
@@ -24,6 +26,7 @@ impl From<TokenRecord> for Principal {
             token_id: token.id.to_string(),
             role: token.role,
             tenant: token.tenant,
+            also: token.also,
             name: token.name,
         }
     }
@@ -32,7 +35,8 @@ impl From<TokenRecord> for Principal {
 impl Principal {
     /// True for a tenant admin whose token is bound to exactly this tenant.
     pub fn is_admin_of(&self, tenant: &TenantId) -> bool {
-        self.role == Role::TenantAdmin && self.tenant.as_ref() == Some(tenant)
+        self.role == Role::TenantAdmin
+            && (self.tenant.as_ref() == Some(tenant) || self.also.contains(tenant))
     }
 }
 
@@ -130,6 +134,7 @@ mod tests {
             token_id: "t".into(),
             role,
             tenant: tenant.cloned(),
+            also: Vec::new(),
             name: "n".into(),
         }
     }

@@ -220,6 +220,89 @@ impl Keyring {
     }
 }
 
+/// Plaintext bytes per chunk of a sealed stream (DR backups). Part of the
+/// sealed-backup format version 1: never change.
+pub const STREAM_CHUNK_BYTES: usize = 64 * 1024;
+/// Length of the random nonce prefix of a sealed stream.
+pub const STREAM_PREFIX_LEN: usize = 7;
+
+/// STREAM-style chunked AEAD (Hoang, Reyhanitabar, Rogaway, Vizár 2015): chunk `i`
+/// is sealed with nonce `prefix(7) || i (u32 BE) || last (1 byte)`. A chunk moved,
+/// dropped, repeated or taken from another stream fails to open, and a stream cut
+/// after any chunk but the one marked last is detected.
+pub struct StreamCipher {
+    aead: LessSafeKey,
+    prefix: [u8; STREAM_PREFIX_LEN],
+}
+
+impl fmt::Debug for StreamCipher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StreamCipher([SECRET])")
+    }
+}
+
+impl StreamCipher {
+    pub fn new(key: &SecretKey, prefix: [u8; STREAM_PREFIX_LEN]) -> Self {
+        StreamCipher {
+            aead: key.aead_key(),
+            prefix,
+        }
+    }
+
+    fn nonce(&self, counter: u32, last: bool) -> Nonce {
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce[..STREAM_PREFIX_LEN].copy_from_slice(&self.prefix);
+        nonce[STREAM_PREFIX_LEN..STREAM_PREFIX_LEN + 4].copy_from_slice(&counter.to_be_bytes());
+        nonce[NONCE_LEN - 1] = u8::from(last);
+        Nonce::assume_unique_for_key(nonce)
+    }
+
+    /// Seals chunk `counter` in place; appends the tag.
+    pub fn seal_chunk(
+        &self,
+        counter: u32,
+        last: bool,
+        buffer: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
+        let tag = self
+            .aead
+            .seal_in_place_separate_tag(self.nonce(counter, last), Aad::empty(), buffer)
+            .map_err(|_| CryptoError::Random)?;
+        buffer.extend_from_slice(tag.as_ref());
+        Ok(())
+    }
+
+    /// Opens chunk `counter` in place; leaves the plaintext in `buffer`.
+    pub fn open_chunk(
+        &self,
+        counter: u32,
+        last: bool,
+        buffer: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
+        let len = self
+            .aead
+            .open_in_place(self.nonce(counter, last), Aad::empty(), buffer)
+            .map_err(|_| CryptoError::Open)?
+            .len();
+        buffer.truncate(len);
+        Ok(())
+    }
+}
+
+/// Wraps a key under another (AES-256-GCM, sealed-value layout) with `aad`.
+pub fn wrap_key(wrapping: &SecretKey, aad: &[u8], key: &SecretKey) -> Result<Vec<u8>, CryptoError> {
+    seal_with(&wrapping.aead_key(), aad, key.0.as_ref())
+}
+
+pub fn unwrap_key(
+    wrapping: &SecretKey,
+    aad: &[u8],
+    wrapped: &[u8],
+) -> Result<SecretKey, CryptoError> {
+    let plain = Zeroizing::new(open_with(&wrapping.aead_key(), aad, wrapped)?);
+    SecretKey::from_bytes(&plain)
+}
+
 /// Associated data for a record value: binds the ciphertext to its place.
 pub fn record_aad(tenant: &str, collection: &str, record_id: &str) -> Vec<u8> {
     length_prefixed(b"coffer record v1", &[tenant, collection, record_id])
@@ -427,6 +510,33 @@ mod tests {
         assert_eq!(tag, b.blind_index("contacts", "email", b"x@example.com"));
         assert_ne!(tag, c.blind_index("contacts", "email", b"x@example.com"));
         assert_ne!(tag, a.blind_index("contacts", "phone", b"x@example.com"));
+    }
+
+    #[test]
+    fn stream_chunks_are_bound_to_position_and_end() {
+        let key = SecretKey::generate().unwrap();
+        let cipher = StreamCipher::new(&key, [1; STREAM_PREFIX_LEN]);
+        let sealed = |counter, last| {
+            let mut b = b"chunk".to_vec();
+            cipher.seal_chunk(counter, last, &mut b).unwrap();
+            b
+        };
+        let mut ok = sealed(3, false);
+        cipher.open_chunk(3, false, &mut ok).unwrap();
+        assert_eq!(ok, b"chunk");
+        for (counter, last) in [(4, false), (3, true), (2, false)] {
+            let mut moved = sealed(3, false);
+            assert_eq!(
+                cipher.open_chunk(counter, last, &mut moved),
+                Err(CryptoError::Open)
+            );
+        }
+        let other = StreamCipher::new(&key, [2; STREAM_PREFIX_LEN]);
+        let mut foreign = sealed(0, true);
+        assert_eq!(
+            other.open_chunk(0, true, &mut foreign),
+            Err(CryptoError::Open)
+        );
     }
 
     #[test]

@@ -51,6 +51,7 @@
 pub mod access;
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod crypto;

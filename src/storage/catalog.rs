@@ -89,9 +89,13 @@ pub struct TokenRecord {
     pub format: u32,
     pub id: TokenId,
     pub role: Role,
-    /// Set for tenant admins: the one tenant this token reaches.
+    /// Set for tenant admins: the tenant this token was minted for.
     #[serde(default)]
     pub tenant: Option<TenantId>,
+    /// Further tenants this admin token reaches: copies restored from backups of
+    /// its tenant inherit the source tenant's admin credentials.
+    #[serde(default)]
+    pub also: Vec<TenantId>,
     pub name: String,
     pub created_at: u64,
     /// The SHA-256 of the token, kept so a lookup can compare it in constant time.
@@ -193,20 +197,32 @@ impl Catalog {
     /// Marks a tenant destroyed, drops its wrapped key and every token bound to it,
     /// atomically. After this returns the tenant's data can never be decrypted.
     pub fn destroy_tenant(&self, record: &TenantRecord) -> Result<(), StorageError> {
-        let doomed: Vec<sled::IVec> = self
-            .tokens
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, value)| {
-                serde_json::from_slice::<TokenRecord>(value)
-                    .map(|t| t.tenant.as_ref() == Some(&record.id))
-                    .unwrap_or(false)
-            })
-            .map(|(key, _)| key)
-            .collect();
+        // Tokens that reach only this tenant die; tokens that also reach restored
+        // copies lose this tenant and keep the others.
         let mut batch = sled::Batch::default();
-        for key in doomed {
-            batch.remove(key);
+        for item in self.tokens.iter() {
+            let (key, value) = item?;
+            let Ok(mut token) = serde_json::from_slice::<TokenRecord>(&value) else {
+                continue;
+            };
+            let primary = token.tenant.as_ref() == Some(&record.id);
+            let secondary = token.also.contains(&record.id);
+            if !primary && !secondary {
+                continue;
+            }
+            token.also.retain(|t| t != &record.id);
+            if primary {
+                token.tenant = if token.also.is_empty() {
+                    None
+                } else {
+                    Some(token.also.remove(0))
+                };
+            }
+            if token.tenant.is_none() {
+                batch.remove(key);
+            } else {
+                batch.insert(key, to_json(&token));
+            }
         }
         let tenant_value = to_json(record);
         use sled::Transactional;
@@ -240,6 +256,65 @@ impl Catalog {
         self.tokens.insert(digest, to_json(token))?;
         self.db.flush()?;
         Ok(())
+    }
+
+    /// Stores a JSON value in a named tree of the catalog (jobs and other small
+    /// host records of the modules above storage), durably.
+    pub fn put_json<T: Serialize>(
+        &self,
+        tree: &str,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StorageError> {
+        self.db.open_tree(tree)?.insert(key, to_json(value))?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        tree: &str,
+        key: &str,
+    ) -> Result<Option<T>, StorageError> {
+        match self.db.open_tree(tree)?.get(key)? {
+            None => Ok(None),
+            Some(value) => serde_json::from_slice(&value)
+                .map(Some)
+                .map_err(|e| StorageError::Damaged(format!("catalog {tree} entry: {e}"))),
+        }
+    }
+
+    pub fn list_json<T: serde::de::DeserializeOwned>(
+        &self,
+        tree: &str,
+    ) -> Result<Vec<T>, StorageError> {
+        self.db
+            .open_tree(tree)?
+            .iter()
+            .map(|item| {
+                let (_, value) = item?;
+                serde_json::from_slice(&value)
+                    .map_err(|e| StorageError::Damaged(format!("catalog {tree} entry: {e}")))
+            })
+            .collect()
+    }
+
+    pub fn remove_token(&self, digest: &[u8; 32]) -> Result<(), StorageError> {
+        self.tokens.remove(digest)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Every token (for inheriting admin credentials and for tests).
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, StorageError> {
+        self.tokens
+            .iter()
+            .map(|item| {
+                let (_, value) = item?;
+                serde_json::from_slice(&value)
+                    .map_err(|e| StorageError::Damaged(format!("catalog token entry: {e}")))
+            })
+            .collect()
     }
 
     pub fn token_count(&self) -> usize {

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 pub use catalog::{Catalog, Role, TenantRecord, TenantState, TokenRecord, WrappedDek};
-pub use tenant_db::{Record, TenantDb};
+pub use tenant_db::{Record, Snapshot, SnapshotRecords, TenantDb};
 
 use crate::crypto::{self, CryptoError, Keyring, MasterKey, SecretKey, TenantCipher};
 use crate::ids::{unix_now, Region, TenantId, TokenId};
@@ -61,6 +61,52 @@ impl From<std::io::Error> for StorageError {
     }
 }
 
+/// A tenant being restored: not in the catalog, its files under `staging/`.
+pub struct StagedTenant {
+    pub record: TenantRecord,
+    db: Option<Arc<TenantDb>>,
+    dir: PathBuf,
+    committed: bool,
+}
+
+impl StagedTenant {
+    pub fn db(&self) -> &TenantDb {
+        self.db.as_ref().expect("a staged tenant has its database")
+    }
+}
+
+impl Drop for StagedTenant {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.db.take();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// An admin credential carried over from a restored tenant: the digest only.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct InheritedAdmin {
+    #[serde(with = "hex_digest")]
+    pub digest: [u8; 32],
+    pub name: String,
+}
+
+mod hex_digest {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(digest: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::crypto::encode_hex(digest))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let text = String::deserialize(d)?;
+        crate::crypto::decode_hex(&text)
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or_else(|| serde::de::Error::custom("a digest is 64 hex digits"))
+    }
+}
+
 /// Everything a new tenant needs besides its key, which storage makes itself.
 pub struct NewTenant {
     pub name: String,
@@ -88,7 +134,7 @@ impl Storage {
         open_tenants_max: usize,
         cache_bytes_per_tenant: u64,
     ) -> Result<Storage, StorageError> {
-        for dir in ["tenants", "trash"] {
+        for dir in ["tenants", "trash", "staging"] {
             std::fs::create_dir_all(root.join(dir))?;
         }
         let catalog = Catalog::open(&root.join("catalog"))?;
@@ -148,6 +194,106 @@ impl Storage {
             .create_tenant(&record, &token, &crypto::token_digest(&secret))?;
         self.pool.insert(id, Arc::new(db));
         Ok((record, secret))
+    }
+
+    /// Creates a tenant that nobody can see yet: its key, and its database under
+    /// `staging/`. Restores fill it, then [`Storage::commit_staged`] makes it a
+    /// tenant in one catalog write, or [`Storage::abort_staged`] removes it.
+    pub fn stage_tenant(&self, new: NewTenant) -> Result<StagedTenant, StorageError> {
+        let id = TenantId::generate()?;
+        let dek = SecretKey::generate()?;
+        let kek = self.current_kek();
+        let record = TenantRecord {
+            format: catalog::CATALOG_FORMAT_V1,
+            id: id.clone(),
+            name: new.name,
+            region: new.region,
+            schema: new.schema,
+            schema_version: new.schema_version,
+            state: TenantState::Active,
+            created_at: unix_now(),
+            deactivated_at: None,
+            destroy_after: None,
+            destroyed_at: None,
+            wrapped_dek: Some(WrappedDek {
+                kek_id: kek.id.clone(),
+                sealed: crypto::encode_hex(&kek.wrap_dek(id.as_str(), &dek)?),
+            }),
+        };
+        let dir = self.root.join("staging").join(id.as_str());
+        let db = TenantDb::open(
+            &dir,
+            id,
+            TenantCipher::new(&dek),
+            self.cache_bytes_per_tenant,
+        )?;
+        Ok(StagedTenant {
+            record,
+            db: Some(Arc::new(db)),
+            dir,
+            committed: false,
+        })
+    }
+
+    /// Publishes a staged tenant. `inherit` lists admin token digests of the
+    /// tenant it was restored from: existing tokens gain the new tenant, missing
+    /// ones (the source is gone) are recreated for it. With `mint_token`, a new
+    /// admin token is minted and returned.
+    pub fn commit_staged(
+        &self,
+        mut staged: StagedTenant,
+        inherit: &[InheritedAdmin],
+        mint_token: bool,
+    ) -> Result<(TenantRecord, Option<String>), StorageError> {
+        let db = staged.db.take().expect("a staged tenant has its database");
+        db.flush()?;
+        let db = Arc::into_inner(db)
+            .ok_or_else(|| StorageError::Io("staged tenant database still in use".into()))?;
+        drop(db);
+        let id = staged.record.id.clone();
+        std::fs::rename(&staged.dir, self.tenant_dir(&id))?;
+        let (token, secret) = new_token(Role::TenantAdmin, Some(id.clone()), "restored admin")?;
+        let digest = crypto::token_digest(&secret);
+        // The tenant and its first token appear together; if no token is minted
+        // the inherited ones below are the only way in.
+        self.catalog
+            .create_tenant(&staged.record, &token, &digest)?;
+        if !mint_token {
+            self.catalog.remove_token(&digest)?;
+        }
+        for admin in inherit {
+            let mut record = match self.catalog.token(&admin.digest)? {
+                Some(existing) if existing.role == Role::TenantAdmin => existing,
+                Some(_) => continue,
+                None => TokenRecord {
+                    format: catalog::CATALOG_FORMAT_V1,
+                    id: TokenId::generate()?,
+                    role: Role::TenantAdmin,
+                    tenant: None,
+                    also: Vec::new(),
+                    name: admin.name.clone(),
+                    created_at: unix_now(),
+                    digest: crypto::encode_hex(&admin.digest),
+                },
+            };
+            if record.tenant.is_none() {
+                record.tenant = Some(id.clone());
+            } else if !record.also.contains(&id) {
+                record.also.push(id.clone());
+            }
+            self.catalog.put_token(&admin.digest, &record)?;
+        }
+        staged.committed = true;
+        Ok((staged.record.clone(), mint_token.then_some(secret)))
+    }
+
+    /// Removes a staged tenant and every file it wrote.
+    pub fn abort_staged(&self, mut staged: StagedTenant) {
+        staged.db.take();
+        if let Err(error) = std::fs::remove_dir_all(&staged.dir) {
+            tracing::warn!(%error, "remove staged tenant; removed at next start");
+        }
+        staged.committed = true;
     }
 
     /// The open database of an existing tenant (opened on demand).
@@ -322,6 +468,29 @@ impl Storage {
         Ok(total)
     }
 
+    /// Admin credentials of a tenant, as digests (what a DR backup carries).
+    pub fn admin_credentials(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<InheritedAdmin>, StorageError> {
+        Ok(self
+            .catalog
+            .tokens()?
+            .into_iter()
+            .filter(|t| {
+                t.role == Role::TenantAdmin
+                    && (t.tenant.as_ref() == Some(tenant) || t.also.contains(tenant))
+            })
+            .filter_map(|t| {
+                let digest = crypto::decode_hex(&t.digest)?.try_into().ok()?;
+                Some(InheritedAdmin {
+                    digest,
+                    name: t.name,
+                })
+            })
+            .collect())
+    }
+
     /// Master key ids that some tenant's DEK is still wrapped under.
     pub fn kek_ids_in_use(&self) -> Vec<String> {
         let mut ids: Vec<String> = self
@@ -348,9 +517,11 @@ impl Storage {
     }
 
     fn sweep_orphans(&self) -> Result<(), StorageError> {
-        for entry in std::fs::read_dir(self.root.join("trash"))? {
-            let path = entry?.path();
-            std::fs::remove_dir_all(&path)?;
+        for dir in ["trash", "staging"] {
+            for entry in std::fs::read_dir(self.root.join(dir))? {
+                let path = entry?.path();
+                std::fs::remove_dir_all(&path)?;
+            }
         }
         for entry in std::fs::read_dir(self.root.join("tenants"))? {
             let entry = entry?;
@@ -383,6 +554,7 @@ fn new_token(
         id: TokenId::generate()?,
         role,
         tenant,
+        also: Vec::new(),
         name: name.to_string(),
         created_at: unix_now(),
         digest: crypto::encode_hex(&crypto::token_digest(&secret)),

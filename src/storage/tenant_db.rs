@@ -18,8 +18,9 @@
 //! 3x in throughput here). A crash between those steps can only leave an entry
 //! whose record does not hold the value, and readers skip such entries.
 
+use std::ops::Bound;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value};
 
@@ -45,9 +46,26 @@ pub struct TenantDb {
     cipher: TenantCipher,
     db: sled::Db,
     data: sled::Tree,
-    write_lock: Mutex<()>,
+    /// Held by every writer; the state lists the snapshots writers must feed.
+    write_lock: Mutex<WriterState>,
     commit: GroupCommit,
 }
+
+#[derive(Default)]
+struct WriterState {
+    /// Acknowledged-or-in-flight writes since this database was opened.
+    writes: u64,
+    next_snapshot: u64,
+    /// Open snapshots: (id, tree of pre-images).
+    snapshots: Vec<(u64, sled::Tree)>,
+}
+
+/// Pre-image markers in a snapshot tree. Part of the on-disk format of a
+/// (temporary) snapshot tree: never change.
+const PRE_IMAGE_ABSENT: u8 = 0;
+const PRE_IMAGE_VALUE: u8 = 1;
+/// How many live records a snapshot reads per turn of the write lock.
+const SNAPSHOT_CHUNK: usize = 256;
 
 /// A record as the API sees it: its id and its fields.
 pub type Record = (RecordId, Map<String, Value>);
@@ -82,12 +100,18 @@ impl TenantDb {
                 db.flush()?;
             }
         }
+        // Snapshots are per process: pre-images left by a crash are garbage.
+        for name in db.tree_names() {
+            if name.starts_with(b"snapshot-") {
+                db.drop_tree(&name)?;
+            }
+        }
         Ok(TenantDb {
             tenant,
             cipher,
             db,
             data,
-            write_lock: Mutex::new(()),
+            write_lock: Mutex::new(WriterState::default()),
             commit: GroupCommit::default(),
         })
     }
@@ -106,6 +130,21 @@ impl TenantDb {
         let id = RecordId::generate()?;
         self.write(collection_name, collection, &id, Some(fields), false)?;
         Ok(id)
+    }
+
+    /// Inserts a record under a given id (restores keep their ids, so that
+    /// references between records survive). `Duplicate("id")` if it exists.
+    pub fn insert_with_id(
+        &self,
+        collection_name: &str,
+        collection: &Collection,
+        id: &RecordId,
+        fields: &Map<String, Value>,
+    ) -> Result<(), StorageError> {
+        if self.data.contains_key(record_key(collection_name, id))? {
+            return Err(StorageError::Duplicate("id".into()));
+        }
+        self.write(collection_name, collection, id, Some(fields), false)
     }
 
     /// Replaces an existing record; `NotFound` if it does not exist.
@@ -223,17 +262,37 @@ impl TenantDb {
         must_exist: bool,
     ) -> Result<(), StorageError> {
         {
-            let _guard = self.write_lock.lock().expect("tenant write lock poisoned");
+            let mut state = self.write_lock.lock().expect("tenant write lock poisoned");
             let key = record_key(collection_name, id);
             // A fresh id (128 bits, 80 of them random) has no old version to read.
-            let old = if must_exist {
+            let (old, old_sealed) = if must_exist {
                 match self.data.get(&key)? {
-                    Some(sealed) => Some(self.open_record(collection_name, id, &sealed)?),
+                    Some(sealed) => (
+                        Some(self.open_record(collection_name, id, &sealed)?),
+                        Some(sealed),
+                    ),
                     None => return Err(StorageError::NotFound),
                 }
             } else {
-                None
+                (None, None)
             };
+            // Every open snapshot keeps the first pre-image of every record changed
+            // after it was taken; see `Snapshot`.
+            for (_, tree) in &state.snapshots {
+                if !tree.contains_key(&key)? {
+                    let mut pre_image =
+                        Vec::with_capacity(1 + old_sealed.as_ref().map_or(0, |v| v.len()));
+                    match &old_sealed {
+                        Some(sealed) => {
+                            pre_image.push(PRE_IMAGE_VALUE);
+                            pre_image.extend_from_slice(sealed);
+                        }
+                        None => pre_image.push(PRE_IMAGE_ABSENT),
+                    }
+                    tree.insert(&key, pre_image)?;
+                }
+            }
+            state.writes += 1;
             let old_tags = old
                 .as_ref()
                 .map(|o| self.index_tags(collection_name, collection, o))
@@ -352,6 +411,24 @@ impl TenantDb {
         }
     }
 
+    /// Takes a consistent snapshot: every write acknowledged before this call,
+    /// none after. Writers are held for the moment it takes to register it.
+    pub fn snapshot(self: &Arc<Self>) -> Result<Snapshot, StorageError> {
+        let mut state = self.write_lock.lock().expect("tenant write lock poisoned");
+        let id = state.next_snapshot;
+        state.next_snapshot += 1;
+        let tree = self.db.open_tree(format!("snapshot-{id}"))?;
+        tree.clear()?;
+        state.snapshots.push((id, tree.clone()));
+        Ok(Snapshot {
+            db: self.clone(),
+            id,
+            tree,
+            sequence: state.writes,
+            taken_at: crate::ids::unix_now(),
+        })
+    }
+
     /// Test and tooling access to the raw sealed bytes of one record.
     pub fn raw_record(
         &self,
@@ -375,6 +452,160 @@ impl TenantDb {
         self.data.insert(record_key(collection, id), sealed)?;
         self.db.flush()?;
         Ok(())
+    }
+}
+
+/// A point-in-time view of one tenant, for exports and backups.
+///
+/// Copy-on-write at the record level: from the moment the snapshot is taken,
+/// each writer saves the first pre-image of every record it changes (or an
+/// "absent" marker for a record that did not exist) into the snapshot's own sled
+/// tree, under the tenant's write lock. The snapshot reads the live records in
+/// chunks of [`SNAPSHOT_CHUNK`], each chunk under the same lock, and lets
+/// pre-images win: inside a chunk nothing moves, and anything changed outside it
+/// left its pre-image behind. So every read of the snapshot sees the tenant as it
+/// was when the snapshot was taken, however long the export runs and however
+/// often it reads (exports read twice: sizes and hashes first, then bytes).
+/// Writers wait only for one chunk's key-value reads (no decryption happens under
+/// the lock).
+pub struct Snapshot {
+    db: Arc<TenantDb>,
+    id: u64,
+    tree: sled::Tree,
+    /// Writes since the database was opened, at the moment of the snapshot.
+    pub sequence: u64,
+    /// Unix seconds when the snapshot was taken.
+    pub taken_at: u64,
+}
+
+impl Snapshot {
+    pub fn tenant(&self) -> &TenantId {
+        &self.db.tenant
+    }
+
+    /// The records of one collection as of the snapshot, in id order.
+    pub fn records(&self, collection: &str) -> SnapshotRecords<'_> {
+        SnapshotRecords {
+            snapshot: self,
+            collection: collection.to_string(),
+            prefix: collection_prefix(collection),
+            cursor: None,
+            done: false,
+            pending: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// One chunk of (key, sealed value) as of the snapshot, after `cursor`.
+    fn chunk(
+        &self,
+        prefix: &[u8],
+        cursor: Option<&[u8]>,
+    ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>), StorageError> {
+        let start = match cursor {
+            Some(c) => Bound::Excluded(c.to_vec()),
+            None => Bound::Included(prefix.to_vec()),
+        };
+        let _state = self
+            .db
+            .write_lock
+            .lock()
+            .expect("tenant write lock poisoned");
+        let mut live = Vec::with_capacity(SNAPSHOT_CHUNK);
+        for item in self.db.data.range((start.clone(), Bound::Unbounded)) {
+            let (key, value) = item?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            live.push((key.to_vec(), value.to_vec()));
+            if live.len() == SNAPSHOT_CHUNK {
+                break;
+            }
+        }
+        // The chunk covers keys up to its last live key, or the rest of the
+        // collection when the live records ran out.
+        let end = (live.len() == SNAPSHOT_CHUNK).then(|| live[live.len() - 1].0.clone());
+        let mut merged: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> =
+            live.into_iter().map(|(k, v)| (k, Some(v))).collect();
+        let upper = match &end {
+            Some(end) => Bound::Included(end.clone()),
+            None => Bound::Unbounded,
+        };
+        for item in self.tree.range((start, upper)) {
+            let (key, pre_image) = item?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            let value = match pre_image.split_first() {
+                Some((&PRE_IMAGE_VALUE, sealed)) => Some(sealed.to_vec()),
+                Some((&PRE_IMAGE_ABSENT, _)) => None,
+                _ => return Err(StorageError::Damaged("a snapshot pre-image".into())),
+            };
+            merged.insert(key.to_vec(), value);
+        }
+        let records = merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect();
+        Ok((records, end))
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        let mut state = self
+            .db
+            .write_lock
+            .lock()
+            .expect("tenant write lock poisoned");
+        state.snapshots.retain(|(id, _)| *id != self.id);
+        drop(state);
+        if let Err(error) = self.db.db.drop_tree(format!("snapshot-{}", self.id)) {
+            tracing::warn!(%error, "drop snapshot tree; removed at next open");
+        }
+    }
+}
+
+/// Iterator over one collection of a [`Snapshot`].
+pub struct SnapshotRecords<'a> {
+    snapshot: &'a Snapshot,
+    collection: String,
+    prefix: Vec<u8>,
+    cursor: Option<Vec<u8>>,
+    done: bool,
+    pending: std::collections::VecDeque<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Iterator for SnapshotRecords<'_> {
+    type Item = Result<Record, StorageError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.pending.is_empty() {
+            if self.done {
+                return None;
+            }
+            match self.snapshot.chunk(&self.prefix, self.cursor.as_deref()) {
+                Ok((records, end)) => {
+                    self.pending.extend(records);
+                    match end {
+                        Some(end) => self.cursor = Some(end),
+                        None => self.done = true,
+                    }
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        let (key, sealed) = self.pending.pop_front()?;
+        let result = record_id_from(&key[self.prefix.len()..]).and_then(|id| {
+            let fields = self
+                .snapshot
+                .db
+                .open_record(&self.collection, &id, &sealed)?;
+            Ok((id, fields))
+        });
+        Some(result)
     }
 }
 

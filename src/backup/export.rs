@@ -1,0 +1,240 @@
+//! Writing an archive from a tenant snapshot, streamed: memory stays bounded by
+//! one record and zstd's window, whatever the tenant's size.
+//!
+//! tar needs each member's size in its header and the manifest (first) needs
+//! every member's hash, so the export reads the snapshot twice: pass one
+//! computes sizes, hashes and counts without writing anything; pass two writes
+//! the bytes and checks they hash the same. The snapshot makes both passes see
+//! the same records.
+
+use std::io::{self, Read, Write};
+
+use ring::digest::{Context, SHA256};
+use serde_json::{Map, Value};
+
+use super::format::{
+    collection_path, ConsistencyPoint, Manifest, ManifestSchema, ManifestTenant, Member,
+    ARCHIVE_FORMAT, ARCHIVE_VERSION, MANIFEST_PATH, SCHEMA_PATH, ZSTD_LEVEL,
+};
+use super::BackupError;
+use crate::crypto::encode_hex;
+use crate::ids::rfc3339;
+use crate::schema::Schema;
+use crate::storage::{Record, Snapshot, SnapshotRecords, TenantRecord};
+
+/// What an export wrote.
+#[derive(Debug, Clone)]
+pub struct ExportSummary {
+    pub manifest: Manifest,
+    pub records: u64,
+    /// Uncompressed bytes of all collection members.
+    pub ndjson_bytes: u64,
+}
+
+/// Writes the archive of `snapshot` to `out` (compressed). `out` is flushed but
+/// not closed.
+pub fn write_archive<W: Write>(
+    out: W,
+    tenant: &TenantRecord,
+    schema: &Schema,
+    snapshot: &Snapshot,
+) -> Result<ExportSummary, BackupError> {
+    let schema_bytes = serde_json::to_vec_pretty(schema).expect("a schema always serialises");
+    let mut members = vec![Member {
+        path: SCHEMA_PATH.into(),
+        size: schema_bytes.len() as u64,
+        sha256: sha256_hex(&schema_bytes),
+    }];
+    let mut counts = std::collections::BTreeMap::new();
+    let mut records = 0;
+    let mut ndjson_bytes = 0;
+    // Pass one: sizes, hashes, counts.
+    for name in schema.collections.keys() {
+        let mut lines = NdjsonReader::new(snapshot.records(name));
+        let mut hasher = Context::new(&SHA256);
+        let mut size = 0u64;
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let n = lines.read(&mut buffer).map_err(BackupError::from_io)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buffer[..n]);
+            size += n as u64;
+        }
+        counts.insert(name.clone(), lines.count);
+        records += lines.count;
+        ndjson_bytes += size;
+        members.push(Member {
+            path: collection_path(name),
+            size,
+            sha256: encode_hex(hasher.finish().as_ref()),
+        });
+    }
+    let manifest = Manifest {
+        format: ARCHIVE_FORMAT.into(),
+        format_version: ARCHIVE_VERSION,
+        tenant: ManifestTenant {
+            id: tenant.id.to_string(),
+            name: tenant.name.clone(),
+            region: tenant.region.to_string(),
+        },
+        schema: ManifestSchema {
+            name: schema.name.clone(),
+            version: schema.version,
+        },
+        consistency_point: ConsistencyPoint {
+            at: rfc3339(snapshot.taken_at),
+            sequence: snapshot.sequence,
+        },
+        created_at: rfc3339(crate::ids::unix_now()),
+        counts,
+        members,
+    };
+    let manifest_bytes =
+        serde_json::to_vec_pretty(&manifest).expect("a manifest always serialises");
+
+    // Pass two: the bytes.
+    let encoder =
+        zstd::stream::write::Encoder::new(out, ZSTD_LEVEL).map_err(BackupError::from_io)?;
+    let mut tar = tar::Builder::new(encoder);
+    let mtime = snapshot.taken_at;
+    append(
+        &mut tar,
+        MANIFEST_PATH,
+        manifest_bytes.len() as u64,
+        mtime,
+        &manifest_bytes[..],
+    )?;
+    append(
+        &mut tar,
+        SCHEMA_PATH,
+        schema_bytes.len() as u64,
+        mtime,
+        &schema_bytes[..],
+    )?;
+    for (name, member) in schema.collections.keys().zip(&manifest.members[1..]) {
+        let mut reader = HashingReader::new(NdjsonReader::new(snapshot.records(name)));
+        append(&mut tar, &member.path, member.size, mtime, &mut reader)?;
+        if reader.total != member.size
+            || encode_hex(reader.hasher.finish().as_ref()) != member.sha256
+        {
+            return Err(BackupError::Inconsistent(format!(
+                "{} changed between the two passes of the export",
+                member.path
+            )));
+        }
+    }
+    let encoder = tar.into_inner().map_err(BackupError::from_io)?;
+    let mut out = encoder.finish().map_err(BackupError::from_io)?;
+    out.flush().map_err(BackupError::from_io)?;
+    Ok(ExportSummary {
+        manifest,
+        records,
+        ndjson_bytes,
+    })
+}
+
+fn append<W: Write>(
+    tar: &mut tar::Builder<W>,
+    path: &str,
+    size: u64,
+    mtime: u64,
+    data: impl Read,
+) -> Result<(), BackupError> {
+    let mut header = tar::Header::new_ustar();
+    header.set_path(path).map_err(BackupError::from_io)?;
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_mtime(mtime);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    // `append` copies exactly until `data` ends; a length that differs from the
+    // header would corrupt the archive, so the reader is capped and checked.
+    let mut capped = data.take(size);
+    tar.append(&header, &mut capped)
+        .map_err(BackupError::from_io)?;
+    Ok(())
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    encode_hex(ring::digest::digest(&SHA256, bytes).as_ref())
+}
+
+/// A record as one NDJSON line: `{"id": ..., fields...}` and a newline.
+pub fn record_line((id, fields): Record) -> Vec<u8> {
+    let mut object = Map::with_capacity(fields.len() + 1);
+    object.insert("id".into(), Value::from(id.to_string()));
+    object.extend(fields);
+    let mut line = serde_json::to_vec(&Value::Object(object)).expect("JSON always serialises");
+    line.push(b'\n');
+    line
+}
+
+/// The NDJSON bytes of one collection of a snapshot, as a `Read`.
+struct NdjsonReader<'a> {
+    records: SnapshotRecords<'a>,
+    line: Vec<u8>,
+    position: usize,
+    count: u64,
+}
+
+impl<'a> NdjsonReader<'a> {
+    fn new(records: SnapshotRecords<'a>) -> Self {
+        NdjsonReader {
+            records,
+            line: Vec::new(),
+            position: 0,
+            count: 0,
+        }
+    }
+}
+
+impl Read for NdjsonReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut written = 0;
+        while written < buf.len() {
+            if self.position == self.line.len() {
+                match self.records.next() {
+                    None => break,
+                    Some(Err(e)) => return Err(io::Error::other(e)),
+                    Some(Ok(record)) => {
+                        self.line = record_line(record);
+                        self.position = 0;
+                        self.count += 1;
+                    }
+                }
+            }
+            let n = (self.line.len() - self.position).min(buf.len() - written);
+            buf[written..written + n].copy_from_slice(&self.line[self.position..self.position + n]);
+            self.position += n;
+            written += n;
+        }
+        Ok(written)
+    }
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: Context,
+    total: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: Context::new(&SHA256),
+            total: 0,
+        }
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.total += n as u64;
+        Ok(n)
+    }
+}
