@@ -77,6 +77,11 @@ pub enum Action<'a> {
     WriteRecords(&'a TenantId),
     MintToken(Role),
     RotateMasterKey,
+    ExportTenant(&'a TenantId),
+    /// Start, list and read backups of a tenant.
+    Backups(&'a TenantId),
+    RestoreBackup(&'a TenantId),
+    ImportTenant,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,8 +93,13 @@ pub fn authorize(principal: &Principal, action: &Action<'_>) -> Result<(), Denie
     use Role::*;
     let own = |tenant: &TenantId| principal.is_admin_of(tenant);
     let allowed = match (action, principal.role) {
-        (Action::CreateTenant | Action::ListTenants | Action::RotateMasterKey, Operator) => true,
-        (Action::CreateTenant | Action::ListTenants | Action::RotateMasterKey, _) => false,
+        (
+            Action::CreateTenant
+            | Action::ListTenants
+            | Action::RotateMasterKey
+            | Action::ImportTenant,
+            role,
+        ) => role == Operator,
 
         (
             Action::ReadTenant(t) | Action::DeactivateTenant(t) | Action::ReactivateTenant(t),
@@ -102,6 +112,14 @@ pub fn authorize(principal: &Principal, action: &Action<'_>) -> Result<(), Denie
         (Action::ReadRecords(t) | Action::WriteRecords(t), TenantAdmin) => own(t),
         (Action::ReadRecords(_) | Action::WriteRecords(_), Operator | Support | BackupAgent) => {
             false
+        }
+
+        // The portable export is plaintext: the tenant's own admins only.
+        (Action::ExportTenant(t), _) => own(t),
+        // Backups are sealed: staff may start, list and restore them. A restore
+        // gives the new tenant the source's admin credentials, not the caller.
+        (Action::Backups(t) | Action::RestoreBackup(t), role) => {
+            matches!(role, Operator | BackupAgent) || own(t)
         }
 
         // Operators mint staff tokens, never tenant-admin tokens; a tenant admin
@@ -165,6 +183,15 @@ mod tests {
             (&admin, Action::MintToken(Role::Operator), false),
             (&support, Action::MintToken(Role::Support), false),
             (&agent, Action::ListTenants, false),
+            (&op, Action::ExportTenant(&mine), false),
+            (&agent, Action::ExportTenant(&mine), false),
+            (&admin, Action::ExportTenant(&mine), true),
+            (&admin, Action::ExportTenant(&other), false),
+            (&agent, Action::Backups(&mine), true),
+            (&support, Action::Backups(&mine), false),
+            (&admin, Action::RestoreBackup(&other), false),
+            (&op, Action::ImportTenant, true),
+            (&admin, Action::ImportTenant, false),
         ];
         for (who, action, expected) in cases {
             assert_eq!(

@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::api::{self, AppState};
+use crate::backup::Backups;
 use crate::config::{Config, Overrides};
 use crate::keys;
 use crate::lifecycle;
@@ -70,6 +71,15 @@ struct ServeArgs {
     /// Open tenant databases kept at once; colder ones are reopened on demand.
     #[arg(long)]
     open_tenants_max: Option<usize>,
+    /// Backup store directory [default: <data-dir>/backups].
+    #[arg(long)]
+    backup_store: Option<PathBuf>,
+    /// Backup key file (64 hex digits, 0600) [default: <data-dir>/backup.key].
+    #[arg(long)]
+    backup_key_file: Option<PathBuf>,
+    /// Scheduled backup interval, e.g. "24h"; "0s" turns scheduled backups off.
+    #[arg(long)]
+    backup_interval: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -143,6 +153,18 @@ fn open_host(config: &Config) -> anyhow::Result<(Storage, Registry)> {
     Ok((storage, schemas))
 }
 
+fn open_backups(config: &Config) -> anyhow::Result<Backups> {
+    let key = keys::load_backup_key(&config.data_dir, config.backup_key_file.as_deref())
+        .context("load backup key")?;
+    Backups::new(
+        &config.backup_store,
+        key,
+        config.region.clone(),
+        config.backup_retention.as_secs(),
+    )
+    .context("open backup store")
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::resolve(Overrides {
         listen: args.listen,
@@ -150,11 +172,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         grace_period: args.grace_period,
         sweep_interval: args.sweep_interval,
         open_tenants_max: args.open_tenants_max,
+        backup_store: args.backup_store,
+        backup_key_file: args.backup_key_file,
+        backup_interval: args.backup_interval,
         ..overrides(args.host)
     })?;
     init_tracing();
     let (storage, schemas) = open_host(&config)?;
     write_first_operator_token(&storage, &config.data_dir)?;
+    let backups = Arc::new(open_backups(&config)?);
     let storage = Arc::new(storage);
     // Blocking threads carry sled work and wait on group commit; cap them so a
     // burst of clients cannot grow the process without bound.
@@ -172,7 +198,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // One plain line on stdout, for people and for scripts that started us on port 0.
         println!("coffer listening on http://{address}");
         let sweeper = tokio::spawn(lifecycle::run_sweeper(storage.clone(), config.sweep_interval));
-        let state = Arc::new(AppState::new(storage, schemas, config));
+        let state = Arc::new(AppState::new(storage, schemas, config, backups));
         api::serve(state, listener, shutdown_signal()).await?;
         sweeper.abort();
         Ok(())

@@ -17,6 +17,13 @@
 //! [api]
 //! max_body_bytes = 1048576
 //! request_timeout = "30s"
+//!
+//! [backup]
+//! store = "/var/lib/coffer/backups"          # default: <data_dir>/backups
+//! key_file = "/etc/coffer/backup.key"        # default: <data_dir>/backup.key (generated)
+//! retention_days = 365
+//! interval_hours = 24                        # scheduled backups; 0 turns them off
+//! max_import_bytes = 17179869184             # bound on an uploaded or restored archive
 //! ```
 
 use std::net::SocketAddr;
@@ -41,6 +48,11 @@ pub struct Config {
     pub tenant_cache_bytes: u64,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    pub backup_store: PathBuf,
+    pub backup_key_file: Option<PathBuf>,
+    pub backup_retention: Duration,
+    pub backup_interval: Option<Duration>,
+    pub max_import_bytes: u64,
 }
 
 /// Settings given on the command line; each wins over the file.
@@ -54,6 +66,9 @@ pub struct Overrides {
     pub grace_period: Option<String>,
     pub sweep_interval: Option<String>,
     pub open_tenants_max: Option<usize>,
+    pub backup_store: Option<PathBuf>,
+    pub backup_key_file: Option<PathBuf>,
+    pub backup_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -65,6 +80,18 @@ struct RawConfig {
     tenants: RawTenants,
     #[serde(default)]
     api: RawApi,
+    #[serde(default)]
+    backup: RawBackup,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackup {
+    store: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    retention_days: Option<u64>,
+    interval_hours: Option<u64>,
+    max_import_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -132,11 +159,29 @@ impl Config {
         if max_body_bytes < 1024 {
             bail!("api.max_body_bytes must be at least 1024");
         }
+        let data_dir = overrides
+            .data_dir
+            .or(raw.host.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let backup_interval = match overrides.backup_interval {
+            Some(text) => Some(duration("backup interval", Some(text), "24h")?),
+            None => Some(Duration::from_secs(
+                raw.backup.interval_hours.unwrap_or(24) * 3600,
+            )),
+        }
+        .filter(|d| !d.is_zero());
         Ok(Config {
-            data_dir: overrides
-                .data_dir
-                .or(raw.host.data_dir)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            backup_store: overrides
+                .backup_store
+                .or(raw.backup.store)
+                .unwrap_or_else(|| data_dir.join("backups")),
+            backup_key_file: overrides.backup_key_file.or(raw.backup.key_file),
+            backup_retention: Duration::from_secs(
+                raw.backup.retention_days.unwrap_or(365) * 86_400,
+            ),
+            backup_interval,
+            max_import_bytes: raw.backup.max_import_bytes.unwrap_or(16 << 30),
+            data_dir,
             listen,
             region,
             key_source,

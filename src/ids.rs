@@ -56,6 +56,7 @@ hex_id!(
     TokenId,
     "A bearer token's public id (never the token itself)."
 );
+hex_id!(BackupId, "A backup: 128 random bits, hex. Never reused.");
 
 impl TenantId {
     pub fn generate() -> Result<Self, CryptoError> {

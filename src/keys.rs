@@ -145,6 +145,22 @@ pub struct RotationReport {
     pub retired: Vec<String>,
 }
 
+/// The backup key: from `file` (0600), or `<data-dir>/backup.key`, generated on
+/// first start. Held apart from the master key: a host in another region needs
+/// only this key and the backup store to restore.
+pub fn load_backup_key(data_dir: &Path, file: Option<&Path>) -> anyhow::Result<SecretKey> {
+    if let Some(path) = file {
+        return read_key_file(path);
+    }
+    let path = data_dir.join("backup.key");
+    if !path.exists() {
+        let key = SecretKey::generate()?;
+        write_key_file(&path, &key)?;
+        tracing::info!(path = %path.display(), "generated a new backup key; keep a copy off this host");
+    }
+    read_key_file(&path)
+}
+
 /// Reads a secret file, refusing one that group or others can read.
 pub fn read_key_file(path: &Path) -> anyhow::Result<SecretKey> {
     check_private(path)?;

@@ -6,7 +6,9 @@
 //! Blocking work (sled, file I/O) runs through [`blocking`], which keeps the span
 //! and runs to completion even if the client hangs up.
 
+mod backups;
 mod routes;
+mod stream;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -32,6 +34,7 @@ pub use routes::Endpoint;
 
 use crate::access::{self, AccessError};
 use crate::auth::{self, Action, AuthError, Principal, Role};
+use crate::backup::Backups;
 use crate::config::Config;
 use crate::ids::{rfc3339, RecordId, Region, TenantId};
 use crate::keys;
@@ -46,15 +49,22 @@ pub struct AppState {
     pub storage: Arc<Storage>,
     pub schemas: Registry,
     pub config: Config,
+    pub backups: Arc<Backups>,
     next_request: AtomicU64,
 }
 
 impl AppState {
-    pub fn new(storage: Arc<Storage>, schemas: Registry, config: Config) -> Self {
+    pub fn new(
+        storage: Arc<Storage>,
+        schemas: Registry,
+        config: Config,
+        backups: Arc<Backups>,
+    ) -> Self {
         AppState {
             storage,
             schemas,
             config,
+            backups,
             next_request: AtomicU64::new(1),
         }
     }
@@ -104,7 +114,7 @@ impl ApiError {
         }
     }
 
-    fn internal(detail: impl std::fmt::Display) -> Self {
+    pub(crate) fn internal(detail: impl std::fmt::Display) -> Self {
         ApiError::Internal {
             public: "internal error".into(),
             detail: detail.to_string(),
@@ -288,6 +298,11 @@ async fn route(
         blocking(move || auth::authenticate(&storage, auth_header.as_deref())).await??
     };
     let query = routes::parse_query(request.uri().query().unwrap_or(""))?;
+    if endpoint == Endpoint::ImportTenant {
+        // An archive: streamed to the importer, never held whole in memory.
+        allow(&principal, Action::ImportTenant)?;
+        return backups::import(&state, query, request.into_body()).await;
+    }
     let body = read_body(request, state.config.max_body_bytes).await?;
     dispatch(&state, &principal, endpoint, query, body).await
 }
@@ -305,7 +320,29 @@ async fn dispatch(
 ) -> Result<Response<Body>, ApiError> {
     let storage = state.storage.clone();
     match endpoint {
-        Endpoint::Health => unreachable!("answered before authentication"),
+        Endpoint::Health | Endpoint::ImportTenant => {
+            unreachable!("answered before the body is read")
+        }
+        Endpoint::ExportTenant(id) => {
+            allow(principal, Action::ExportTenant(&id))?;
+            backups::export(state, id).await
+        }
+        Endpoint::StartBackup(id) => {
+            allow(principal, Action::Backups(&id))?;
+            backups::start(state, id).await
+        }
+        Endpoint::ListBackups(id) => {
+            allow(principal, Action::Backups(&id))?;
+            backups::list(state, id).await
+        }
+        Endpoint::ReadBackup(id, backup) => {
+            allow(principal, Action::Backups(&id))?;
+            backups::read(state, id, backup).await
+        }
+        Endpoint::RestoreBackup(id, backup) => {
+            allow(principal, Action::RestoreBackup(&id))?;
+            backups::restore(state, principal, id, backup, &body).await
+        }
         Endpoint::CreateTenant => {
             allow(principal, Action::CreateTenant)?;
             let request: CreateTenantRequest = parse_json(&body)?;
@@ -470,7 +507,7 @@ async fn dispatch(
     }
 }
 
-fn known_tenant(storage: &Storage, id: &TenantId) -> Result<TenantRecord, ApiError> {
+pub(crate) fn known_tenant(storage: &Storage, id: &TenantId) -> Result<TenantRecord, ApiError> {
     storage
         .catalog
         .tenant(id)
@@ -536,7 +573,7 @@ fn checked_new_tenant(
     })
 }
 
-fn checked_name(name: &str) -> Result<String, ApiError> {
+pub(crate) fn checked_name(name: &str) -> Result<String, ApiError> {
     let name = name.trim();
     if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
         return Err(ApiError::Unprocessable(
@@ -595,7 +632,7 @@ impl ListQuery {
     }
 }
 
-fn tenant_json(tenant: &TenantRecord) -> Value {
+pub(crate) fn tenant_json(tenant: &TenantRecord) -> Value {
     let mut body = json!({
         "id": tenant.id.as_str(),
         "name": tenant.name,
@@ -642,7 +679,7 @@ async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, Ap
     }
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     if body.is_empty() {
         return Err(ApiError::BadRequest("request body must be JSON".into()));
     }
@@ -654,7 +691,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiErro
     })
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
     let bytes = Bytes::from(serde_json::to_vec(body).expect("JSON values always serialise"));
     let mut response = Response::new(Full::new(bytes).map_err(|never| match never {}).boxed());
     *response.status_mut() = status;

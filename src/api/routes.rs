@@ -4,7 +4,7 @@
 use hyper::Method;
 
 use super::ApiError;
-use crate::ids::{RecordId, TenantId};
+use crate::ids::{BackupId, RecordId, TenantId};
 use crate::schema::is_identifier;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +23,12 @@ pub enum Endpoint {
     DeleteRecord(TenantId, String, RecordId),
     MintToken,
     RotateMasterKey,
+    ExportTenant(TenantId),
+    StartBackup(TenantId),
+    ListBackups(TenantId),
+    ReadBackup(TenantId, BackupId),
+    RestoreBackup(TenantId, BackupId),
+    ImportTenant,
 }
 
 impl Endpoint {
@@ -37,6 +43,9 @@ impl Endpoint {
                 Err(ApiError::NotFound(format!("unknown collection {s:?}")))
             }
         };
+        let backup = |s: &str| {
+            BackupId::parse(s).ok_or_else(|| ApiError::NotFound("backup not found".into()))
+        };
         let record = |s: &str| {
             RecordId::parse(s).ok_or_else(|| ApiError::NotFound("record not found".into()))
         };
@@ -44,6 +53,16 @@ impl Endpoint {
         let endpoint = match (method, segments.as_slice()) {
             (&M::GET, ["healthz"]) => Endpoint::Health,
             (&M::POST, ["v1", "tenants"]) => Endpoint::CreateTenant,
+            (&M::POST, ["v1", "tenants", "import"]) => Endpoint::ImportTenant,
+            (&M::GET, ["v1", "tenants", id, "export"]) => Endpoint::ExportTenant(tenant(id)?),
+            (&M::POST, ["v1", "tenants", id, "backups"]) => Endpoint::StartBackup(tenant(id)?),
+            (&M::GET, ["v1", "tenants", id, "backups"]) => Endpoint::ListBackups(tenant(id)?),
+            (&M::GET, ["v1", "tenants", id, "backups", b]) => {
+                Endpoint::ReadBackup(tenant(id)?, backup(b)?)
+            }
+            (&M::POST, ["v1", "tenants", id, "backups", b, "restore"]) => {
+                Endpoint::RestoreBackup(tenant(id)?, backup(b)?)
+            }
             (&M::GET, ["v1", "tenants"]) => Endpoint::ListTenants,
             (&M::GET, ["v1", "tenants", id]) => Endpoint::ReadTenant(tenant(id)?),
             (&M::DELETE, ["v1", "tenants", id]) => Endpoint::DeactivateTenant(tenant(id)?),
@@ -88,6 +107,9 @@ impl Endpoint {
                 | ["v1", "tenants", _, "collections", _, "records", _]
                 | ["v1", "tokens"]
                 | ["v1", "keys", "rotate"]
+                | ["v1", "tenants", _, "export" | "backups"]
+                | ["v1", "tenants", _, "backups", _]
+                | ["v1", "tenants", _, "backups", _, "restore"]
         )
     }
 
@@ -102,12 +124,18 @@ impl Endpoint {
             | Endpoint::ListRecords(t, _)
             | Endpoint::ReadRecord(t, _, _)
             | Endpoint::ReplaceRecord(t, _, _)
-            | Endpoint::DeleteRecord(t, _, _) => Some(t),
+            | Endpoint::DeleteRecord(t, _, _)
+            | Endpoint::ExportTenant(t)
+            | Endpoint::StartBackup(t)
+            | Endpoint::ListBackups(t)
+            | Endpoint::ReadBackup(t, _)
+            | Endpoint::RestoreBackup(t, _) => Some(t),
             Endpoint::Health
             | Endpoint::CreateTenant
             | Endpoint::ListTenants
             | Endpoint::MintToken
-            | Endpoint::RotateMasterKey => None,
+            | Endpoint::RotateMasterKey
+            | Endpoint::ImportTenant => None,
         }
     }
 }

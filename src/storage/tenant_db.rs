@@ -455,6 +455,9 @@ impl TenantDb {
     }
 }
 
+/// A raw (key, sealed value) pair.
+type RawEntry = (Vec<u8>, Vec<u8>);
+
 /// A point-in-time view of one tenant, for exports and backups.
 ///
 /// Copy-on-write at the record level: from the moment the snapshot is taken,
@@ -500,7 +503,7 @@ impl Snapshot {
         &self,
         prefix: &[u8],
         cursor: Option<&[u8]>,
-    ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>), StorageError> {
+    ) -> Result<(Vec<RawEntry>, Option<Vec<u8>>), StorageError> {
         let start = match cursor {
             Some(c) => Bound::Excluded(c.to_vec()),
             None => Bound::Included(prefix.to_vec()),
@@ -572,7 +575,7 @@ pub struct SnapshotRecords<'a> {
     prefix: Vec<u8>,
     cursor: Option<Vec<u8>>,
     done: bool,
-    pending: std::collections::VecDeque<(Vec<u8>, Vec<u8>)>,
+    pending: std::collections::VecDeque<RawEntry>,
 }
 
 impl Iterator for SnapshotRecords<'_> {

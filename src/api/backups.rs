@@ -1,0 +1,307 @@
+//! Handlers for exports, backups, restores and imports.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_DISPOSITION, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::stream::{body_reader, channel};
+use super::{
+    blocking, json_response, known_tenant, parse_json, tenant_json, ApiError, AppState, Body,
+};
+use crate::auth::{Principal, Role};
+use crate::backup::{self, BackupError, BackupJob, JobState, JOBS_TREE};
+use crate::ids::{rfc3339, BackupId, TenantId};
+use crate::storage::TenantState;
+
+impl From<BackupError> for ApiError {
+    fn from(e: BackupError) -> Self {
+        match e {
+            BackupError::BadArchive(message) => {
+                ApiError::Unprocessable(format!("archive refused: {message}"))
+            }
+            BackupError::Invalid(message) => ApiError::Unprocessable(message),
+            BackupError::NotFound => ApiError::NotFound("backup not found".into()),
+            BackupError::Storage(inner) => ApiError::from(inner),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+/// `GET /v1/tenants/{id}/export`: the portable archive, streamed as it is made.
+pub async fn export(state: &Arc<AppState>, id: TenantId) -> Result<Response<Body>, ApiError> {
+    let tenant = known_tenant(&state.storage, &id)?;
+    match tenant.state {
+        TenantState::Active => {}
+        TenantState::Deactivated => {
+            return Err(ApiError::Conflict(
+                "tenant is deactivated: reactivate it to export".into(),
+            ))
+        }
+        TenantState::Destroyed => return Err(ApiError::Gone("tenant is destroyed".into())),
+    }
+    let schema = backup::tenant_schema(&state.schemas, &tenant)?;
+    let storage = state.storage.clone();
+    let snapshot = {
+        let tenant = tenant.clone();
+        blocking(move || storage.tenant_db(&tenant).and_then(|db| db.snapshot())).await??
+    };
+    let (mut writer, body) = channel();
+    let span = tracing::Span::current();
+    let export_tenant = tenant.clone();
+    tokio::task::spawn_blocking(move || {
+        let _enter = span.enter();
+        match backup::export::write_archive(&mut writer, &export_tenant, &schema, &snapshot) {
+            Ok(summary) => {
+                use std::io::Write;
+                let _ = writer.flush();
+                tracing::info!(records = summary.records, "export streamed");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "export stopped");
+                writer.fail(error.to_string());
+            }
+        }
+    });
+    let mut response = Response::new(body.boxed());
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/zstd"));
+    let file = format!(
+        "attachment; filename=\"coffer-{}-{}.tar.zst\"",
+        slug(&tenant.name),
+        &rfc3339(crate::ids::unix_now())[..10]
+    );
+    if let Ok(value) = HeaderValue::from_str(&file) {
+        response.headers_mut().insert(CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
+}
+
+fn slug(name: &str) -> String {
+    let slug: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let slug = slug.trim_matches('-').to_string();
+    if slug.is_empty() {
+        "tenant".into()
+    } else {
+        slug.chars().take(40).collect()
+    }
+}
+
+/// `POST /v1/tenants/{id}/backups`: 202 and a job that runs in the background.
+pub async fn start(state: &Arc<AppState>, id: TenantId) -> Result<Response<Body>, ApiError> {
+    let tenant = known_tenant(&state.storage, &id)?;
+    if tenant.state == TenantState::Destroyed {
+        return Err(ApiError::Gone("tenant is destroyed".into()));
+    }
+    let job = {
+        let (state, id) = (state.clone(), id.clone());
+        blocking(move || state.backups.enqueue(&state.storage, &id, "manual")).await??
+    };
+    let body = job_json(&job, &state.backups.region);
+    let runner = state.clone();
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || {
+        let _enter = span.enter();
+        let retain = runner.backups.retention_secs;
+        let done = runner
+            .backups
+            .run(&runner.storage, &runner.schemas, job, retain);
+        tracing::info!(backup_id = %done.id, state = done.state.as_str(), "backup finished");
+    });
+    Ok(json_response(StatusCode::ACCEPTED, &body))
+}
+
+/// Jobs this host ran for the tenant, plus backups found only in the store
+/// (taken by a host that is gone).
+fn backups_of(state: &AppState, id: &TenantId) -> Result<Vec<Value>, ApiError> {
+    let mut jobs: Vec<BackupJob> = state
+        .storage
+        .catalog
+        .list_json::<BackupJob>(JOBS_TREE)?
+        .into_iter()
+        .filter(|j| &j.tenant == id)
+        .collect();
+    for stored in state.backups.store.list(id.as_str())? {
+        if !jobs.iter().any(|j| j.id == stored.backup_id) {
+            jobs.push(BackupJob {
+                format: 1,
+                id: stored.backup_id.clone(),
+                tenant: id.clone(),
+                kind: stored.kind.clone(),
+                state: JobState::Done,
+                created_at: stored.created_at,
+                finished_at: Some(stored.created_at),
+                error: None,
+                stored: Some(stored),
+            });
+        }
+    }
+    jobs.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    Ok(jobs
+        .iter()
+        .map(|j| job_json(j, &state.backups.region))
+        .collect())
+}
+
+pub async fn list(state: &Arc<AppState>, id: TenantId) -> Result<Response<Body>, ApiError> {
+    let known = state.storage.catalog.tenant(&id).is_some();
+    let inner = state.clone();
+    let backups = blocking(move || backups_of(&inner, &id)).await??;
+    if !known && backups.is_empty() {
+        return Err(ApiError::NotFound("unknown tenant".into()));
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "backups": backups }),
+    ))
+}
+
+pub async fn read(
+    state: &Arc<AppState>,
+    id: TenantId,
+    backup: BackupId,
+) -> Result<Response<Body>, ApiError> {
+    let inner = state.clone();
+    let backups = blocking(move || backups_of(&inner, &id)).await??;
+    backups
+        .into_iter()
+        .find(|b| b["id"] == backup.as_str())
+        .map(|b| json_response(StatusCode::OK, &b))
+        .ok_or_else(|| ApiError::NotFound("backup not found".into()))
+}
+
+fn job_json(job: &BackupJob, region: &crate::ids::Region) -> Value {
+    let region_state = match job.state {
+        JobState::Pending | JobState::Running => "pending",
+        JobState::Done => "replicated",
+        JobState::Failed => "failed",
+    };
+    let mut regions = json!({ region.as_str(): { "state": region_state } });
+    if let Some(error) = &job.error {
+        regions[region.as_str()]["error"] = Value::from(error.clone());
+    }
+    let mut body = json!({
+        "id": job.id,
+        "tenant": job.tenant.as_str(),
+        "kind": job.kind,
+        "state": job.state.as_str(),
+        "created_at": rfc3339(job.created_at),
+        "regions": regions,
+    });
+    if let Some(error) = &job.error {
+        body["error"] = Value::from(error.clone());
+    }
+    if let Some(at) = job.finished_at {
+        body["finished_at"] = Value::from(rfc3339(at));
+    }
+    if let Some(stored) = &job.stored {
+        body["records"] = Value::from(stored.records);
+        body["size"] = Value::from(stored.archive_size);
+        body["sha256"] = Value::from(stored.archive_sha256.clone());
+        body["retain_until"] = Value::from(rfc3339(stored.retain_until));
+    }
+    body
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreRequest {
+    name: String,
+    #[serde(default)]
+    region: Option<String>,
+}
+
+/// `POST /v1/tenants/{id}/backups/{bid}/restore`: a new tenant from a backup.
+/// The new tenant's admins are the source tenant's admins; a token is returned
+/// only to one of them.
+pub async fn restore(
+    state: &Arc<AppState>,
+    principal: &Principal,
+    id: TenantId,
+    backup: BackupId,
+    body: &bytes::Bytes,
+) -> Result<Response<Body>, ApiError> {
+    let request: RestoreRequest = parse_json(body)?;
+    let name = super::checked_name(&request.name)?;
+    if let Some(region) = &request.region {
+        if region != state.backups.region.as_str() {
+            return Err(ApiError::Unprocessable(format!(
+                "no backup store for region {region:?} on this host (it has {:?})",
+                state.backups.region.as_str()
+            )));
+        }
+    }
+    let mint = principal.role == Role::TenantAdmin && principal.is_admin_of(&id);
+    let inner = state.clone();
+    let (tenant, token) = blocking(move || {
+        inner.backups.restore(
+            &inner.storage,
+            &inner.schemas,
+            id.as_str(),
+            backup.as_str(),
+            name,
+            mint,
+        )
+    })
+    .await??;
+    tracing::info!(new_tenant = %tenant.id, "backup restored into a new tenant");
+    let mut body = tenant_json(&tenant);
+    if let Some(token) = token {
+        body["admin_token"] = Value::from(token);
+    }
+    Ok(json_response(StatusCode::CREATED, &body))
+}
+
+/// `POST /v1/tenants/import?name=N`: a new tenant from a portable export.
+pub async fn import(
+    state: &Arc<AppState>,
+    query: Vec<(String, String)>,
+    body: Incoming,
+) -> Result<Response<Body>, ApiError> {
+    let name = query
+        .iter()
+        .find(|(k, _)| k == "name")
+        .map(|(_, v)| super::checked_name(v))
+        .transpose()?
+        .ok_or_else(|| ApiError::BadRequest("give the new tenant a name: ?name=".into()))?;
+    let limit = state.config.max_import_bytes;
+    let reader = body_reader(body, limit);
+    let exceeded = reader.exceeded.clone();
+    let inner = state.clone();
+    let result = blocking(move || {
+        backup::restore_archive(
+            &inner.storage,
+            &inner.schemas,
+            std::io::BufReader::with_capacity(256 * 1024, reader),
+            name,
+            inner.config.region.clone(),
+            inner.backups.limits,
+            &[],
+            true,
+        )
+    })
+    .await?;
+    if exceeded.load(Ordering::SeqCst) {
+        return Err(ApiError::PayloadTooLarge(limit as usize));
+    }
+    let (tenant, token) = result?;
+    tracing::info!(new_tenant = %tenant.id, "portable export imported");
+    let mut body = tenant_json(&tenant);
+    body["admin_token"] = Value::from(token.unwrap_or_default());
+    Ok(json_response(StatusCode::CREATED, &body))
+}
