@@ -101,8 +101,12 @@ pub fn rotate(
     after_each: impl FnMut(usize, usize),
 ) -> anyhow::Result<RotationReport> {
     let KeySource::DataDir = source else {
-        bail!("the master key is managed outside Coffer (file or environment); rotate it there and restart with the new key");
+        bail!("the master key is managed outside Coffer (file or environment), and Coffer rotates only the keyring in its data directory; do not swap the external key, tenants wrapped under it would no longer open");
     };
+    let _rotating = storage
+        .rotation
+        .try_lock()
+        .map_err(|_| anyhow::anyhow!("a master key rotation is already running"))?;
     let dir = storage.root().join("keys");
     let new_key = MasterKey::new(SecretKey::generate()?);
     write_key_file(

@@ -123,6 +123,9 @@ pub struct Storage {
     cache_bytes_per_tenant: u64,
     /// Serialises read-modify-write of tenant records (lifecycle, re-wrap).
     tenant_update: Mutex<()>,
+    /// Held for a whole master-key rotation: two at once could retire each
+    /// other's new key.
+    pub rotation: Mutex<()>,
 }
 
 impl Storage {
@@ -145,6 +148,7 @@ impl Storage {
             pool: Pool::new(open_tenants_max),
             cache_bytes_per_tenant,
             tenant_update: Mutex::new(()),
+            rotation: Mutex::new(()),
         };
         storage.sweep_orphans()?;
         Ok(storage)
