@@ -23,7 +23,8 @@
 //! key_file = "/etc/coffer/backup.key"        # default: <data_dir>/backup.key (generated)
 //! retention_days = 365
 //! interval_hours = 24                        # scheduled backups; 0 turns them off
-//! max_import_bytes = 17179869184             # bound on an uploaded or restored archive
+//! max_import_bytes = 17179869184             # bound on an uploaded archive (compressed)
+//! max_archive_bytes = 68719476736            # bound on any archive, decompressed
 //! ```
 
 use std::net::SocketAddr;
@@ -53,6 +54,7 @@ pub struct Config {
     pub backup_retention: Duration,
     pub backup_interval: Option<Duration>,
     pub max_import_bytes: u64,
+    pub max_archive_bytes: u64,
 }
 
 /// Settings given on the command line; each wins over the file.
@@ -92,6 +94,7 @@ struct RawBackup {
     retention_days: Option<u64>,
     interval_hours: Option<u64>,
     max_import_bytes: Option<u64>,
+    max_archive_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -181,6 +184,7 @@ impl Config {
             ),
             backup_interval,
             max_import_bytes: raw.backup.max_import_bytes.unwrap_or(16 << 30),
+            max_archive_bytes: raw.backup.max_archive_bytes.unwrap_or(64 << 30),
             data_dir,
             listen,
             region,

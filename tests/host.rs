@@ -1,5 +1,7 @@
 //! Integration tests: the real `coffer` binary, real sled files, real sockets.
 
+#[path = "host/backups.rs"]
+mod backups;
 mod support;
 
 use std::path::Path;

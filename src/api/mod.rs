@@ -301,6 +301,16 @@ async fn route(
     if endpoint == Endpoint::ImportTenant {
         // An archive: streamed to the importer, never held whole in memory.
         allow(&principal, Action::ImportTenant)?;
+        let declared = request
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > state.config.max_import_bytes) {
+            return Err(ApiError::PayloadTooLarge(
+                state.config.max_import_bytes as usize,
+            ));
+        }
         return backups::import(&state, query, request.into_body()).await;
     }
     let body = read_body(request, state.config.max_body_bytes).await?;

@@ -332,7 +332,7 @@ fn describe_io(error: &io::Error) -> String {
     }
     match error.kind() {
         io::ErrorKind::UnexpectedEof => "archive truncated".into(),
-        _ => format!("unreadable archive ({error})"),
+        _ => format!("unreadable archive: damaged zstd or tar data ({error})"),
     }
 }
 

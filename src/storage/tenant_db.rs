@@ -704,6 +704,72 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_sees_the_past_while_writers_change_everything() {
+        let (db, people, dir) = open_temp("snapshot");
+        let db = Arc::new(db);
+        let ids: Vec<RecordId> = (0..700)
+            .map(|i| {
+                db.insert(
+                    "people",
+                    &people,
+                    &fields(json!({"email": format!("{i}@x")})),
+                )
+                .unwrap()
+            })
+            .collect();
+        let snapshot = db.snapshot().unwrap();
+        // Change a third, delete a third, add as many again: across every chunk.
+        for (i, id) in ids.iter().enumerate() {
+            match i % 3 {
+                0 => db
+                    .replace(
+                        "people",
+                        &people,
+                        id,
+                        &fields(json!({"email": format!("changed-{i}@x")})),
+                    )
+                    .unwrap(),
+                1 => db.delete("people", &people, id).unwrap(),
+                _ => {
+                    db.insert(
+                        "people",
+                        &people,
+                        &fields(json!({"email": format!("new-{i}@x")})),
+                    )
+                    .unwrap();
+                }
+            }
+        }
+        for _ in 0..2 {
+            let seen: Vec<(RecordId, Map<String, Value>)> =
+                snapshot.records("people").map(Result::unwrap).collect();
+            assert_eq!(seen.len(), 700);
+            let mut sorted = ids.clone();
+            sorted.sort();
+            assert_eq!(
+                seen.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
+                sorted
+            );
+            for (id, fields) in &seen {
+                let i = ids.iter().position(|x| x == id).unwrap();
+                assert_eq!(fields["email"], json!(format!("{i}@x")));
+            }
+        }
+        drop(snapshot);
+        assert_eq!(
+            db.list("people", None, 10_000).unwrap().len(),
+            700 - 233 + 233
+        );
+        assert!(db
+            .db
+            .tree_names()
+            .iter()
+            .all(|n| !n.starts_with(b"snapshot-")));
+        drop(db);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn replace_and_delete_move_index_entries() {
         let (db, people, dir) = open_temp("move");
         let a = db

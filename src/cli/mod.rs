@@ -9,6 +9,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+mod client;
+
 use crate::api::{self, AppState};
 use crate::backup::Backups;
 use crate::config::{Config, Overrides};
@@ -36,6 +38,73 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Backup tooling: export, list, restore (against a running host), verify (offline).
+    Backup {
+        #[command(subcommand)]
+        command: BackupCommand,
+    },
+}
+
+#[derive(Args, Debug)]
+struct Remote {
+    /// The host, e.g. http://127.0.0.1:7070.
+    #[arg(long, default_value = "http://127.0.0.1:7070")]
+    url: String,
+    /// File holding the bearer token (mode 0600).
+    #[arg(long)]
+    token_file: PathBuf,
+    /// Print machine-readable JSON instead of a sentence.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum BackupCommand {
+    /// Download a tenant's portable export (tar + zstd) to a file.
+    Export {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long)]
+        tenant: String,
+        /// Output file [default: coffer-<tenant>.tar.zst].
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// List a tenant's backups and their state per region.
+    List {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Restore a backup into a new tenant.
+    Restore {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        backup: String,
+        /// Name of the new tenant.
+        #[arg(long)]
+        name: String,
+        /// Backup region to read from.
+        #[arg(long)]
+        region: Option<String>,
+    },
+    /// Check an archive file without restoring it: every hash, every sealed chunk,
+    /// the manifest's counts and the schema.
+    Verify {
+        file: PathBuf,
+        /// Backup key, for a sealed DR backup.
+        #[arg(long)]
+        backup_key_file: Option<PathBuf>,
+        /// Decompressed bytes accepted at most.
+        #[arg(long, default_value_t = 64 << 30)]
+        max_bytes: u64,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -101,6 +170,160 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys {
             command: KeysCommand::Rotate { host, pace_ms },
         } => rotate(host, pace_ms),
+        Command::Backup { command } => backup(command),
+    }
+}
+
+fn remote_client(remote: &Remote) -> anyhow::Result<client::Client> {
+    keys::check_private(&remote.token_file)?;
+    let token = std::fs::read_to_string(&remote.token_file)
+        .with_context(|| format!("read token file {}", remote.token_file.display()))?;
+    client::Client::new(&remote.url, token.trim().to_string())
+}
+
+fn backup(command: BackupCommand) -> anyhow::Result<()> {
+    match command {
+        BackupCommand::Verify {
+            file,
+            backup_key_file,
+            max_bytes,
+            json,
+        } => {
+            let key = backup_key_file
+                .as_deref()
+                .map(keys::read_key_file)
+                .transpose()?;
+            let schemas = Registry::embedded()?;
+            let limits = crate::backup::format::Limits {
+                max_total_bytes: max_bytes,
+                ..Default::default()
+            };
+            let report = crate::backup::verify_file(&file, key.as_ref(), &schemas, limits)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "ok: {} of tenant {} ({} v{}): {} records in {} collections, {} bytes unpacked",
+                    report.kind,
+                    report.tenant,
+                    report.schema,
+                    report.schema_version,
+                    report.records,
+                    report.collections.len(),
+                    report.decompressed_bytes
+                );
+            }
+            Ok(())
+        }
+        BackupCommand::Export {
+            remote,
+            tenant,
+            output,
+        } => {
+            let client = remote_client(&remote)?;
+            let output =
+                output.unwrap_or_else(|| PathBuf::from(format!("coffer-{tenant}.tar.zst")));
+            let path = format!("/v1/tenants/{tenant}/export");
+            let mut response = client.request("GET", &path, None)?;
+            if response.status != 200 {
+                let mut text = Vec::new();
+                response.copy_body(&mut text, |_| {})?;
+                let value: serde_json::Value = serde_json::from_slice(&text).unwrap_or_default();
+                anyhow::bail!(
+                    "export: {} {}",
+                    response.status,
+                    value["error"].as_str().unwrap_or("")
+                );
+            }
+            let partial = output.with_extension("partial");
+            let mut file = std::fs::File::create(&partial)
+                .with_context(|| format!("create {}", partial.display()))?;
+            let show = std::io::stderr().is_terminal() && !remote.json;
+            let result = response.copy_body(&mut file, |bytes| {
+                if show {
+                    eprint!("\rexported {:.1} MiB", bytes as f64 / 1048576.0);
+                }
+            });
+            if show {
+                eprintln!();
+            }
+            let bytes = match result {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(error);
+                }
+            };
+            file.sync_all()?;
+            std::fs::rename(&partial, &output)?;
+            if remote.json {
+                println!("{}", serde_json::json!({"file": output, "bytes": bytes}));
+            } else {
+                println!(
+                    "exported tenant {tenant} to {} ({bytes} bytes)",
+                    output.display()
+                );
+            }
+            Ok(())
+        }
+        BackupCommand::List { remote, tenant } => {
+            let client = remote_client(&remote)?;
+            let value = client.json("GET", &format!("/v1/tenants/{tenant}/backups"), None)?;
+            if remote.json {
+                println!("{value}");
+            } else {
+                for b in value["backups"].as_array().into_iter().flatten() {
+                    let regions: Vec<String> = b["regions"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(r, s)| format!("{r}={}", s["state"].as_str().unwrap_or("?")))
+                        .collect();
+                    println!(
+                        "{}  {}  {:<8} {:<10} records={} {}",
+                        b["id"].as_str().unwrap_or(""),
+                        b["created_at"].as_str().unwrap_or(""),
+                        b["state"].as_str().unwrap_or(""),
+                        b["kind"].as_str().unwrap_or(""),
+                        b["records"],
+                        regions.join(" ")
+                    );
+                }
+            }
+            Ok(())
+        }
+        BackupCommand::Restore {
+            remote,
+            tenant,
+            backup,
+            name,
+            region,
+        } => {
+            let client = remote_client(&remote)?;
+            let mut body = serde_json::json!({ "name": name });
+            if let Some(region) = region {
+                body["region"] = serde_json::Value::from(region);
+            }
+            let value = client.json(
+                "POST",
+                &format!("/v1/tenants/{tenant}/backups/{backup}/restore"),
+                Some(&body),
+            )?;
+            if remote.json {
+                println!("{value}");
+            } else {
+                println!(
+                    "restored backup {backup} into new tenant {}{}",
+                    value["id"].as_str().unwrap_or("?"),
+                    match value["admin_token"].as_str() {
+                        Some(token) => format!("; admin token (shown once): {token}"),
+                        None => "; its admins are the source tenant's admins".into(),
+                    }
+                );
+            }
+            Ok(())
+        }
     }
 }
 
@@ -156,13 +379,15 @@ fn open_host(config: &Config) -> anyhow::Result<(Storage, Registry)> {
 fn open_backups(config: &Config) -> anyhow::Result<Backups> {
     let key = keys::load_backup_key(&config.data_dir, config.backup_key_file.as_deref())
         .context("load backup key")?;
-    Backups::new(
+    let mut backups = Backups::new(
         &config.backup_store,
         key,
         config.region.clone(),
         config.backup_retention.as_secs(),
     )
-    .context("open backup store")
+    .context("open backup store")?;
+    backups.limits.max_total_bytes = config.max_archive_bytes;
+    Ok(backups)
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -1,0 +1,982 @@
+//! Exports, DR backups, restores, imports and verification, end to end.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+use crate::support::{contains, files_under, Host, TempDir, BIN};
+
+fn records_path(tenant: &str, collection: &str) -> String {
+    format!("/v1/tenants/{tenant}/collections/{collection}/records")
+}
+
+/// All records of every collection of a tenant, by collection, sorted by id.
+fn all_records(
+    host: &Host,
+    tenant: &str,
+    token: &str,
+    collections: &[&str],
+) -> Vec<(String, Vec<Value>)> {
+    collections
+        .iter()
+        .map(|c| {
+            let r = host.call(
+                "GET",
+                &format!("{}?limit=1000", records_path(tenant, c)),
+                Some(token),
+                None,
+            );
+            assert_eq!(r.status, 200, "{}", r.text());
+            (
+                c.to_string(),
+                r.value()["records"].as_array().unwrap().clone(),
+            )
+        })
+        .collect()
+}
+
+const CRM: &[&str] = &["activities", "companies", "contacts", "deals"];
+
+/// A crm tenant with records of every field type in every collection.
+fn populated_tenant(host: &Host, name: &str) -> (String, String) {
+    let (t, a) = host.create_tenant(name, "crm");
+    let post = |c: &str, body: Value| {
+        let r = host.json("POST", &records_path(&t, c), Some(&a), body);
+        assert_eq!(r.status, 201, "{}", r.text());
+        r.value()["id"].as_str().unwrap().to_string()
+    };
+    let company = post(
+        "companies",
+        json!({"name": "Acme", "domain": "acme.test", "employees": 12, "address": {"lines": ["1 Road", null], "geo": [51.5, -0.1]}}),
+    );
+    for i in 0..25 {
+        let contact = post(
+            "contacts",
+            json!({"name": format!("Person {i} ünïcødé \"quoted\""), "email": format!("p{i}@acme.test"), "tags": ["a", i], "do_not_contact": i % 2 == 0}),
+        );
+        post(
+            "deals",
+            json!({"title": format!("Deal {i}"), "company_id": company, "contact_id": contact, "value": i as f64 * 1.25, "won": i % 3 == 0, "close_date": "2026-12-01T10:00:00+01:00"}),
+        );
+    }
+    post(
+        "activities",
+        json!({"kind": "call", "at": "2026-11-23T09:00:00Z", "summary": "line\nbreak"}),
+    );
+    (t, a)
+}
+
+fn wait_backup_done(host: &Host, tenant: &str, token: &str, backup: &str) -> Value {
+    for _ in 0..300 {
+        let r = host.call(
+            "GET",
+            &format!("/v1/tenants/{tenant}/backups/{backup}"),
+            Some(token),
+            None,
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.value();
+        if v["state"] == "done" || v["state"] == "failed" {
+            return v;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("backup {backup} did not finish");
+}
+
+fn start_backup(host: &Host, tenant: &str, token: &str) -> Value {
+    let r = host.call(
+        "POST",
+        &format!("/v1/tenants/{tenant}/backups"),
+        Some(token),
+        None,
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.value()["state"], "pending");
+    let id = r.value()["id"].as_str().unwrap().to_string();
+    wait_backup_done(host, tenant, token, &id)
+}
+
+fn export(host: &Host, tenant: &str, token: &str) -> Vec<u8> {
+    let r = host.call(
+        "GET",
+        &format!("/v1/tenants/{tenant}/export"),
+        Some(token),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/zstd"));
+    assert!(r
+        .header("content-disposition")
+        .unwrap()
+        .contains(".tar.zst"));
+    r.body
+}
+
+/// Unpacks an archive into (path, bytes) members, in order.
+fn unpack(archive: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let decoder = zstd::stream::read::Decoder::new(archive).unwrap();
+    let mut tar = tar::Archive::new(decoder);
+    tar.entries()
+        .unwrap()
+        .map(|e| {
+            let mut e = e.unwrap();
+            let path = String::from_utf8(e.path_bytes().to_vec()).unwrap();
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).unwrap();
+            (path, data)
+        })
+        .collect()
+}
+
+enum Kind {
+    File,
+    Symlink(&'static str),
+    HardLink(&'static str),
+    Device,
+}
+
+/// Packs members into a tar + zstd archive, writing raw header names (so that
+/// hostile paths are possible).
+fn pack(members: &[(&str, &[u8], Kind)]) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, data, kind) in members {
+        let mut header = tar::Header::new_gnu();
+        let name = path.as_bytes();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name);
+        header.set_mode(0o644);
+        match kind {
+            Kind::File => {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(data.len() as u64);
+            }
+            Kind::Symlink(target) | Kind::HardLink(target) => {
+                header.set_entry_type(if matches!(kind, Kind::Symlink(_)) {
+                    tar::EntryType::Symlink
+                } else {
+                    tar::EntryType::Link
+                });
+                header.set_link_name(target).unwrap();
+                header.set_size(0);
+            }
+            Kind::Device => {
+                header.set_entry_type(tar::EntryType::Char);
+                header.set_size(0);
+            }
+        }
+        header.set_cksum();
+        let body: &[u8] = if matches!(kind, Kind::File) {
+            data
+        } else {
+            &[]
+        };
+        tar.append(&header, body).unwrap();
+    }
+    zstd::encode_all(&tar.into_inner().unwrap()[..], 3).unwrap()
+}
+
+fn repack(members: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let list: Vec<(&str, &[u8], Kind)> = members
+        .iter()
+        .map(|(p, d)| (p.as_str(), d.as_slice(), Kind::File))
+        .collect();
+    pack(&list)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    coffer::crypto::encode_hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+}
+
+fn tenant_count(host: &Host) -> usize {
+    host.call("GET", "/v1/tenants", Some(&host.operator), None)
+        .value()["tenants"]
+        .as_array()
+        .unwrap()
+        .len()
+}
+
+fn import(host: &Host, name: &str, archive: &[u8]) -> crate::support::Response {
+    host.call(
+        "POST",
+        &format!("/v1/tenants/import?name={name}"),
+        Some(&host.operator),
+        Some(archive),
+    )
+}
+
+#[test]
+fn export_opens_with_stock_tools_and_imports_identically() {
+    let dir = TempDir::new("export");
+    let host = Host::start(&dir.path().join("data"), &[]);
+    let (t, a) = populated_tenant(&host, "Export Co");
+    let archive = export(&host, &t, &a);
+
+    // Stock tools: tar --zstd -xf, then every NDJSON line parses as JSON.
+    let file = dir.path().join("export.tar.zst");
+    std::fs::write(&file, &archive).unwrap();
+    let out = dir.path().join("unpacked");
+    std::fs::create_dir_all(&out).unwrap();
+    let status = Command::new("tar")
+        .arg("--zstd")
+        .arg("-xf")
+        .arg(&file)
+        .arg("-C")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["format"], "coffer-archive");
+    assert_eq!(manifest["tenant"]["id"], t.as_str());
+    assert_eq!(manifest["schema"]["name"], "crm");
+    let original = all_records(&host, &t, &a, CRM);
+    for (collection, records) in &original {
+        let text =
+            std::fs::read_to_string(out.join(format!("collections/{collection}.ndjson"))).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(&lines, records, "{collection}");
+        assert_eq!(manifest["counts"][collection], records.len());
+    }
+    for member in manifest["members"].as_array().unwrap() {
+        let bytes = std::fs::read(out.join(member["path"].as_str().unwrap())).unwrap();
+        assert_eq!(member["sha256"], sha256_hex(&bytes));
+    }
+    // The offline verifier agrees.
+    let verified = Command::new(BIN)
+        .args(["backup", "verify"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    let line = String::from_utf8_lossy(&verified.stdout);
+    assert!(
+        line.starts_with("ok: portable export") && line.contains("52 records"),
+        "{line}"
+    );
+
+    // Import: a new tenant with the same records (ids included), under a new key.
+    let r = import(&host, "Imported", &archive);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let (copy, copy_admin) = (
+        r.value()["id"].as_str().unwrap().to_string(),
+        r.value()["admin_token"].as_str().unwrap().to_string(),
+    );
+    assert_ne!(copy, t);
+    assert_eq!(all_records(&host, &copy, &copy_admin, CRM), original);
+    // Indexes were rebuilt: lookups and uniqueness work in the copy.
+    let r = host.call(
+        "GET",
+        &format!("{}?email=p3%40acme.test", records_path(&copy, "contacts")),
+        Some(&copy_admin),
+        None,
+    );
+    assert_eq!(r.value()["records"].as_array().unwrap().len(), 1);
+    let dup = host.json(
+        "POST",
+        &records_path(&copy, "contacts"),
+        Some(&copy_admin),
+        json!({"name": "x", "email": "p3@acme.test"}),
+    );
+    assert_eq!(dup.status, 409);
+    // The copy's admin is not the source's admin, and the other way round.
+    assert_eq!(
+        host.call("GET", &records_path(&copy, "contacts"), Some(&a), None)
+            .status,
+        403
+    );
+    assert_eq!(
+        host.call(
+            "GET",
+            &records_path(&t, "contacts"),
+            Some(&copy_admin),
+            None
+        )
+        .status,
+        403
+    );
+    // Only a tenant's admin exports; staff never see the plaintext archive.
+    let agent = host.json(
+        "POST",
+        "/v1/tokens",
+        Some(&host.operator),
+        json!({"role": "backup-agent", "name": "agent"}),
+    );
+    let agent = agent.value()["token"].as_str().unwrap().to_string();
+    for token in [&host.operator, &agent] {
+        assert_eq!(
+            host.call("GET", &format!("/v1/tenants/{t}/export"), Some(token), None)
+                .status,
+            403
+        );
+    }
+    // Import is an operator's act only.
+    assert_eq!(
+        host.call(
+            "POST",
+            "/v1/tenants/import?name=x",
+            Some(&a),
+            Some(&archive)
+        )
+        .status,
+        403
+    );
+}
+
+#[test]
+fn every_export_is_one_point_in_time_while_writes_continue() {
+    let dir = TempDir::new("consistent");
+    let host = Host::start(&dir.path().join("data"), &[]);
+    let (t, a) = host.create_tenant("Consistent", "crm");
+    let counter = host.json(
+        "POST",
+        &records_path(&t, "companies"),
+        Some(&a),
+        json!({"name": "counter", "employees": 0}),
+    );
+    let counter = counter.value()["id"].as_str().unwrap().to_string();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (addr, t, a, counter, stop) = (
+            host.addr,
+            t.clone(),
+            a.clone(),
+            counter.clone(),
+            stop.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            let mut longest = std::time::Duration::ZERO;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) || n < 50 {
+                n += 1;
+                let started = std::time::Instant::now();
+                let body = serde_json::to_vec(&json!({"title": n.to_string(), "value": n as f64}))
+                    .unwrap();
+                let r = crate::support::http(
+                    addr,
+                    "POST",
+                    &records_path(&t, "deals"),
+                    Some(&a),
+                    Some(&body),
+                    &[],
+                );
+                assert_eq!(r.status, 201);
+                let body = serde_json::to_vec(&json!({"name": "counter", "employees": n})).unwrap();
+                let r = crate::support::http(
+                    addr,
+                    "PUT",
+                    &format!("{}/{counter}", records_path(&t, "companies")),
+                    Some(&a),
+                    Some(&body),
+                    &[],
+                );
+                assert_eq!(r.status, 200);
+                longest = longest.max(started.elapsed());
+            }
+            (n, longest)
+        })
+    };
+    let mut prefixes = Vec::new();
+    for _ in 0..6 {
+        let members = unpack(&export(&host, &t, &a));
+        let deals = &members
+            .iter()
+            .find(|(p, _)| p == "collections/deals.ndjson")
+            .unwrap()
+            .1;
+        let mut numbers: Vec<u64> = String::from_utf8_lossy(deals)
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["title"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        numbers.sort();
+        let k = numbers.len() as u64;
+        assert_eq!(
+            numbers,
+            (1..=k).collect::<Vec<_>>(),
+            "the export is not a gap-free prefix"
+        );
+        let companies = &members
+            .iter()
+            .find(|(p, _)| p == "collections/companies.ndjson")
+            .unwrap()
+            .1;
+        let count: Value =
+            serde_json::from_slice(companies.split(|b| *b == b'\n').next().unwrap()).unwrap();
+        let c = count["employees"].as_u64().unwrap();
+        // The writer inserts record n, and only then sets the counter to n: a
+        // point in time between those two acknowledged writes holds k = c + 1.
+        assert!(c == k || c + 1 == k, "counter {c} with records 1..{k}");
+        prefixes.push(k);
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (written, longest) = writer.join().unwrap();
+    println!("exports saw prefixes {prefixes:?} of {written} writes; longest write while exporting: {longest:?}");
+    assert!(prefixes.windows(2).all(|w| w[0] <= w[1]));
+    assert!(*prefixes.last().unwrap() <= written);
+}
+
+#[test]
+fn dr_backup_restores_on_a_second_host_with_only_the_backup_key_and_store() {
+    let dir = TempDir::new("dr");
+    let store = dir.path().join("store");
+    let key = dir.path().join("backup.key");
+    std::fs::write(&key, "ab".repeat(32)).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let backup_args = [
+        "--backup-store",
+        store.to_str().unwrap(),
+        "--backup-key-file",
+        key.to_str().unwrap(),
+    ];
+    let first = Host::start(&dir.path().join("first"), &backup_args);
+    let (t, a) = populated_tenant(&first, "Canary DR Co");
+    let canary = "CANARY-dr-backup-4e1d";
+    first.json(
+        "POST",
+        &records_path(&t, "contacts"),
+        Some(&a),
+        json!({"name": canary, "email": "canary@dr.test"}),
+    );
+    let original = all_records(&first, &t, &a, CRM);
+    let agent = first.json(
+        "POST",
+        "/v1/tokens",
+        Some(&first.operator),
+        json!({"role": "backup-agent", "name": "agent"}),
+    );
+    let agent = agent.value()["token"].as_str().unwrap().to_string();
+    let done = start_backup(&first, &t, &agent);
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["records"], 53);
+    assert_eq!(done["regions"]["local"]["state"], "replicated");
+    let backup = done["id"].as_str().unwrap().to_string();
+    let listed = first
+        .call("GET", &format!("/v1/tenants/{t}/backups"), Some(&a), None)
+        .value();
+    assert_eq!(listed["backups"][0]["id"], backup.as_str());
+    // Sealed: no plaintext in the store.
+    for file in files_under(&store) {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(!contains(&bytes, canary.as_bytes()), "{}", file.display());
+        assert!(
+            !contains(&bytes, b"Canary DR Co"),
+            "tenant name in {}",
+            file.display()
+        );
+    }
+    // Restore on the same host: the admin gets a token; staff get none.
+    let r = first.json(
+        "POST",
+        &format!("/v1/tenants/{t}/backups/{backup}/restore"),
+        Some(&a),
+        json!({"name": "same host"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let token = r.value()["admin_token"].as_str().unwrap().to_string();
+    assert_eq!(
+        all_records(&first, r.value()["id"].as_str().unwrap(), &token, CRM),
+        original
+    );
+    let r = first.json(
+        "POST",
+        &format!("/v1/tenants/{t}/backups/{backup}/restore"),
+        Some(&first.operator),
+        json!({"name": "by operator"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert!(
+        r.value().get("admin_token").is_none(),
+        "an operator must not get a tenant's admin token"
+    );
+    let by_operator = r.value()["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        first
+            .call(
+                "GET",
+                &records_path(&by_operator, "contacts"),
+                Some(&first.operator),
+                None
+            )
+            .status,
+        403
+    );
+    // ...and the source's admin reaches the copy with their own token.
+    assert_eq!(all_records(&first, &by_operator, &a, CRM), original);
+    first.kill();
+
+    // The first host is gone. A second host has only the backup key and the store.
+    let second = Host::start(&dir.path().join("second"), &backup_args);
+    let agent2 = second.json(
+        "POST",
+        "/v1/tokens",
+        Some(&second.operator),
+        json!({"role": "backup-agent", "name": "agent"}),
+    );
+    let agent2 = agent2.value()["token"].as_str().unwrap().to_string();
+    let listed = second.call(
+        "GET",
+        &format!("/v1/tenants/{t}/backups"),
+        Some(&agent2),
+        None,
+    );
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    assert_eq!(listed.value()["backups"][0]["state"], "done");
+    let r = second.json(
+        "POST",
+        &format!("/v1/tenants/{t}/backups/{backup}/restore"),
+        Some(&agent2),
+        json!({"name": "recovered", "region": "local"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert!(r.value().get("admin_token").is_none());
+    let recovered = r.value()["id"].as_str().unwrap().to_string();
+    // The tenant's own admin token, minted on the lost host, opens the recovered tenant.
+    assert_eq!(all_records(&second, &recovered, &a, CRM), original);
+    assert_eq!(
+        second
+            .call(
+                "GET",
+                &records_path(&recovered, "contacts"),
+                Some(&agent2),
+                None
+            )
+            .status,
+        403
+    );
+    second.stop();
+
+    // A host with another backup key cannot open the backup, and creates nothing.
+    let wrong = dir.path().join("wrong.key");
+    std::fs::write(&wrong, "cd".repeat(32)).unwrap();
+    std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let third = Host::start(
+        &dir.path().join("third"),
+        &[
+            "--backup-store",
+            store.to_str().unwrap(),
+            "--backup-key-file",
+            wrong.to_str().unwrap(),
+        ],
+    );
+    let r = third.json(
+        "POST",
+        &format!("/v1/tenants/{t}/backups/{backup}/restore"),
+        Some(&third.operator),
+        json!({"name": "nope"}),
+    );
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.error().contains("wrong backup key"), "{}", r.error());
+    assert_eq!(tenant_count(&third), 0);
+    assert!(std::fs::read_dir(third.data_dir.join("staging"))
+        .unwrap()
+        .next()
+        .is_none());
+    assert!(std::fs::read_dir(third.data_dir.join("tenants"))
+        .unwrap()
+        .next()
+        .is_none());
+
+    // Verify the sealed object offline: with the key, without it, with the wrong one.
+    let object = files_under(&store)
+        .into_iter()
+        .find(|f| f.extension().is_some_and(|e| e == "cfrdr"))
+        .unwrap();
+    let run = |extra: &[&Path]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["backup", "verify"]).arg(&object);
+        if let Some(k) = extra.first() {
+            cmd.arg("--backup-key-file").arg(k);
+        }
+        cmd.output().unwrap()
+    };
+    let ok = run(&[&key]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("sealed DR backup"));
+    let no_key = run(&[]);
+    assert!(!no_key.status.success());
+    assert!(String::from_utf8_lossy(&no_key.stderr).contains("--backup-key-file"));
+    let wrong_key = run(&[&wrong]);
+    assert!(String::from_utf8_lossy(&wrong_key.stderr).contains("wrong backup key"));
+}
+
+/// Damage to an archive: each kind found by `coffer backup verify` (non-zero exit,
+/// a line naming what is wrong) and refused by import (422, nothing created).
+#[test]
+fn verify_and_import_refuse_every_kind_of_damage() {
+    let dir = TempDir::new("damage");
+    let host = Host::start(&dir.path().join("data"), &[]);
+    let (t, a) = populated_tenant(&host, "Damage Co");
+    let good = export(&host, &t, &a);
+    let members = unpack(&good);
+    let manifest: Value = serde_json::from_slice(&members[0].1).unwrap();
+    let with_manifest = |edit: &dyn Fn(&mut Value)| {
+        let mut m = manifest.clone();
+        edit(&mut m);
+        let mut out = members.clone();
+        out[0].1 = serde_json::to_vec(&m).unwrap();
+        repack(&out)
+    };
+    let contacts = members
+        .iter()
+        .position(|(p, _)| p == "collections/contacts.ndjson")
+        .unwrap();
+    let with_contacts = |new: Vec<u8>, fix_manifest: bool| {
+        let mut out = members.clone();
+        out[contacts].1 = new.clone();
+        if fix_manifest {
+            let mut m = manifest.clone();
+            for member in m["members"].as_array_mut().unwrap() {
+                if member["path"] == "collections/contacts.ndjson" {
+                    member["size"] = json!(new.len());
+                    member["sha256"] = json!(sha256_hex(&new));
+                }
+            }
+            out[0].1 = serde_json::to_vec(&m).unwrap();
+        }
+        repack(&out)
+    };
+    let first_contact = String::from_utf8(members[contacts].1.clone()).unwrap();
+    let first_line = first_contact.lines().next().unwrap().to_string();
+    let mut flipped = good.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x20;
+    let mut without = members.clone();
+    without.remove(contacts);
+    let mut extra = members.clone();
+    extra.push(("collections/evil.ndjson".into(), b"{}\n".to_vec()));
+    let mut twice = members.clone();
+    twice.push(members[contacts].clone());
+    let mut schema_last = members.clone();
+    let schema = schema_last.remove(1);
+    schema_last.push(schema);
+
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "truncated",
+            good[..good.len() * 2 / 3].to_vec(),
+            "truncated",
+        ),
+        ("flipped bit", flipped, ""),
+        ("not zstd", b"PK\x03\x04 a zip file".to_vec(), "zstd"),
+        ("empty", Vec::new(), ""),
+        ("member missing", repack(&without), "missing"),
+        ("extra member", repack(&extra), "unexpected member"),
+        ("member twice", repack(&twice), "twice"),
+        (
+            "schema after collections",
+            repack(&schema_last),
+            "schema.json must come before",
+        ),
+        (
+            "manifest count lies",
+            with_manifest(&|m| m["counts"]["contacts"] = json!(99)),
+            "manifest counts 99",
+        ),
+        (
+            "manifest hash lies",
+            with_manifest(&|m| m["members"][2]["sha256"] = json!("00".repeat(32))),
+            "SHA-256",
+        ),
+        (
+            "manifest size lies",
+            with_manifest(&|m| m["members"][2]["size"] = json!(3)),
+            "the manifest says 3",
+        ),
+        (
+            "unknown schema",
+            with_manifest(&|m| m["schema"]["name"] = json!("nope")),
+            "unknown schema",
+        ),
+        (
+            "future format",
+            with_manifest(&|m| m["format_version"] = json!(9)),
+            "unsupported archive format",
+        ),
+        (
+            "record violates schema",
+            with_contacts(
+                format!(
+                    "{}\n{{\"id\":\"{}\",\"name\":7}}\n",
+                    first_line,
+                    "f".repeat(32)
+                )
+                .into_bytes(),
+                true,
+            ),
+            "must be a string",
+        ),
+        (
+            "record without id",
+            with_contacts(b"{\"name\":\"x\"}\n".to_vec(), true),
+            "\"id\"",
+        ),
+        (
+            "repeated id",
+            with_contacts(format!("{first_line}\n{first_line}\n").into_bytes(), true),
+            "repeats",
+        ),
+        (
+            "not JSON",
+            with_contacts(b"{nope\n".to_vec(), true),
+            "not JSON",
+        ),
+        (
+            "content changed, manifest not",
+            with_contacts(
+                first_contact.replace("Person", "Pers0n").into_bytes(),
+                false,
+            ),
+            "SHA-256",
+        ),
+    ];
+    let before = tenant_count(&host);
+    for (name, archive, fragment) in &cases {
+        let file = dir.path().join("damaged.tar.zst");
+        std::fs::write(&file, archive).unwrap();
+        let out = Command::new(BIN)
+            .args(["backup", "verify"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: verify passed");
+        assert_eq!(stderr.trim().lines().count(), 1, "{name}: {stderr}");
+        assert!(
+            stderr.contains(fragment),
+            "{name}: {stderr:?} lacks {fragment:?}"
+        );
+        let r = import(&host, "damaged", archive);
+        assert_eq!(r.status, 422, "{name}: {}", r.text());
+        assert!(r.error().contains(fragment), "{name}: {:?}", r.error());
+    }
+    assert_eq!(
+        tenant_count(&host),
+        before,
+        "a refused import left a tenant behind"
+    );
+    let data = &host.data_dir;
+    assert!(
+        std::fs::read_dir(data.join("staging"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "staging not cleaned"
+    );
+    let tenant_dirs = std::fs::read_dir(data.join("tenants")).unwrap().count();
+    assert_eq!(tenant_dirs, before);
+}
+
+#[test]
+fn hostile_archives_are_refused_with_bounded_resources() {
+    let dir = TempDir::new("hostile");
+    let config = dir.path().join("coffer.toml");
+    std::fs::write(
+        &config,
+        "[backup]\nmax_archive_bytes = 8000000\nmax_import_bytes = 4000000\n",
+    )
+    .unwrap();
+    let host = Host::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let (t, a) = host.create_tenant("Hostile", "crm");
+    host.json(
+        "POST",
+        &records_path(&t, "contacts"),
+        Some(&a),
+        json!({"name": "x"}),
+    );
+    let good = unpack(&export(&host, &t, &a));
+    let manifest = good[0].1.clone();
+    // A manifest that agrees with the hostile member's size, so that the reader
+    // gets as far as decompressing it.
+    let claiming = |path: &str, size: usize| {
+        let mut m: Value = serde_json::from_slice(&manifest).unwrap();
+        for member in m["members"].as_array_mut().unwrap() {
+            if member["path"] == path {
+                member["size"] = json!(size);
+            }
+        }
+        serde_json::to_vec(&m).unwrap()
+    };
+    let bomb = vec![0u8; 50_000_000];
+    let bomb_manifest = claiming("collections/contacts.ndjson", bomb.len());
+    let huge_line = format!(
+        "{{\"id\":\"{}\",\"name\":\"{}\"}}\n",
+        "a".repeat(32),
+        "x".repeat(3_000_000)
+    )
+    .into_bytes();
+    let huge_manifest = claiming("collections/activities.ndjson", huge_line.len());
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        (
+            "path traversal",
+            pack(&[
+                ("manifest.json", &manifest, Kind::File),
+                ("../../evil", b"x", Kind::File),
+            ]),
+            422,
+            "escapes",
+        ),
+        (
+            "absolute path",
+            pack(&[
+                ("manifest.json", &manifest, Kind::File),
+                ("/etc/cron.d/evil", b"x", Kind::File),
+            ]),
+            422,
+            "escapes",
+        ),
+        (
+            "symlink",
+            pack(&[
+                ("manifest.json", &manifest, Kind::File),
+                ("schema.json", b"", Kind::Symlink("/etc/passwd")),
+            ]),
+            422,
+            "symbolic link",
+        ),
+        (
+            "hard link",
+            pack(&[
+                ("manifest.json", &manifest, Kind::File),
+                ("schema.json", b"", Kind::HardLink("/etc/shadow")),
+            ]),
+            422,
+            "hard link",
+        ),
+        (
+            "device",
+            pack(&[
+                ("manifest.json", &manifest, Kind::File),
+                ("schema.json", b"", Kind::Device),
+            ]),
+            422,
+            "device",
+        ),
+        (
+            "manifest is a link",
+            pack(&[("manifest.json", b"", Kind::Symlink("/etc/passwd"))]),
+            422,
+            "symbolic link",
+        ),
+        (
+            "manifest not first",
+            pack(&[("schema.json", b"{}", Kind::File)]),
+            422,
+            "first member must be manifest.json",
+        ),
+        (
+            "zstd bomb of zeros",
+            pack(&[
+                ("manifest.json", &bomb_manifest, Kind::File),
+                ("schema.json", &good[1].1, Kind::File),
+                ("collections/contacts.ndjson", &bomb, Kind::File),
+            ]),
+            422,
+            "longer than",
+        ),
+        (
+            "enormous record",
+            pack(&[
+                ("manifest.json", &huge_manifest, Kind::File),
+                ("schema.json", &good[1].1, Kind::File),
+                ("collections/activities.ndjson", &huge_line, Kind::File),
+            ]),
+            422,
+            "longer than",
+        ),
+        (
+            "huge manifest",
+            pack(&[("manifest.json", &vec![b' '; 6_000_000], Kind::File)]),
+            422,
+            "larger than",
+        ),
+        (
+            "body over the upload limit",
+            vec![7u8; 5_000_000],
+            413,
+            "larger than",
+        ),
+    ];
+    let before = tenant_count(&host);
+    for (name, archive, status, fragment) in &cases {
+        let r = import(&host, "hostile", archive);
+        assert_eq!(r.status, *status, "{name}: {}", r.text());
+        assert!(
+            r.error().contains(fragment),
+            "{name}: {:?} lacks {fragment:?}",
+            r.error()
+        );
+    }
+    assert_eq!(tenant_count(&host), before);
+    assert!(std::fs::read_dir(host.data_dir.join("staging"))
+        .unwrap()
+        .next()
+        .is_none());
+    for evil in ["evil", "../evil", "../../evil"] {
+        assert!(!host.data_dir.join(evil).exists());
+    }
+    assert!(!Path::new("/etc/cron.d/evil").exists());
+
+    // A bomb of valid records: tiny compressed, far past the decompressed cap.
+    let lines: Vec<u8> = (0..400_000u64)
+        .flat_map(|i| format!("{{\"id\":\"{i:032x}\",\"name\":\"x\"}}\n").into_bytes())
+        .collect();
+    let valid_bomb = pack(&[
+        (
+            "manifest.json",
+            &claiming("collections/contacts.ndjson", lines.len()),
+            Kind::File,
+        ),
+        ("schema.json", &good[1].1, Kind::File),
+        ("collections/contacts.ndjson", &lines, Kind::File),
+    ]);
+    assert!(valid_bomb.len() < lines.len() / 10);
+    let file = dir.path().join("bomb.tar.zst");
+    std::fs::write(&file, &valid_bomb).unwrap();
+    let out = Command::new(BIN)
+        .args(["backup", "verify", "--max-bytes", "8000000"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("expands beyond the limit of 8000000 bytes"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", host.pid())).unwrap();
+    let peak_kib: u64 = rss
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        peak_kib < 200 * 1024,
+        "the host's peak RSS reached {peak_kib} KiB on hostile archives"
+    );
+}
