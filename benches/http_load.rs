@@ -5,12 +5,12 @@
 //! Run: `cargo bench --bench http_load -- [--tenants N] [--writes N]`
 //! (defaults: 10000 tenants, 4000 writes per concurrency level).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_coffer");
+use common::{create_tenant, ms, percentile, process_status, start, Conn};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -25,7 +25,7 @@ fn main() {
     let writes = flag("--writes", 4_000);
     let data = std::env::temp_dir().join(format!("coffer-bench-http-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
-    let (mut child, addr) = start(&data);
+    let (mut child, addr) = start(&data, &[]);
     let operator = std::fs::read_to_string(data.join("operator.token"))
         .unwrap()
         .trim()
@@ -154,112 +154,4 @@ fn main() {
         .status();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&data);
-}
-
-fn start(data: &std::path::Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .env("COFFER_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start coffer");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("coffer listening on http://")
-        .expect("listening line")
-        .parse()
-        .unwrap();
-    (child, addr)
-}
-
-fn create_tenant(addr: SocketAddr, operator: &str, name: &str) -> (String, String) {
-    let body = format!(r#"{{"name":"{name}","region":"local","schema":"crm"}}"#);
-    let (status, body) = Conn::open(addr).request("POST", "/v1/tenants", operator, body.as_bytes());
-    assert_eq!(status, 201);
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    (
-        v["id"].as_str().unwrap().to_string(),
-        v["admin_token"].as_str().unwrap().to_string(),
-    )
-}
-
-/// (RSS MiB, peak RSS MiB, threads) from /proc.
-fn process_status(pid: u32) -> (u64, u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (
-        field("VmRSS:") / 1024,
-        field("VmHWM:") / 1024,
-        field("Threads:"),
-    )
-}
-
-fn percentile(sorted: &[Duration], p: usize) -> Duration {
-    sorted[((sorted.len() - 1) * p) / 100]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// A keep-alive HTTP/1.1 connection that knows just enough of the protocol for
-/// Coffer's JSON answers (Content-Length bodies).
-struct Conn {
-    reader: BufReader<TcpStream>,
-    addr: SocketAddr,
-}
-
-impl Conn {
-    fn open(addr: SocketAddr) -> Conn {
-        let stream = TcpStream::connect(addr).unwrap();
-        stream.set_nodelay(true).unwrap();
-        Conn {
-            reader: BufReader::new(stream),
-            addr,
-        }
-    }
-
-    fn request(&mut self, method: &str, path: &str, token: &str, body: &[u8]) -> (u16, Vec<u8>) {
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            self.addr,
-            body.len()
-        );
-        let stream = self.reader.get_mut();
-        stream.write_all(head.as_bytes()).unwrap();
-        stream.write_all(body).unwrap();
-        let mut status_line = String::new();
-        self.reader.read_line(&mut status_line).unwrap();
-        let status: u16 = status_line.split(' ').nth(1).unwrap().parse().unwrap();
-        let mut length = 0usize;
-        loop {
-            let mut line = String::new();
-            self.reader.read_line(&mut line).unwrap();
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse().unwrap();
-                }
-            }
-        }
-        let mut body = vec![0u8; length];
-        self.reader.read_exact(&mut body).unwrap();
-        (status, body)
-    }
 }

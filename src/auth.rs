@@ -82,6 +82,7 @@ pub enum Action<'a> {
     Backups(&'a TenantId),
     RestoreBackup(&'a TenantId),
     ImportTenant,
+    UpgradeTenant(&'a TenantId),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +103,10 @@ pub fn authorize(principal: &Principal, action: &Action<'_>) -> Result<(), Denie
         ) => role == Operator,
 
         (
-            Action::ReadTenant(t) | Action::DeactivateTenant(t) | Action::ReactivateTenant(t),
+            Action::ReadTenant(t)
+            | Action::DeactivateTenant(t)
+            | Action::ReactivateTenant(t)
+            | Action::UpgradeTenant(t),
             role,
         ) => role == Operator || own(t),
         (Action::PurgeTenant(_), role) => role == Operator,

@@ -7,7 +7,8 @@
 //! ## Codemap (layers point down; nothing imports a module above it)
 //!
 //! ```text
-//! cli ─► api ─► auth, access, lifecycle, keys ─► storage, schema ─► crypto, ids
+//! cli ─► api ─► upgrade ─► backup ─┐
+//!            ─► auth, access, lifecycle, keys ─► storage, schema ─► crypto, ids
 //!        config (read by cli and api)
 //! ```
 //!
@@ -24,12 +25,14 @@
 //! - [`access`] — the data path's gate: the only way to a tenant's records.
 //! - [`auth`] — bearer tokens → principals; the deny-by-default policy table.
 //! - [`api`] — **the only user of hyper**: routes, status mapping, server loop.
+//! - [`backup`] — the archive format, streamed exports, STREAM-sealed DR backups,
+//!   the backup store, verification, restores into staged tenants.
+//! - [`upgrade`] — the schema upgrade service (backup first, migrate, swap).
 //! - [`config`] — TOML file + flags → one checked `Config`.
 //! - [`cli`] — `coffer serve`, `coffer keys rotate`; start-up glue.
 //!
-//! Rooms for what comes next: `backup` (archive format, export, import), `replication`
-//! (object stores per region) and `audit` (hash-chained log) sit beside `access`
-//! and `lifecycle`, above `storage`.
+//! Rooms for what comes next: `replication` (object stores per region) beside
+//! `backup`, and `audit` (hash-chained log) beside `access` and `lifecycle`.
 //!
 //! ## Invariants
 //!
@@ -60,3 +63,4 @@ pub mod keys;
 pub mod lifecycle;
 pub mod schema;
 pub mod storage;
+pub mod upgrade;

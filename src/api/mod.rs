@@ -147,6 +147,7 @@ impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
         match e {
             StorageError::NotFound => ApiError::NotFound("not found".into()),
+            StorageError::Frozen => ApiError::Conflict(e.to_string()),
             StorageError::Damaged(what) => ApiError::Internal {
                 public: format!("{what} is damaged and cannot be opened"),
                 detail: format!("damaged: {what}"),
@@ -349,6 +350,47 @@ async fn dispatch(
             allow(principal, Action::Backups(&id))?;
             backups::read(state, id, backup).await
         }
+        Endpoint::UpgradeTenant(id) => {
+            allow(principal, Action::UpgradeTenant(&id))?;
+            let request: UpgradeRequest = parse_json(&body)?;
+            let tenant = known_tenant(&storage, &id)?;
+            let inner = state.clone();
+            let report = blocking(move || {
+                crate::upgrade::upgrade(
+                    &inner.storage,
+                    &inner.schemas,
+                    &inner.backups,
+                    &tenant,
+                    request.schema_version,
+                )
+            })
+            .await?
+            .map_err(|e| match e {
+                crate::upgrade::UpgradeError::NotActive(_)
+                | crate::upgrade::UpgradeError::NotNewer { .. } => {
+                    ApiError::Conflict(e.to_string())
+                }
+                crate::upgrade::UpgradeError::UnknownVersion(_)
+                | crate::upgrade::UpgradeError::RecordDoesNotFit { .. } => {
+                    ApiError::Unprocessable(e.to_string())
+                }
+                crate::upgrade::UpgradeError::BackupFailed(_) => {
+                    ApiError::Unavailable(e.to_string())
+                }
+                crate::upgrade::UpgradeError::Storage(inner) => ApiError::from(inner),
+                crate::upgrade::UpgradeError::Backup(inner) => ApiError::from(inner),
+            })?;
+            tracing::info!(
+                from = report.from_version,
+                to = report.to_version,
+                records = report.records,
+                "tenant upgraded"
+            );
+            let tenant = known_tenant(&state.storage, &id)?;
+            let mut body = tenant_json(&tenant);
+            body["upgrade"] = json!(report);
+            Ok(json_response(StatusCode::OK, &body))
+        }
         Endpoint::RestoreBackup(id, backup) => {
             allow(principal, Action::RestoreBackup(&id))?;
             backups::restore(state, principal, id, backup, &body).await
@@ -546,6 +588,12 @@ struct CreateTenantRequest {
     schema: String,
     #[serde(default)]
     schema_version: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpgradeRequest {
+    schema_version: u32,
 }
 
 #[derive(Deserialize)]

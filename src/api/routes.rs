@@ -29,6 +29,7 @@ pub enum Endpoint {
     ReadBackup(TenantId, BackupId),
     RestoreBackup(TenantId, BackupId),
     ImportTenant,
+    UpgradeTenant(TenantId),
 }
 
 impl Endpoint {
@@ -70,6 +71,7 @@ impl Endpoint {
                 Endpoint::ReactivateTenant(tenant(id)?)
             }
             (&M::POST, ["v1", "tenants", id, "purge"]) => Endpoint::PurgeTenant(tenant(id)?),
+            (&M::POST, ["v1", "tenants", id, "upgrade"]) => Endpoint::UpgradeTenant(tenant(id)?),
             (&M::POST, ["v1", "tenants", id, "collections", c, "records"]) => {
                 Endpoint::CreateRecord(tenant(id)?, collection(c)?)
             }
@@ -102,7 +104,7 @@ impl Endpoint {
             ["healthz"]
                 | ["v1", "tenants"]
                 | ["v1", "tenants", _]
-                | ["v1", "tenants", _, "reactivate" | "purge"]
+                | ["v1", "tenants", _, "reactivate" | "purge" | "upgrade"]
                 | ["v1", "tenants", _, "collections", _, "records"]
                 | ["v1", "tenants", _, "collections", _, "records", _]
                 | ["v1", "tokens"]
@@ -129,7 +131,8 @@ impl Endpoint {
             | Endpoint::StartBackup(t)
             | Endpoint::ListBackups(t)
             | Endpoint::ReadBackup(t, _)
-            | Endpoint::RestoreBackup(t, _) => Some(t),
+            | Endpoint::RestoreBackup(t, _)
+            | Endpoint::UpgradeTenant(t) => Some(t),
             Endpoint::Health
             | Endpoint::CreateTenant
             | Endpoint::ListTenants

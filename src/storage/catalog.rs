@@ -62,6 +62,15 @@ pub struct TenantRecord {
     /// Present while the tenant exists; removed (shredded) when it is destroyed.
     #[serde(default)]
     pub wrapped_dek: Option<WrappedDek>,
+    /// Set between the two halves of a schema upgrade's swap (crash recovery).
+    #[serde(default)]
+    pub pending_upgrade: Option<PendingUpgrade>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingUpgrade {
+    pub schema_version: u32,
+    pub wrapped_dek: WrappedDek,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -19,7 +19,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
-pub use catalog::{Catalog, Role, TenantRecord, TenantState, TokenRecord, WrappedDek};
+pub use catalog::{
+    Catalog, PendingUpgrade, Role, TenantRecord, TenantState, TokenRecord, WrappedDek,
+};
 pub use tenant_db::{Record, Snapshot, SnapshotRecords, TenantDb};
 
 use crate::crypto::{self, CryptoError, Keyring, MasterKey, SecretKey, TenantCipher};
@@ -43,6 +45,8 @@ pub enum StorageError {
     MissingKek(String),
     #[error("tenant's data key is gone (tenant destroyed)")]
     Shredded,
+    #[error("tenant is being upgraded to a new schema version; writes resume when it is done")]
+    Frozen,
     #[error("file system: {0}")]
     Io(String),
     #[error(transparent)]
@@ -150,6 +154,7 @@ impl Storage {
             tenant_update: Mutex::new(()),
             rotation: Mutex::new(()),
         };
+        storage.recover_upgrades()?;
         storage.sweep_orphans()?;
         Ok(storage)
     }
@@ -180,6 +185,7 @@ impl Storage {
             deactivated_at: None,
             destroy_after: None,
             destroyed_at: None,
+            pending_upgrade: None,
             wrapped_dek: Some(WrappedDek {
                 kek_id: kek.id.clone(),
                 sealed: crypto::encode_hex(&kek.wrap_dek(id.as_str(), &dek)?),
@@ -219,6 +225,7 @@ impl Storage {
             deactivated_at: None,
             destroy_after: None,
             destroyed_at: None,
+            pending_upgrade: None,
             wrapped_dek: Some(WrappedDek {
                 kek_id: kek.id.clone(),
                 sealed: crypto::encode_hex(&kek.wrap_dek(id.as_str(), &dek)?),
@@ -237,6 +244,113 @@ impl Storage {
             dir,
             committed: false,
         })
+    }
+
+    /// Stages a new copy of an existing tenant (same id, fresh data key) under
+    /// `staging/<id>-upgrade`, for the schema upgrade service.
+    pub fn stage_replacement(&self, tenant: &TenantRecord) -> Result<StagedTenant, StorageError> {
+        let dek = SecretKey::generate()?;
+        let kek = self.current_kek();
+        let mut record = tenant.clone();
+        record.wrapped_dek = Some(WrappedDek {
+            kek_id: kek.id.clone(),
+            sealed: crypto::encode_hex(&kek.wrap_dek(tenant.id.as_str(), &dek)?),
+        });
+        let dir = self
+            .root
+            .join("staging")
+            .join(format!("{}-upgrade", tenant.id));
+        let _ = std::fs::remove_dir_all(&dir);
+        let db = TenantDb::open(
+            &dir,
+            tenant.id.clone(),
+            TenantCipher::new(&dek),
+            self.cache_bytes_per_tenant,
+        )?;
+        Ok(StagedTenant {
+            record,
+            db: Some(Arc::new(db)),
+            dir,
+            committed: false,
+        })
+    }
+
+    /// Puts a staged replacement in its tenant's place, crash-safely: (1) the
+    /// catalog records the pending swap and the new key, (2) the old directory
+    /// goes to the trash and the new one takes its place, (3) the catalog makes
+    /// the new version current. [`Storage::open`] finishes or undoes a swap a
+    /// crash interrupted.
+    pub fn swap_in_replacement(
+        &self,
+        mut staged: StagedTenant,
+        schema_version: u32,
+    ) -> Result<TenantRecord, StorageError> {
+        let db = staged.db.take().expect("a staged tenant has its database");
+        db.flush()?;
+        let db = Arc::into_inner(db)
+            .ok_or_else(|| StorageError::Io("staged database still in use".into()))?;
+        drop(db);
+        let id = staged.record.id.clone();
+        let new_dek = staged.record.wrapped_dek.clone();
+        self.update_tenant(&id, |t| -> Result<(), StorageError> {
+            t.pending_upgrade = Some(PendingUpgrade {
+                schema_version,
+                wrapped_dek: new_dek.clone().ok_or(StorageError::Shredded)?,
+            });
+            Ok(())
+        })??;
+        self.pool.forget(&id);
+        let live = self.tenant_dir(&id);
+        let old = self
+            .root
+            .join("trash")
+            .join(format!("{id}-pre-upgrade-{}", unix_now()));
+        std::fs::rename(&live, &old)?;
+        std::fs::rename(&staged.dir, &live)?;
+        staged.committed = true;
+        let record = self.finish_upgrade(&id)?;
+        let _ = std::fs::remove_dir_all(old);
+        Ok(record)
+    }
+
+    fn finish_upgrade(&self, id: &TenantId) -> Result<TenantRecord, StorageError> {
+        self.update_tenant(id, |t| -> Result<(), StorageError> {
+            if let Some(pending) = t.pending_upgrade.take() {
+                t.schema_version = pending.schema_version;
+                t.wrapped_dek = Some(pending.wrapped_dek);
+            }
+            Ok(())
+        })?
+    }
+
+    /// Finishes or undoes upgrades a crash interrupted (see `swap_in_replacement`).
+    fn recover_upgrades(&self) -> Result<(), StorageError> {
+        for tenant in self.catalog.tenants() {
+            if tenant.pending_upgrade.is_none() {
+                continue;
+            }
+            let staged = self
+                .root
+                .join("staging")
+                .join(format!("{}-upgrade", tenant.id));
+            let live = self.tenant_dir(&tenant.id);
+            if staged.exists() && live.exists() {
+                // The swap never started: the old tenant is intact.
+                std::fs::remove_dir_all(&staged)?;
+                self.update_tenant(&tenant.id, |t| -> Result<(), StorageError> {
+                    t.pending_upgrade = None;
+                    Ok(())
+                })??;
+                tracing::warn!(tenant_id = %tenant.id, "an interrupted schema upgrade was undone");
+            } else {
+                if staged.exists() {
+                    std::fs::rename(&staged, &live)?;
+                }
+                self.finish_upgrade(&tenant.id)?;
+                tracing::warn!(tenant_id = %tenant.id, "an interrupted schema upgrade was completed");
+            }
+        }
+        Ok(())
     }
 
     /// Publishes a staged tenant. `inherit` lists admin token digests of the

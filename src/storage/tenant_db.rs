@@ -48,6 +48,8 @@ pub struct TenantDb {
     data: sled::Tree,
     /// Held by every writer; the state lists the snapshots writers must feed.
     write_lock: Mutex<WriterState>,
+    /// Set while the tenant is being upgraded: writes are refused, reads served.
+    frozen: std::sync::atomic::AtomicBool,
     commit: GroupCommit,
 }
 
@@ -112,6 +114,7 @@ impl TenantDb {
             db,
             data,
             write_lock: Mutex::new(WriterState::default()),
+            frozen: std::sync::atomic::AtomicBool::new(false),
             commit: GroupCommit::default(),
         })
     }
@@ -263,6 +266,9 @@ impl TenantDb {
     ) -> Result<(), StorageError> {
         {
             let mut state = self.write_lock.lock().expect("tenant write lock poisoned");
+            if self.frozen.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StorageError::Frozen);
+            }
             let key = record_key(collection_name, id);
             // A fresh id (128 bits, 80 of them random) has no old version to read.
             let (old, old_sealed) = if must_exist {
@@ -409,6 +415,18 @@ impl TenantDb {
             Ok(Value::Object(map)) => Ok(map),
             _ => Err(damaged()),
         }
+    }
+
+    /// Refuses every write from now on (under the write lock, so no write is half
+    /// way through) until [`TenantDb::thaw`]. Used by the schema upgrade service.
+    pub fn freeze(&self) {
+        let _state = self.write_lock.lock().expect("tenant write lock poisoned");
+        self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn thaw(&self) {
+        self.frozen
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Takes a consistent snapshot: every write acknowledged before this call,

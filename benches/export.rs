@@ -1,0 +1,291 @@
+//! Export, DR backup and restore of a large tenant through the real host, side by
+//! side with `tar -cf - <the same NDJSON files> | zstd -3`, plus the host's peak
+//! RSS and the longest write stall a concurrent writer sees during an export.
+//!
+//! Run: `cargo bench --bench export -- [MiB ...]` (default: 100 1024).
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coffer::ids::Region;
+use coffer::schema::Registry;
+use coffer::storage::{NewTenant, Storage};
+use common::{process_status, start, Conn};
+use serde_json::{json, Map, Value};
+
+fn main() {
+    let sizes: Vec<u64> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let sizes = if sizes.is_empty() {
+        vec![100, 1024]
+    } else {
+        sizes
+    };
+    for mib in sizes {
+        run(mib);
+    }
+}
+
+fn run(mib: u64) {
+    let root =
+        std::env::temp_dir().join(format!("coffer-bench-export-{}-{mib}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let data = root.join("data");
+    println!("== tenant of ~{mib} MiB of contact records");
+
+    // Populate offline through the storage layer (group-committed, 8 writers),
+    // with the keyring the host will load.
+    let started = Instant::now();
+    let (tenant, admin, records) = populate(&data, mib);
+    println!(
+        "populated {records} records in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let (mut host, addr) = start(&data, &["--backup-interval", "0s"]);
+    let operator = std::fs::read_to_string(data.join("operator.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let _ = operator;
+
+    // Baseline write latency, then the same writer while an export runs.
+    let stall_idle = writer_stall(addr, &admin, &tenant, Duration::from_secs(2), || {});
+    let export_file = root.join("export.tar.zst");
+    let mut export_secs = 0.0;
+    let stall_export = writer_stall(addr, &admin, &tenant, Duration::ZERO, || {
+        let started = Instant::now();
+        let mut conn = Conn::open(addr);
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&export_file).unwrap());
+        let status = conn.request_to(
+            "GET",
+            &format!("/v1/tenants/{tenant}/export"),
+            &admin,
+            &mut file,
+        );
+        assert_eq!(status, 200);
+        file.flush().unwrap();
+        export_secs = started.elapsed().as_secs_f64();
+    });
+    let (_, export_hwm, _) = process_status(host.id());
+
+    // The same NDJSON through stock tar | zstd -3.
+    let unpacked = root.join("unpacked");
+    std::fs::create_dir_all(&unpacked).unwrap();
+    assert!(Command::new("tar")
+        .arg("--zstd")
+        .arg("-xf")
+        .arg(&export_file)
+        .arg("-C")
+        .arg(&unpacked)
+        .status()
+        .unwrap()
+        .success());
+    let ndjson_bytes: u64 = std::fs::read_dir(unpacked.join("collections"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    let started = Instant::now();
+    let baseline_out = root.join("baseline.tar.zst");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "tar -cf - -C {} collections | zstd -3 -q -o {}",
+            unpacked.display(),
+            baseline_out.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let baseline_secs = started.elapsed().as_secs_f64();
+    let export_size = std::fs::metadata(&export_file).unwrap().len();
+    let baseline_size = std::fs::metadata(&baseline_out).unwrap().len();
+
+    // DR backup: the same archive, sealed, into the store.
+    let started = Instant::now();
+    let mut conn = Conn::open(addr);
+    let (status, body) = conn.request(
+        "POST",
+        &format!("/v1/tenants/{tenant}/backups"),
+        &admin,
+        b"",
+    );
+    assert_eq!(status, 202);
+    let backup: Value = serde_json::from_slice(&body).unwrap();
+    loop {
+        let (_, body) = conn.request(
+            "GET",
+            &format!(
+                "/v1/tenants/{tenant}/backups/{}",
+                backup["id"].as_str().unwrap()
+            ),
+            &admin,
+            b"",
+        );
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        if v["state"] == "done" {
+            break;
+        }
+        assert_ne!(v["state"], "failed", "{v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let backup_secs = started.elapsed().as_secs_f64();
+    let (_, backup_hwm, _) = process_status(host.id());
+    let _ = Command::new("kill")
+        .args(["-TERM", &host.id().to_string()])
+        .status();
+    let _ = host.wait();
+
+    // Restore: import the export into a fresh host.
+    let fresh = root.join("fresh");
+    let (mut second, addr2) = start(&fresh, &["--backup-interval", "0s"]);
+    let operator2 = std::fs::read_to_string(fresh.join("operator.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let started = Instant::now();
+    let bytes = std::fs::read(&export_file).unwrap();
+    let (status, body) = Conn::open(addr2).request(
+        "POST",
+        "/v1/tenants/import?name=restored",
+        &operator2,
+        &bytes,
+    );
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let restore_secs = started.elapsed().as_secs_f64();
+    let (_, restore_hwm, _) = process_status(second.id());
+    let _ = Command::new("kill")
+        .args(["-TERM", &second.id().to_string()])
+        .status();
+    let _ = second.wait();
+
+    let mb = ndjson_bytes as f64 / 1e6;
+    println!("NDJSON: {:.1} MB in {records} records", mb);
+    println!(
+        "coffer export (HTTP, streamed):  {:>6.2} s  {:>6.1} MB/s  archive {:.1} MB ({:.1}:1)",
+        export_secs,
+        mb / export_secs,
+        export_size as f64 / 1e6,
+        ndjson_bytes as f64 / export_size as f64
+    );
+    println!(
+        "tar -cf - | zstd -3 (same files): {:>6.2} s  {:>6.1} MB/s  archive {:.1} MB ({:.1}:1)",
+        baseline_secs,
+        mb / baseline_secs,
+        baseline_size as f64 / 1e6,
+        ndjson_bytes as f64 / baseline_size as f64
+    );
+    println!(
+        "ratio export / (tar | zstd) throughput: {:.2}x",
+        baseline_secs / export_secs
+    );
+    println!(
+        "coffer DR backup (sealed, to the store): {:>6.2} s  {:>6.1} MB/s  ratio to tar|zstd {:.2}x",
+        backup_secs, mb / backup_secs, baseline_secs / backup_secs
+    );
+    println!(
+        "coffer restore (import of the export): {:>6.2} s  {:>6.1} MB/s  {:.0} records/s",
+        restore_secs,
+        mb / restore_secs,
+        records as f64 / restore_secs
+    );
+    println!("host peak RSS: after export {export_hwm} MiB, after DR backup {backup_hwm} MiB; restoring host {restore_hwm} MiB");
+    println!(
+        "longest write by a concurrent writer: idle {:.1} ms, during the export {:.1} ms",
+        stall_idle.as_secs_f64() * 1000.0,
+        stall_export.as_secs_f64() * 1000.0
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// Creates one crm tenant with ~`mib` MiB of 1 KiB contacts, using the host's
+/// own storage layer and keyring. Returns (tenant id, admin token, records).
+fn populate(data: &Path, mib: u64) -> (String, String, u64) {
+    std::fs::create_dir_all(data).unwrap();
+    let keyring = coffer::keys::load(data, &coffer::keys::KeySource::DataDir).unwrap();
+    let storage = Arc::new(Storage::open(data, keyring, 8, 64 << 20).unwrap());
+    let schemas = Registry::embedded().unwrap();
+    let schema = schemas.get("crm", 2).unwrap().clone();
+    let (tenant, admin) = storage
+        .create_tenant(NewTenant {
+            name: "bench".into(),
+            region: Region::parse("local").unwrap(),
+            schema: "crm".into(),
+            schema_version: 2,
+        })
+        .unwrap();
+    let db = storage.tenant_db(&tenant).unwrap();
+    let contacts = schema.collection("contacts").unwrap().clone();
+    let records = mib * 1024;
+    let writers = 16;
+    let handles: Vec<_> = (0..writers)
+        .map(|w| {
+            let (db, contacts) = (db.clone(), contacts.clone());
+            std::thread::spawn(move || {
+                for i in (w..records).step_by(writers as usize) {
+                    let mut fields = Map::new();
+                    fields.insert("name".into(), json!(format!("Contact {i}")));
+                    fields.insert("email".into(), json!(format!("contact{i}@example.com")));
+                    fields.insert(
+                        "phone".into(),
+                        json!(format!("+44 20 7946 {:04}", i % 10_000)),
+                    );
+                    fields.insert(
+                        "notes".into(),
+                        json!(format!("{i} ").repeat(900 / (format!("{i} ").len()))),
+                    );
+                    db.insert("contacts", &contacts, &fields).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    (tenant.id.to_string(), admin, records)
+}
+
+/// Runs `during` while a writer posts records; returns the longest write latency.
+/// With a zero-length `run_for` the writer runs exactly as long as `during`.
+fn writer_stall(
+    addr: std::net::SocketAddr,
+    admin: &str,
+    tenant: &str,
+    run_for: Duration,
+    during: impl FnOnce(),
+) -> Duration {
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, admin, path) = (
+            stop.clone(),
+            admin.to_string(),
+            format!("/v1/tenants/{tenant}/collections/deals/records"),
+        );
+        std::thread::spawn(move || {
+            let mut conn = Conn::open(addr);
+            let mut longest = Duration::ZERO;
+            while !stop.load(Ordering::SeqCst) {
+                let started = Instant::now();
+                let (status, _) =
+                    conn.request("POST", &path, &admin, br#"{"title":"stall probe"}"#);
+                assert_eq!(status, 201);
+                longest = longest.max(started.elapsed());
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            longest
+        })
+    };
+    during();
+    std::thread::sleep(run_for);
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap()
+}
