@@ -350,6 +350,24 @@ async fn dispatch(
             allow(principal, Action::Backups(&id))?;
             backups::read(state, id, backup).await
         }
+        Endpoint::SetBackupSchedule(id) => {
+            allow(principal, Action::Backups(&id))?;
+            let schedule: crate::backup::Schedule = parse_json(&body)?;
+            if schedule.interval_hours > 24 * 366 {
+                return Err(ApiError::Unprocessable(
+                    "interval_hours must be at most a year".into(),
+                ));
+            }
+            known_tenant(&storage, &id)?;
+            let saved = schedule.clone();
+            blocking(move || {
+                storage
+                    .catalog
+                    .put_json(crate::backup::SCHEDULES_TREE, id.as_str(), &saved)
+            })
+            .await??;
+            Ok(json_response(StatusCode::OK, &json!(schedule)))
+        }
         Endpoint::UpgradeTenant(id) => {
             allow(principal, Action::UpgradeTenant(&id))?;
             let request: UpgradeRequest = parse_json(&body)?;

@@ -30,6 +30,7 @@ pub enum Endpoint {
     RestoreBackup(TenantId, BackupId),
     ImportTenant,
     UpgradeTenant(TenantId),
+    SetBackupSchedule(TenantId),
 }
 
 impl Endpoint {
@@ -72,6 +73,9 @@ impl Endpoint {
             }
             (&M::POST, ["v1", "tenants", id, "purge"]) => Endpoint::PurgeTenant(tenant(id)?),
             (&M::POST, ["v1", "tenants", id, "upgrade"]) => Endpoint::UpgradeTenant(tenant(id)?),
+            (&M::PUT, ["v1", "tenants", id, "backup-schedule"]) => {
+                Endpoint::SetBackupSchedule(tenant(id)?)
+            }
             (&M::POST, ["v1", "tenants", id, "collections", c, "records"]) => {
                 Endpoint::CreateRecord(tenant(id)?, collection(c)?)
             }
@@ -109,7 +113,7 @@ impl Endpoint {
                 | ["v1", "tenants", _, "collections", _, "records", _]
                 | ["v1", "tokens"]
                 | ["v1", "keys", "rotate"]
-                | ["v1", "tenants", _, "export" | "backups"]
+                | ["v1", "tenants", _, "export" | "backups" | "backup-schedule"]
                 | ["v1", "tenants", _, "backups", _]
                 | ["v1", "tenants", _, "backups", _, "restore"]
         )
@@ -132,7 +136,8 @@ impl Endpoint {
             | Endpoint::ListBackups(t)
             | Endpoint::ReadBackup(t, _)
             | Endpoint::RestoreBackup(t, _)
-            | Endpoint::UpgradeTenant(t) => Some(t),
+            | Endpoint::UpgradeTenant(t)
+            | Endpoint::SetBackupSchedule(t) => Some(t),
             Endpoint::Health
             | Endpoint::CreateTenant
             | Endpoint::ListTenants

@@ -480,3 +480,61 @@ impl<W: Write> Write for HashingWriter<W> {
         self.inner.flush()
     }
 }
+
+/// A tenant's own backup interval, overriding the host default (catalog tree
+/// `backup_schedules`). Zero hours turns scheduled backups off for the tenant.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    pub interval_hours: u64,
+}
+
+pub const SCHEDULES_TREE: &str = "backup_schedules";
+
+impl Backups {
+    /// Runs a backup for every active tenant whose last successful backup is
+    /// older than its interval (its own, or `default_secs`). Returns how many ran.
+    pub fn run_due(
+        &self,
+        storage: &Storage,
+        schemas: &Registry,
+        default_secs: Option<u64>,
+    ) -> usize {
+        let jobs: Vec<BackupJob> = storage.catalog.list_json(JOBS_TREE).unwrap_or_default();
+        let now = unix_now();
+        let mut ran = 0;
+        for tenant in storage.catalog.tenants() {
+            if tenant.state != crate::storage::TenantState::Active {
+                continue;
+            }
+            let interval = match storage
+                .catalog
+                .get_json::<Schedule>(SCHEDULES_TREE, tenant.id.as_str())
+            {
+                Ok(Some(schedule)) => Some(schedule.interval_hours * 3600).filter(|s| *s > 0),
+                _ => default_secs,
+            };
+            let Some(interval) = interval else { continue };
+            let last = jobs
+                .iter()
+                .filter(|j| j.tenant == tenant.id && j.state != JobState::Failed)
+                .map(|j| j.created_at)
+                .max()
+                .unwrap_or(0);
+            if now.saturating_sub(last) < interval {
+                continue;
+            }
+            let span = tracing::info_span!("scheduled_backup", tenant_id = %tenant.id);
+            let _enter = span.enter();
+            match self.enqueue(storage, &tenant.id, "scheduled") {
+                Ok(job) => {
+                    let done = self.run(storage, schemas, job, self.retention_secs);
+                    tracing::info!(backup_id = %done.id, state = done.state.as_str(), "scheduled backup");
+                    ran += 1;
+                }
+                Err(error) => tracing::error!(%error, "schedule a backup"),
+            }
+        }
+        ran
+    }
+}

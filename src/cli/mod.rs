@@ -423,9 +423,27 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // One plain line on stdout, for people and for scripts that started us on port 0.
         println!("coffer listening on http://{address}");
         let sweeper = tokio::spawn(lifecycle::run_sweeper(storage.clone(), config.sweep_interval));
+        let scheduler = {
+            let (storage, schemas, backups) = (storage.clone(), schemas.clone(), backups.clone());
+            let default = config.backup_interval.map(|d| d.as_secs());
+            tokio::spawn(async move {
+                // Checked every minute (or more often when the host default is
+                // shorter); a tenant's own schedule is in hours.
+                let every = default
+                    .map(|s| s.clamp(1, 60))
+                    .unwrap_or(60);
+                let mut ticker = tokio::time::interval(std::time::Duration::from_secs(every));
+                loop {
+                    ticker.tick().await;
+                    let (storage, schemas, backups) = (storage.clone(), schemas.clone(), backups.clone());
+                    let _ = tokio::task::spawn_blocking(move || backups.run_due(&storage, &schemas, default)).await;
+                }
+            })
+        };
         let state = Arc::new(AppState::new(storage, schemas, config, backups));
         api::serve(state, listener, shutdown_signal()).await?;
         sweeper.abort();
+        scheduler.abort();
         Ok(())
     })
 }

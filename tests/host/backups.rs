@@ -1148,3 +1148,63 @@ fn upgrade_backs_up_first_migrates_every_record_and_fails_cleanly() {
     );
     assert_eq!(r.value()["value"], 12.5);
 }
+
+#[test]
+fn scheduled_backups_run_on_their_own() {
+    let dir = TempDir::new("schedule");
+    let host = Host::start(&dir.path().join("data"), &["--backup-interval", "1s"]);
+    let (t, a) = host.create_tenant("Scheduled", "helpdesk");
+    host.json(
+        "POST",
+        &records_path(&t, "customers"),
+        Some(&a),
+        json!({"name": "c", "email": "c@x"}),
+    );
+    let r = host.json(
+        "PUT",
+        &format!("/v1/tenants/{t}/backup-schedule"),
+        Some(&a),
+        json!({"interval_hours": 24}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        host.json(
+            "PUT",
+            &format!("/v1/tenants/{t}/backup-schedule"),
+            Some(&a),
+            json!({"hours": 1})
+        )
+        .status,
+        422
+    );
+    let mut scheduled = Vec::new();
+    for _ in 0..100 {
+        let list = host
+            .call("GET", &format!("/v1/tenants/{t}/backups"), Some(&a), None)
+            .value();
+        scheduled = list["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["kind"] == "scheduled" && b["state"] == "done")
+            .cloned()
+            .collect();
+        if !scheduled.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(!scheduled.is_empty(), "no scheduled backup ran");
+    // With a 24 h schedule of its own, the tenant gets one backup, not one a second.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let list = host
+        .call("GET", &format!("/v1/tenants/{t}/backups"), Some(&a), None)
+        .value();
+    let count = list["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["kind"] == "scheduled")
+        .count();
+    assert_eq!(count, 1);
+}
