@@ -14,6 +14,18 @@ need_component() {
 need_component fmt rustfmt
 need_component clippy clippy
 
+# Stock tools the tests open archives with: tar --zstd needs zstd; age decrypts
+# age-encrypted exports (Debian packages zstd and age).
+missing=()
+command -v zstd >/dev/null 2>&1 || missing+=(zstd)
+command -v age >/dev/null 2>&1 || missing+=(age)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing ${missing[*]}"
+  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"

@@ -16,6 +16,7 @@ use super::{
 };
 use crate::auth::{Principal, Role};
 use crate::backup::{self, BackupError, BackupJob, JobState, JOBS_TREE};
+use crate::crypto::age::AgeRecipient;
 use crate::ids::{rfc3339, BackupId, TenantId};
 use crate::storage::TenantState;
 
@@ -34,7 +35,22 @@ impl From<BackupError> for ApiError {
 }
 
 /// `GET /v1/tenants/{id}/export`: the portable archive, streamed as it is made.
-pub async fn export(state: &Arc<AppState>, id: TenantId) -> Result<Response<Body>, ApiError> {
+pub async fn export(
+    state: &Arc<AppState>,
+    id: TenantId,
+    query: Vec<(String, String)>,
+) -> Result<Response<Body>, ApiError> {
+    let mut recipient = None;
+    for (key, value) in &query {
+        match key.as_str() {
+            "recipient" => {
+                recipient = Some(
+                    AgeRecipient::parse(value).map_err(|e| ApiError::BadRequest(e.to_string()))?,
+                )
+            }
+            other => return Err(ApiError::BadRequest(format!("unknown parameter {other:?}"))),
+        }
+    }
     let tenant = known_tenant(&state.storage, &id)?;
     match tenant.state {
         TenantState::Active => {}
@@ -51,29 +67,41 @@ pub async fn export(state: &Arc<AppState>, id: TenantId) -> Result<Response<Body
         let tenant = tenant.clone();
         blocking(move || storage.tenant_db(&tenant).and_then(|db| db.snapshot())).await??
     };
-    let (mut writer, body) = channel();
+    let (writer, body) = channel();
     let span = tracing::Span::current();
     let export_tenant = tenant.clone();
+    let encrypted = recipient.is_some();
     tokio::task::spawn_blocking(move || {
         let _enter = span.enter();
-        match backup::export::write_archive(&mut writer, &export_tenant, &schema, &snapshot) {
-            Ok(summary) => {
-                use std::io::Write;
-                let _ = writer.flush();
-                tracing::info!(records = summary.records, "export streamed");
+        match write_export(
+            writer,
+            recipient.as_ref(),
+            &export_tenant,
+            &schema,
+            &snapshot,
+        ) {
+            Ok(records) => {
+                tracing::info!(records, encrypted = recipient.is_some(), "export streamed")
             }
-            Err(error) => {
+            Err((writer, error)) => {
                 tracing::warn!(%error, "export stopped");
-                writer.fail(error.to_string());
+                if let Some(writer) = writer {
+                    writer.fail(error);
+                }
             }
         }
     });
     let mut response = Response::new(body.boxed());
+    let (content_type, extension) = if encrypted {
+        ("application/octet-stream", "tar.zst.age")
+    } else {
+        ("application/zstd", "tar.zst")
+    };
     response
         .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/zstd"));
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     let file = format!(
-        "attachment; filename=\"coffer-{}-{}.tar.zst\"",
+        "attachment; filename=\"coffer-{}-{}.{extension}\"",
         slug(&tenant.name),
         &rfc3339(crate::ids::unix_now())[..10]
     );
@@ -81,6 +109,36 @@ pub async fn export(state: &Arc<AppState>, id: TenantId) -> Result<Response<Body
         response.headers_mut().insert(CONTENT_DISPOSITION, value);
     }
     Ok(response)
+}
+
+/// Writes the archive, encrypted to `recipient` when given. On failure, hands
+/// the writer back (when it still exists) so the body can end with an error.
+fn write_export(
+    mut writer: super::stream::ChannelWriter,
+    recipient: Option<&AgeRecipient>,
+    tenant: &crate::storage::TenantRecord,
+    schema: &crate::schema::Schema,
+    snapshot: &crate::storage::Snapshot,
+) -> Result<u64, (Option<super::stream::ChannelWriter>, String)> {
+    use std::io::Write;
+    match recipient {
+        None => match backup::export::write_archive(&mut writer, tenant, schema, snapshot) {
+            Ok(summary) => {
+                writer.flush().map_err(|e| (None, e.to_string()))?;
+                Ok(summary.records)
+            }
+            Err(e) => Err((Some(writer), e.to_string())),
+        },
+        Some(recipient) => {
+            let mut age = crate::crypto::age::encrypt(writer, recipient)
+                .map_err(|e| (None, e.to_string()))?;
+            let summary = backup::export::write_archive(&mut age, tenant, schema, snapshot)
+                .map_err(|e| (None, e.to_string()))?;
+            let mut writer = age.finish().map_err(|e| (None, e.to_string()))?;
+            writer.flush().map_err(|e| (None, e.to_string()))?;
+            Ok(summary.records)
+        }
+    }
 }
 
 fn slug(name: &str) -> String {

@@ -336,7 +336,7 @@ async fn dispatch(
         }
         Endpoint::ExportTenant(id) => {
             allow(principal, Action::ExportTenant(&id))?;
-            backups::export(state, id).await
+            backups::export(state, id, query).await
         }
         Endpoint::StartBackup(id) => {
             allow(principal, Action::Backups(&id))?;

@@ -1208,3 +1208,98 @@ fn scheduled_backups_run_on_their_own() {
         .count();
     assert_eq!(count, 1);
 }
+
+#[test]
+fn age_encrypted_export_opens_with_the_age_tool_and_tar() {
+    let dir = TempDir::new("age");
+    let host = Host::start(&dir.path().join("data"), &[]);
+    let (t, a) = populated_tenant(&host, "Age Co");
+    let identity = dir.path().join("tenant-key.txt");
+    let keygen = Command::new("age-keygen")
+        .arg("-o")
+        .arg(&identity)
+        .output()
+        .expect("age-keygen (Debian package age) must be installed");
+    assert!(keygen.status.success());
+    let recipient = String::from_utf8_lossy(&keygen.stderr)
+        .split_whitespace()
+        .find(|w| w.starts_with("age1"))
+        .expect("age-keygen prints the public key")
+        .to_string();
+    let r = host.call(
+        "GET",
+        &format!("/v1/tenants/{t}/export?recipient={recipient}"),
+        Some(&a),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r
+        .header("content-disposition")
+        .unwrap()
+        .contains(".tar.zst.age"));
+    assert!(r.body.starts_with(b"age-encryption.org/v1\n"));
+    assert!(
+        !contains(&r.body, b"p1@acme.test"),
+        "plaintext inside the age file"
+    );
+    let sealed = dir.path().join("export.tar.zst.age");
+    std::fs::write(&sealed, &r.body).unwrap();
+    let plain = dir.path().join("export.tar.zst");
+    let out = Command::new("age")
+        .arg("-d")
+        .arg("-i")
+        .arg(&identity)
+        .arg("-o")
+        .arg(&plain)
+        .arg(&sealed)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "age -d: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing = Command::new("tar")
+        .arg("--zstd")
+        .arg("-tf")
+        .arg(&plain)
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        names.lines().next() == Some("manifest.json")
+            && names.contains("collections/contacts.ndjson"),
+        "{names}"
+    );
+    let members = unpack(&std::fs::read(&plain).unwrap());
+    let contacts = &members
+        .iter()
+        .find(|(p, _)| p == "collections/contacts.ndjson")
+        .unwrap()
+        .1;
+    assert_eq!(String::from_utf8_lossy(contacts).lines().count(), 25);
+    // A damaged age file is refused by age itself.
+    let mut damaged = r.body.clone();
+    let last = damaged.len() - 10;
+    damaged[last] ^= 1;
+    std::fs::write(&sealed, &damaged).unwrap();
+    let out = Command::new("age")
+        .arg("-d")
+        .arg("-i")
+        .arg(&identity)
+        .arg(&sealed)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    // A recipient that is not one is a 400, not a stream.
+    for bad in ["age1nope", "npub1abc", ""] {
+        let r = host.call(
+            "GET",
+            &format!("/v1/tenants/{t}/export?recipient={bad}"),
+            Some(&a),
+            None,
+        );
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+        assert!(r.error().contains("age X25519 recipient"));
+    }
+}

@@ -10,6 +10,8 @@
 //!   master key (KEK) with associated data naming the tenant and the KEK's id.
 //! * Secrets ([`SecretKey`]) are zeroized on drop and print `[SECRET]` in Debug.
 
+pub mod age;
+
 use std::fmt;
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
