@@ -1,0 +1,21 @@
+//! The archive reader on arbitrary bytes: it must refuse or accept, never panic,
+//! and stay within its limits. Seeds: real exports (see fuzz/README.md).
+#![no_main]
+
+use std::sync::OnceLock;
+
+use coffer::backup::format::Limits;
+use coffer::backup::import::{read_archive, Discard};
+use coffer::schema::Registry;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    static SCHEMAS: OnceLock<Registry> = OnceLock::new();
+    let schemas = SCHEMAS.get_or_init(|| Registry::embedded().expect("embedded schemas"));
+    let limits = Limits {
+        max_total_bytes: 16 << 20,
+        max_record_bytes: 1 << 20,
+        max_metadata_bytes: 1 << 20,
+    };
+    let _ = read_archive(data, schemas, limits, &mut Discard);
+});
