@@ -52,11 +52,6 @@ fn run(mib: u64) {
     );
 
     let (mut host, addr) = start(&data, &["--backup-interval", "0s"]);
-    let operator = std::fs::read_to_string(data.join("operator.token"))
-        .unwrap()
-        .trim()
-        .to_string();
-    let _ = operator;
 
     // Baseline write latency, then the same writer while an export runs.
     let stall_idle = writer_stall(addr, &admin, &tenant, Duration::from_secs(2), || {});

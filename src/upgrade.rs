@@ -109,7 +109,7 @@ pub fn upgrade(
                         reason: e.to_string(),
                     }
                 })?;
-                staged.db().insert_with_id(collection, spec, &id, &fields)?;
+                staged.db().load_with_id(collection, spec, &id, &fields)?;
                 records += 1;
             }
         }

@@ -372,7 +372,7 @@ impl ArchiveSink for StagingSink<'_> {
             .ok_or_else(|| BackupError::BadArchive(format!("unknown collection {collection}")))?;
         staged
             .db()
-            .insert_with_id(collection, spec, id, fields)
+            .load_with_id(collection, spec, id, fields)
             .map_err(|e| match e {
                 StorageError::Duplicate(field) if field == "id" => {
                     BackupError::BadArchive(format!("record id {id} repeats in {collection}"))

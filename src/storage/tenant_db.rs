@@ -137,7 +137,8 @@ impl TenantDb {
 
     /// Inserts a record under a given id (restores keep their ids, so that
     /// references between records survive). `Duplicate("id")` if it exists.
-    pub fn insert_with_id(
+    /// Not flushed: for staged tenants, which are flushed once when published.
+    pub fn load_with_id(
         &self,
         collection_name: &str,
         collection: &Collection,
@@ -147,7 +148,7 @@ impl TenantDb {
         if self.data.contains_key(record_key(collection_name, id))? {
             return Err(StorageError::Duplicate("id".into()));
         }
-        self.write(collection_name, collection, id, Some(fields), false)
+        self.apply(collection_name, collection, id, Some(fields), false)
     }
 
     /// Replaces an existing record; `NotFound` if it does not exist.
@@ -256,7 +257,23 @@ impl TenantDb {
         Ok(())
     }
 
+    /// Applies a write and waits until it is durable (group commit).
     fn write(
+        &self,
+        collection_name: &str,
+        collection: &Collection,
+        id: &RecordId,
+        fields: Option<&Map<String, Value>>,
+        must_exist: bool,
+    ) -> Result<(), StorageError> {
+        self.apply(collection_name, collection, id, fields, must_exist)?;
+        self.commit
+            .wait_durable(|| self.db.flush().map(|_| ()))
+            .map_err(StorageError::Flush)
+    }
+
+    /// Applies a write in memory (sled's log); durable at the next flush.
+    fn apply(
         &self,
         collection_name: &str,
         collection: &Collection,
@@ -343,9 +360,7 @@ impl TenantDb {
                     .remove(index_key(collection_name, field, tag, id))?;
             }
         }
-        self.commit
-            .wait_durable(|| self.db.flush().map(|_| ()))
-            .map_err(StorageError::Flush)
+        Ok(())
     }
 
     /// `Duplicate` if another record really holds `value` in `field`. Index
@@ -415,6 +430,40 @@ impl TenantDb {
             Ok(Value::Object(map)) => Ok(map),
             _ => Err(damaged()),
         }
+    }
+
+    /// The NDJSON line of a record (`{"id":…,fields…}` and a newline), built from
+    /// the decrypted bytes without parsing them: they are the JSON object this
+    /// module sealed (authenticated, so trusted to be one).
+    fn open_line(
+        &self,
+        collection: &str,
+        id: &RecordId,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, StorageError> {
+        let damaged = || StorageError::Damaged(format!("record {id} in {collection}"));
+        let plain = self
+            .cipher
+            .open(
+                &record_aad(self.tenant.as_str(), collection, id.as_str()),
+                sealed,
+            )
+            .map_err(|_| damaged())?;
+        if plain.len() < 2 || plain[0] != b'{' || plain[plain.len() - 1] != b'}' {
+            return Err(damaged());
+        }
+        let mut line = Vec::with_capacity(plain.len() + 48);
+        line.extend_from_slice(b"{\"id\":\"");
+        line.extend_from_slice(id.as_str().as_bytes());
+        line.push(b'"');
+        if plain.len() > 2 {
+            line.push(b',');
+            line.extend_from_slice(&plain[1..]);
+        } else {
+            line.push(b'}');
+        }
+        line.push(b'\n');
+        Ok(line)
     }
 
     /// Refuses every write from now on (under the write lock, so no write is half
@@ -596,10 +645,20 @@ pub struct SnapshotRecords<'a> {
     pending: std::collections::VecDeque<RawEntry>,
 }
 
-impl Iterator for SnapshotRecords<'_> {
-    type Item = Result<Record, StorageError>;
+impl SnapshotRecords<'_> {
+    /// The next record as an NDJSON line, without parsing it (exports).
+    pub fn next_line(&mut self) -> Option<Result<Vec<u8>, StorageError>> {
+        let (key, sealed) = match self.next_raw()? {
+            Ok(entry) => entry,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(
+            record_id_from(&key[self.prefix.len()..])
+                .and_then(|id| self.snapshot.db.open_line(&self.collection, &id, &sealed)),
+        )
+    }
 
-    fn next(&mut self) -> Option<Self::Item> {
+    fn next_raw(&mut self) -> Option<Result<RawEntry, StorageError>> {
         while self.pending.is_empty() {
             if self.done {
                 return None;
@@ -618,7 +677,18 @@ impl Iterator for SnapshotRecords<'_> {
                 }
             }
         }
-        let (key, sealed) = self.pending.pop_front()?;
+        self.pending.pop_front().map(Ok)
+    }
+}
+
+impl Iterator for SnapshotRecords<'_> {
+    type Item = Result<Record, StorageError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (key, sealed) = match self.next_raw()? {
+            Ok(entry) => entry,
+            Err(e) => return Some(Err(e)),
+        };
         let result = record_id_from(&key[self.prefix.len()..]).and_then(|id| {
             let fields = self
                 .snapshot
