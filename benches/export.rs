@@ -104,6 +104,18 @@ fn run(mib: u64) {
     let baseline_secs = started.elapsed().as_secs_f64();
     let export_size = std::fs::metadata(&export_file).unwrap().len();
     let baseline_size = std::fs::metadata(&baseline_out).unwrap().len();
+    let mb = ndjson_bytes as f64 / 1e6;
+    println!("NDJSON: {:.1} MB in {records} records", mb);
+    println!(
+        "coffer export (HTTP, streamed):  {:>6.2} s  {:>6.1} MB/s  archive {:.1} MB ({:.1}:1)",
+        export_secs, mb / export_secs, export_size as f64 / 1e6, ndjson_bytes as f64 / export_size as f64
+    );
+    println!(
+        "tar -cf - | zstd -3 (same files): {:>6.2} s  {:>6.1} MB/s  archive {:.1} MB ({:.1}:1)",
+        baseline_secs, mb / baseline_secs, baseline_size as f64 / 1e6, ndjson_bytes as f64 / baseline_size as f64
+    );
+    println!("ratio export / (tar | zstd) throughput: {:.2}x", baseline_secs / export_secs);
+    println!("host peak RSS after export: {export_hwm} MiB");
 
     // DR backup: the same archive, sealed, into the store.
     let started = Instant::now();

@@ -252,7 +252,17 @@ async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Response<Bo
         tenant_id = tracing::field::Empty,
     );
     let started = Instant::now();
-    let timeout = state.config.request_timeout;
+    // Imports, restores and upgrades move whole tenants: bounded by their own
+    // size limits, not by the request timeout.
+    let long_running = matches!(
+        Endpoint::parse(request.method(), request.uri().path()),
+        Ok(Endpoint::ImportTenant | Endpoint::RestoreBackup(..) | Endpoint::UpgradeTenant(_))
+    );
+    let timeout = if long_running {
+        Duration::from_secs(24 * 3600)
+    } else {
+        state.config.request_timeout
+    };
     let response = async {
         match tokio::time::timeout(timeout, route(state, request)).await {
             Ok(Ok(response)) => response,
