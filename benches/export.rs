@@ -108,13 +108,22 @@ fn run(mib: u64) {
     println!("NDJSON: {:.1} MB in {records} records", mb);
     println!(
         "coffer export (HTTP, streamed):  {:>6.2} s  {:>6.1} MB/s  archive {:.1} MB ({:.1}:1)",
-        export_secs, mb / export_secs, export_size as f64 / 1e6, ndjson_bytes as f64 / export_size as f64
+        export_secs,
+        mb / export_secs,
+        export_size as f64 / 1e6,
+        ndjson_bytes as f64 / export_size as f64
     );
     println!(
         "tar -cf - | zstd -3 (same files): {:>6.2} s  {:>6.1} MB/s  archive {:.1} MB ({:.1}:1)",
-        baseline_secs, mb / baseline_secs, baseline_size as f64 / 1e6, ndjson_bytes as f64 / baseline_size as f64
+        baseline_secs,
+        mb / baseline_secs,
+        baseline_size as f64 / 1e6,
+        ndjson_bytes as f64 / baseline_size as f64
     );
-    println!("ratio export / (tar | zstd) throughput: {:.2}x", baseline_secs / export_secs);
+    println!(
+        "ratio export / (tar | zstd) throughput: {:.2}x",
+        baseline_secs / export_secs
+    );
     println!("host peak RSS after export: {export_hwm} MiB");
 
     // DR backup: the same archive, sealed, into the store.
@@ -175,26 +184,6 @@ fn run(mib: u64) {
         .status();
     let _ = second.wait();
 
-    let mb = ndjson_bytes as f64 / 1e6;
-    println!("NDJSON: {:.1} MB in {records} records", mb);
-    println!(
-        "coffer export (HTTP, streamed):  {:>6.2} s  {:>6.1} MB/s  archive {:.1} MB ({:.1}:1)",
-        export_secs,
-        mb / export_secs,
-        export_size as f64 / 1e6,
-        ndjson_bytes as f64 / export_size as f64
-    );
-    println!(
-        "tar -cf - | zstd -3 (same files): {:>6.2} s  {:>6.1} MB/s  archive {:.1} MB ({:.1}:1)",
-        baseline_secs,
-        mb / baseline_secs,
-        baseline_size as f64 / 1e6,
-        ndjson_bytes as f64 / baseline_size as f64
-    );
-    println!(
-        "ratio export / (tar | zstd) throughput: {:.2}x",
-        baseline_secs / export_secs
-    );
     println!(
         "coffer DR backup (sealed, to the store): {:>6.2} s  {:>6.1} MB/s  ratio to tar|zstd {:.2}x",
         backup_secs, mb / backup_secs, baseline_secs / backup_secs

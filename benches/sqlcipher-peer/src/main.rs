@@ -191,8 +191,17 @@ fn run(args: &Args, dir: &Path) -> Res<()> {
     let provider: String = conn
         .query_row("PRAGMA cipher_provider_version", [], |r| r.get(0))
         .unwrap_or_default();
-    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-    let cache_size: i64 = conn.query_row("PRAGMA cache_size", [], |r| r.get(0))?;
+    // SQLCipher answers these pragmas as text (its column is `cipher_page_size`).
+    let pragma = |name: &str| -> String {
+        conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get::<_, rusqlite::types::Value>(0))
+            .map(|v| match v {
+                rusqlite::types::Value::Integer(i) => i.to_string(),
+                rusqlite::types::Value::Text(t) => t,
+                other => format!("{other:?}"),
+            })
+            .unwrap_or_default()
+    };
+    let (page_size, cache_size) = (pragma("page_size"), pragma("cache_size"));
     eprintln!(
         "SQLCipher {cipher_version} (SQLite {sqlite_version}, {provider}); db {}; page_size {page_size}; cache_size {cache_size}; {n} records of {VALUE_LEN} B",
         path.display()
