@@ -167,9 +167,9 @@ impl Storage {
         self.root.join("tenants").join(id.as_str())
     }
 
-    /// Creates the tenant's directory and key, then its catalog entry and first
-    /// admin token in one atomic write. Returns the record and the admin token.
-    pub fn create_tenant(&self, new: NewTenant) -> Result<(TenantRecord, String), StorageError> {
+    /// A fresh tenant id and data key, and the catalog entry that wraps the key
+    /// under the current master key.
+    fn new_tenant_record(&self, new: NewTenant) -> Result<(TenantRecord, SecretKey), StorageError> {
         let id = TenantId::generate()?;
         let dek = SecretKey::generate()?;
         let kek = self.current_kek();
@@ -191,6 +191,14 @@ impl Storage {
                 sealed: crypto::encode_hex(&kek.wrap_dek(id.as_str(), &dek)?),
             }),
         };
+        Ok((record, dek))
+    }
+
+    /// Creates the tenant's directory and key, then its catalog entry and first
+    /// admin token in one atomic write. Returns the record and the admin token.
+    pub fn create_tenant(&self, new: NewTenant) -> Result<(TenantRecord, String), StorageError> {
+        let (record, dek) = self.new_tenant_record(new)?;
+        let id = record.id.clone();
         // The directory first: a crash before the catalog write leaves an orphan
         // directory that the next start removes, never a tenant without a home.
         let db = TenantDb::open(
@@ -210,27 +218,8 @@ impl Storage {
     /// `staging/`. Restores fill it, then [`Storage::commit_staged`] makes it a
     /// tenant in one catalog write, or [`Storage::abort_staged`] removes it.
     pub fn stage_tenant(&self, new: NewTenant) -> Result<StagedTenant, StorageError> {
-        let id = TenantId::generate()?;
-        let dek = SecretKey::generate()?;
-        let kek = self.current_kek();
-        let record = TenantRecord {
-            format: catalog::CATALOG_FORMAT_V1,
-            id: id.clone(),
-            name: new.name,
-            region: new.region,
-            schema: new.schema,
-            schema_version: new.schema_version,
-            state: TenantState::Active,
-            created_at: unix_now(),
-            deactivated_at: None,
-            destroy_after: None,
-            destroyed_at: None,
-            pending_upgrade: None,
-            wrapped_dek: Some(WrappedDek {
-                kek_id: kek.id.clone(),
-                sealed: crypto::encode_hex(&kek.wrap_dek(id.as_str(), &dek)?),
-            }),
-        };
+        let (record, dek) = self.new_tenant_record(new)?;
+        let id = record.id.clone();
         let dir = self.root.join("staging").join(id.as_str());
         let db = TenantDb::open(
             &dir,

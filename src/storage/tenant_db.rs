@@ -419,17 +419,26 @@ impl TenantDb {
         sealed: &[u8],
     ) -> Result<Map<String, Value>, StorageError> {
         let damaged = || StorageError::Damaged(format!("record {id} in {collection}"));
-        let plain = self
-            .cipher
-            .open(
-                &record_aad(self.tenant.as_str(), collection, id.as_str()),
-                sealed,
-            )
-            .map_err(|_| damaged())?;
+        let plain = self.open_plain(collection, id, sealed)?;
         match serde_json::from_slice(&plain) {
             Ok(Value::Object(map)) => Ok(map),
             _ => Err(damaged()),
         }
+    }
+
+    /// Decrypts a record's sealed bytes: the JSON object this module sealed.
+    fn open_plain(
+        &self,
+        collection: &str,
+        id: &RecordId,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, StorageError> {
+        self.cipher
+            .open(
+                &record_aad(self.tenant.as_str(), collection, id.as_str()),
+                sealed,
+            )
+            .map_err(|_| StorageError::Damaged(format!("record {id} in {collection}")))
     }
 
     /// The NDJSON line of a record (`{"id":…,fields…}` and a newline), built from
@@ -442,13 +451,7 @@ impl TenantDb {
         sealed: &[u8],
     ) -> Result<Vec<u8>, StorageError> {
         let damaged = || StorageError::Damaged(format!("record {id} in {collection}"));
-        let plain = self
-            .cipher
-            .open(
-                &record_aad(self.tenant.as_str(), collection, id.as_str()),
-                sealed,
-            )
-            .map_err(|_| damaged())?;
+        let plain = self.open_plain(collection, id, sealed)?;
         if plain.len() < 2 || plain[0] != b'{' || plain[plain.len() - 1] != b'}' {
             return Err(damaged());
         }
