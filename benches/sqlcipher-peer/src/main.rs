@@ -151,7 +151,10 @@ fn main() {
                 .map(|d| d.as_nanos())
                 .unwrap_or(0);
             (
-                PathBuf::from(format!("/tmp/sqlcipher-peer-{}-{nanos}", std::process::id())),
+                PathBuf::from(format!(
+                    "/tmp/sqlcipher-peer-{}-{nanos}",
+                    std::process::id()
+                )),
                 true,
             )
         }
@@ -193,13 +196,15 @@ fn run(args: &Args, dir: &Path) -> Res<()> {
         .unwrap_or_default();
     // SQLCipher answers these pragmas as text (its column is `cipher_page_size`).
     let pragma = |name: &str| -> String {
-        conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get::<_, rusqlite::types::Value>(0))
-            .map(|v| match v {
-                rusqlite::types::Value::Integer(i) => i.to_string(),
-                rusqlite::types::Value::Text(t) => t,
-                other => format!("{other:?}"),
-            })
-            .unwrap_or_default()
+        conn.query_row(&format!("PRAGMA {name}"), [], |r| {
+            r.get::<_, rusqlite::types::Value>(0)
+        })
+        .map(|v| match v {
+            rusqlite::types::Value::Integer(i) => i.to_string(),
+            rusqlite::types::Value::Text(t) => t,
+            other => format!("{other:?}"),
+        })
+        .unwrap_or_default()
     };
     let (page_size, cache_size) = (pragma("page_size"), pragma("cache_size"));
     eprintln!(
@@ -280,7 +285,11 @@ fn run(args: &Args, dir: &Path) -> Res<()> {
         for h in handles {
             h.join().map_err(|_| "writer thread panicked")??;
         }
-        report("insert_durable_64_writers", WRITERS * per_writer, start.elapsed());
+        report(
+            "insert_durable_64_writers",
+            WRITERS * per_writer,
+            start.elapsed(),
+        );
     }
 
     let total: i64 = conn.query_row("SELECT count(*) FROM records", [], |r| r.get(0))?;
@@ -334,7 +343,12 @@ fn run(args: &Args, dir: &Path) -> Res<()> {
         let mut handles = Vec::new();
         for t in 0..READ_THREADS {
             let rc = open(&path, &key, "NORMAL", args.cache_mib)?;
-            let mine: Vec<usize> = order.iter().skip(t).step_by(READ_THREADS).copied().collect();
+            let mine: Vec<usize> = order
+                .iter()
+                .skip(t)
+                .step_by(READ_THREADS)
+                .copied()
+                .collect();
             let ids = ids.clone();
             let barrier = barrier.clone();
             handles.push(thread::spawn(move || -> Res<()> {
