@@ -6,6 +6,11 @@
 //! computes sizes, hashes and counts without writing anything; pass two writes
 //! the bytes and checks they hash the same. The snapshot makes both passes see
 //! the same records.
+//!
+//! Each pass is a two-stage pipeline: a producer thread reads and decrypts the
+//! snapshot into 64 KiB blocks of NDJSON, and the caller's thread hashes (pass
+//! one) or tars and compresses (pass two) them, so the two cores work at once.
+//! At most eight blocks are in flight.
 
 use std::io::{self, Read, Write};
 
@@ -38,6 +43,16 @@ pub fn write_archive<W: Write>(
     schema: &Schema,
     snapshot: &Snapshot,
 ) -> Result<ExportSummary, BackupError> {
+    std::thread::scope(|scope| write_archive_in(scope, out, tenant, schema, snapshot))
+}
+
+fn write_archive_in<'s, W: Write>(
+    scope: &'s std::thread::Scope<'s, '_>,
+    out: W,
+    tenant: &TenantRecord,
+    schema: &Schema,
+    snapshot: &'s Snapshot,
+) -> Result<ExportSummary, BackupError> {
     let schema_bytes = serde_json::to_vec_pretty(schema).expect("a schema always serialises");
     let mut members = vec![Member {
         path: SCHEMA_PATH.into(),
@@ -49,7 +64,7 @@ pub fn write_archive<W: Write>(
     let mut ndjson_bytes = 0;
     // Pass one: sizes, hashes, counts.
     for name in schema.collections.keys() {
-        let mut lines = NdjsonReader::new(snapshot.records(name));
+        let mut lines = NdjsonReader::start(scope, snapshot, name);
         let mut hasher = Context::new(&SHA256);
         let mut size = 0u64;
         let mut buffer = vec![0u8; 64 * 1024];
@@ -115,7 +130,7 @@ pub fn write_archive<W: Write>(
     for (name, member) in schema.collections.keys().zip(&manifest.members[1..]) {
         // The snapshot makes pass two see what pass one hashed; length and count
         // are checked here (cheaply), the hash by every reader of the archive.
-        let mut reader = NdjsonReader::new(snapshot.records(name));
+        let mut reader = NdjsonReader::start(scope, snapshot, name);
         append(&mut tar, &member.path, member.size, mtime, &mut reader)?;
         let mut rest = [0u8; 1];
         let longer = reader.read(&mut rest).map_err(BackupError::from_io)? > 0;
@@ -163,20 +178,68 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     encode_hex(ring::digest::digest(&SHA256, bytes).as_ref())
 }
 
-/// The NDJSON bytes of one collection of a snapshot, as a `Read`.
-struct NdjsonReader<'a> {
-    records: SnapshotRecords<'a>,
-    line: Vec<u8>,
+/// The NDJSON bytes of one collection of a snapshot, as a `Read`, produced by a
+/// scoped thread (see the module doc).
+struct NdjsonReader {
+    blocks: std::sync::mpsc::Receiver<Block>,
+    current: Vec<u8>,
     position: usize,
     count: u64,
     bytes: u64,
 }
 
-impl<'a> NdjsonReader<'a> {
-    fn new(records: SnapshotRecords<'a>) -> Self {
+enum Block {
+    /// NDJSON bytes and how many records they hold.
+    Lines(Vec<u8>, u64),
+    Failed(crate::storage::StorageError),
+}
+
+const BLOCK_BYTES: usize = 64 * 1024;
+
+impl NdjsonReader {
+    fn start<'s>(
+        scope: &'s std::thread::Scope<'s, '_>,
+        snapshot: &'s Snapshot,
+        collection: &str,
+    ) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel(8);
+        let collection = collection.to_string();
+        let span = tracing::Span::current();
+        scope.spawn(move || {
+            let _enter = span.enter();
+            let mut records: SnapshotRecords<'_> = snapshot.records(&collection);
+            let mut block = Vec::with_capacity(BLOCK_BYTES + 4096);
+            let mut lines = 0u64;
+            while let Some(line) = records.next_line() {
+                match line {
+                    Ok(line) => {
+                        block.extend_from_slice(&line);
+                        lines += 1;
+                        if block.len() >= BLOCK_BYTES {
+                            let full = std::mem::replace(
+                                &mut block,
+                                Vec::with_capacity(BLOCK_BYTES + 4096),
+                            );
+                            // A closed channel means the consumer stopped: stop too.
+                            if tx.send(Block::Lines(full, lines)).is_err() {
+                                return;
+                            }
+                            lines = 0;
+                        }
+                    }
+                    Err(error) => {
+                        let _ = tx.send(Block::Failed(error));
+                        return;
+                    }
+                }
+            }
+            if !block.is_empty() {
+                let _ = tx.send(Block::Lines(block, lines));
+            }
+        });
         NdjsonReader {
-            records,
-            line: Vec::new(),
+            blocks: rx,
+            current: Vec::new(),
             position: 0,
             count: 0,
             bytes: 0,
@@ -184,27 +247,23 @@ impl<'a> NdjsonReader<'a> {
     }
 }
 
-impl Read for NdjsonReader<'_> {
+impl Read for NdjsonReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut written = 0;
-        while written < buf.len() {
-            if self.position == self.line.len() {
-                match self.records.next_line() {
-                    None => break,
-                    Some(Err(e)) => return Err(io::Error::other(e)),
-                    Some(Ok(line)) => {
-                        self.line = line;
-                        self.position = 0;
-                        self.count += 1;
-                    }
+        while self.position == self.current.len() {
+            match self.blocks.recv() {
+                Err(_) => return Ok(0),
+                Ok(Block::Failed(error)) => return Err(io::Error::other(error)),
+                Ok(Block::Lines(block, lines)) => {
+                    self.current = block;
+                    self.position = 0;
+                    self.count += lines;
                 }
             }
-            let n = (self.line.len() - self.position).min(buf.len() - written);
-            buf[written..written + n].copy_from_slice(&self.line[self.position..self.position + n]);
-            self.position += n;
-            written += n;
         }
-        self.bytes += written as u64;
-        Ok(written)
+        let n = (self.current.len() - self.position).min(buf.len());
+        buf[..n].copy_from_slice(&self.current[self.position..self.position + n]);
+        self.position += n;
+        self.bytes += n as u64;
+        Ok(n)
     }
 }

