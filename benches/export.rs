@@ -212,6 +212,13 @@ fn run(mib: u64) {
         stall_idle.as_secs_f64() * 1000.0,
         stall_export.as_secs_f64() * 1000.0
     );
+    for log in [data.with_extension("log"), fresh.with_extension("log")] {
+        if let Ok(text) = std::fs::read_to_string(&log) {
+            for line in text.lines().filter(|l| l.contains("slow")).take(20) {
+                println!("host log: {line}");
+            }
+        }
+    }
     let _ = std::fs::remove_dir_all(&root);
 }
 

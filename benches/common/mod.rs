@@ -18,7 +18,11 @@ pub fn start(data: &std::path::Path, extra: &[&str]) -> (Child, SocketAddr) {
         .args(extra)
         .env("COFFER_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(
+            std::fs::File::create(data.with_extension("log"))
+                .map(Stdio::from)
+                .unwrap_or_else(|_| Stdio::null()),
+        )
         .spawn()
         .expect("start coffer");
     let mut line = String::new();

@@ -273,11 +273,20 @@ async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Response<Bo
     .instrument(span.clone())
     .await;
     let _enter = span.enter();
-    tracing::info!(
-        status = response.status().as_u16(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "request done"
-    );
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    if elapsed_ms > 1000 {
+        tracing::warn!(
+            status = response.status().as_u16(),
+            elapsed_ms,
+            "slow request"
+        );
+    } else {
+        tracing::info!(
+            status = response.status().as_u16(),
+            elapsed_ms,
+            "request done"
+        );
+    }
     response
 }
 
