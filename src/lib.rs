@@ -29,7 +29,8 @@
 //!   the backup store, verification, restores into staged tenants.
 //! - [`upgrade`] — the schema upgrade service (backup first, migrate, swap).
 //! - [`config`] — TOML file + flags → one checked `Config`.
-//! - [`cli`] — `coffer serve`, `coffer keys rotate`; start-up glue.
+//! - [`cli`] — `coffer serve`, `coffer keys rotate`, `coffer backup export|list|
+//!   restore|verify`; start-up glue and a small HTTP client for the tooling.
 //!
 //! Rooms for what comes next: `replication` (object stores per region) beside
 //! `backup`, and `audit` (hash-chained log) beside `access` and `lifecycle`.
@@ -48,6 +49,11 @@
 //! 5. Key material never appears in `Debug` output or logs; query strings and
 //!    record values are never logged.
 //! 6. Bad input is a 4xx and changes nothing; no `unwrap()` on untrusted bytes.
+//! 7. Plaintext leaves a host only as a portable export to the tenant's own admin
+//!    (optionally age-encrypted to the tenant). DR backups are sealed under keys
+//!    the store never sees; a restore by staff gives the new tenant the source
+//!    tenant's admins and returns no token. Restores and imports publish a tenant
+//!    only after the whole archive checked out.
 
 #![forbid(unsafe_code)]
 
