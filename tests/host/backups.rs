@@ -1303,3 +1303,112 @@ fn age_encrypted_export_opens_with_the_age_tool_and_tar() {
         assert!(r.error().contains("age X25519 recipient"));
     }
 }
+
+#[test]
+fn backup_tooling_cli_exports_lists_and_restores_against_a_running_host() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("cli");
+    let host = Host::start(&dir.path().join("data"), &[]);
+    let (t, a) = populated_tenant(&host, "Cli Co");
+    let url = format!("http://{}", host.addr);
+    let token_file = |name: &str, token: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, token).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    };
+    let admin_file = token_file("admin.token", &a);
+    let operator_file = token_file("operator.token", &host.operator);
+    let cli = |args: &[&str], token: &Path| {
+        Command::new(BIN)
+            .args(["backup"])
+            .args(args)
+            .args(["--url", &url, "--token-file"])
+            .arg(token)
+            .output()
+            .unwrap()
+    };
+
+    // export → a file the verifier accepts, with no partial file left behind.
+    let out_file = dir.path().join("cli-export.tar.zst");
+    let out = cli(
+        &["export", "--tenant", &t, "-o", out_file.to_str().unwrap()],
+        &admin_file,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("exported tenant"));
+    let verified = Command::new(BIN)
+        .args(["backup", "verify", "--json"])
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    assert!(verified.status.success());
+    let report: Value = serde_json::from_slice(&verified.stdout).unwrap();
+    assert_eq!(report["records"], 52);
+    assert!(!out_file.with_extension("partial").exists());
+
+    // The operator may not export: one clear line, non-zero, no file.
+    let denied_file = dir.path().join("denied.tar.zst");
+    let out = cli(
+        &[
+            "export",
+            "--tenant",
+            &t,
+            "-o",
+            denied_file.to_str().unwrap(),
+        ],
+        &operator_file,
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("403"), "{stderr}");
+    assert!(!denied_file.exists() && !denied_file.with_extension("partial").exists());
+
+    // list and restore, machine-readable.
+    let backup = start_backup(&host, &t, &host.operator);
+    let out = cli(&["list", "--tenant", &t, "--json"], &operator_file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["backups"][0]["id"], backup["id"]);
+    let out = cli(
+        &[
+            "restore",
+            "--tenant",
+            &t,
+            "--backup",
+            backup["id"].as_str().unwrap(),
+            "--name",
+            "From CLI",
+            "--json",
+        ],
+        &operator_file,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let restored: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(restored.get("admin_token").is_none());
+    assert_eq!(
+        all_records(&host, restored["id"].as_str().unwrap(), &a, CRM),
+        all_records(&host, &t, &a, CRM)
+    );
+
+    // A token file others can read is refused before anything is sent.
+    let loose = dir.path().join("loose.token");
+    std::fs::write(&loose, &a).unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = cli(&["list", "--tenant", &t], &loose);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0600"));
+}
