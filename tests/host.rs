@@ -579,7 +579,9 @@ fn lifecycle_deactivate_reactivate_expire_and_purge() {
             None,
         );
         state = r.value()["state"].as_str().unwrap().to_string();
-        if state == "destroyed" {
+        // The key is shredded (state "destroyed") first, the directory moved
+        // away right after: wait for both.
+        if state == "destroyed" && !tenant_dir.exists() {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
