@@ -100,11 +100,36 @@ impl Conn {
         token: &str,
         out: &mut dyn Write,
     ) -> u16 {
+        self.send(method, path, token, b"");
+        self.read_response(out)
+    }
+
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: &[u8],
+    ) -> (u16, Vec<u8>) {
+        self.send(method, path, token, body);
+        let mut response = Vec::new();
+        let status = self.read_response(&mut response);
+        (status, response)
+    }
+
+    fn send(&mut self, method: &str, path: &str, token: &str, body: &[u8]) {
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n",
-            self.addr
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            self.addr,
+            body.len()
         );
-        self.reader.get_mut().write_all(head.as_bytes()).unwrap();
+        let stream = self.reader.get_mut();
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(body).unwrap();
+    }
+
+    /// Reads one response, writing its body (Content-Length or chunked) to `out`.
+    fn read_response(&mut self, out: &mut dyn Write) -> u16 {
         let mut status_line = String::new();
         self.reader.read_line(&mut status_line).unwrap();
         let status: u16 = status_line.split(' ').nth(1).unwrap().parse().unwrap();
@@ -151,42 +176,5 @@ impl Conn {
             out.write_all(&body).unwrap();
         }
         status
-    }
-
-    pub fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        token: &str,
-        body: &[u8],
-    ) -> (u16, Vec<u8>) {
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            self.addr,
-            body.len()
-        );
-        let stream = self.reader.get_mut();
-        stream.write_all(head.as_bytes()).unwrap();
-        stream.write_all(body).unwrap();
-        let mut status_line = String::new();
-        self.reader.read_line(&mut status_line).unwrap();
-        let status: u16 = status_line.split(' ').nth(1).unwrap().parse().unwrap();
-        let mut length = 0usize;
-        loop {
-            let mut line = String::new();
-            self.reader.read_line(&mut line).unwrap();
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse().unwrap();
-                }
-            }
-        }
-        let mut body = vec![0u8; length];
-        self.reader.read_exact(&mut body).unwrap();
-        (status, body)
     }
 }

@@ -169,10 +169,20 @@ impl Storage {
 
     /// A fresh tenant id and data key, and the catalog entry that wraps the key
     /// under the current master key.
-    fn new_tenant_record(&self, new: NewTenant) -> Result<(TenantRecord, SecretKey), StorageError> {
-        let id = TenantId::generate()?;
+    /// A fresh data key for `tenant`, and its wrapping under the current master key.
+    fn new_wrapped_dek(&self, tenant: &TenantId) -> Result<(WrappedDek, SecretKey), StorageError> {
         let dek = SecretKey::generate()?;
         let kek = self.current_kek();
+        let wrapped = WrappedDek {
+            kek_id: kek.id.clone(),
+            sealed: crypto::encode_hex(&kek.wrap_dek(tenant.as_str(), &dek)?),
+        };
+        Ok((wrapped, dek))
+    }
+
+    fn new_tenant_record(&self, new: NewTenant) -> Result<(TenantRecord, SecretKey), StorageError> {
+        let id = TenantId::generate()?;
+        let (wrapped_dek, dek) = self.new_wrapped_dek(&id)?;
         let record = TenantRecord {
             format: catalog::CATALOG_FORMAT_V1,
             id: id.clone(),
@@ -186,10 +196,7 @@ impl Storage {
             destroy_after: None,
             destroyed_at: None,
             pending_upgrade: None,
-            wrapped_dek: Some(WrappedDek {
-                kek_id: kek.id.clone(),
-                sealed: crypto::encode_hex(&kek.wrap_dek(id.as_str(), &dek)?),
-            }),
+            wrapped_dek: Some(wrapped_dek),
         };
         Ok((record, dek))
     }
@@ -219,41 +226,34 @@ impl Storage {
     /// tenant in one catalog write, or [`Storage::abort_staged`] removes it.
     pub fn stage_tenant(&self, new: NewTenant) -> Result<StagedTenant, StorageError> {
         let (record, dek) = self.new_tenant_record(new)?;
-        let id = record.id.clone();
-        let dir = self.root.join("staging").join(id.as_str());
-        let db = TenantDb::open(
-            &dir,
-            id,
-            TenantCipher::new(&dek),
-            self.cache_bytes_per_tenant,
-        )?;
-        Ok(StagedTenant {
-            record,
-            db: Some(Arc::new(db)),
-            dir,
-            committed: false,
-        })
+        let dir = self.root.join("staging").join(record.id.as_str());
+        self.open_staged(record, &dek, dir)
     }
 
     /// Stages a new copy of an existing tenant (same id, fresh data key) under
     /// `staging/<id>-upgrade`, for the schema upgrade service.
     pub fn stage_replacement(&self, tenant: &TenantRecord) -> Result<StagedTenant, StorageError> {
-        let dek = SecretKey::generate()?;
-        let kek = self.current_kek();
+        let (wrapped_dek, dek) = self.new_wrapped_dek(&tenant.id)?;
         let mut record = tenant.clone();
-        record.wrapped_dek = Some(WrappedDek {
-            kek_id: kek.id.clone(),
-            sealed: crypto::encode_hex(&kek.wrap_dek(tenant.id.as_str(), &dek)?),
-        });
+        record.wrapped_dek = Some(wrapped_dek);
         let dir = self
             .root
             .join("staging")
             .join(format!("{}-upgrade", tenant.id));
         let _ = std::fs::remove_dir_all(&dir);
+        self.open_staged(record, &dek, dir)
+    }
+
+    fn open_staged(
+        &self,
+        record: TenantRecord,
+        dek: &SecretKey,
+        dir: PathBuf,
+    ) -> Result<StagedTenant, StorageError> {
         let db = TenantDb::open(
             &dir,
-            tenant.id.clone(),
-            TenantCipher::new(&dek),
+            record.id.clone(),
+            TenantCipher::new(dek),
             self.cache_bytes_per_tenant,
         )?;
         Ok(StagedTenant {
