@@ -83,6 +83,10 @@ pub enum Action<'a> {
     RestoreBackup(&'a TenantId),
     ImportTenant,
     UpgradeTenant(&'a TenantId),
+    /// Where a tenant's data and backups are.
+    ReadCopies(&'a TenantId),
+    /// Backup regions, their lag, and the tenants in their stores (ids only).
+    ReadRegions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +114,8 @@ pub fn authorize(principal: &Principal, action: &Action<'_>) -> Result<(), Denie
             role,
         ) => role == Operator || own(t),
         (Action::PurgeTenant(_), role) => role == Operator,
+        (Action::ReadCopies(t), role) => role == Operator || own(t),
+        (Action::ReadRegions, role) => matches!(role, Operator | BackupAgent),
 
         // Records: only the tenant's own admins. Operators, backup agents and
         // support engineers without a grant never reach tenant data.

@@ -18,13 +18,28 @@
 //! max_body_bytes = 1048576
 //! request_timeout = "30s"
 //!
+//! [regions.eu]                              # one table per backup region
+//! store = "s3://coffer-backups"              # or "file:///var/lib/coffer/regions/eu",
+//!                                            # "gs://bucket", "az://container"
+//! endpoint = "http://127.0.0.1:3900"         # S3-compatible stores (Garage, MinIO)
+//! s3_region = "garage"
+//! access_key_id = "GK..."                    # default: the AWS_* environment
+//! secret_access_key_file = "/etc/coffer/eu.secret"   # mode 0600
+//! conditional_put = false                    # true where the store honours
+//!                                            # If-None-Match (AWS S3 does; Garage does not)
+//!
 //! [backup]
-//! store = "/var/lib/coffer/backups"          # default: <data_dir>/backups
+//! regions = ["eu", "us"]                     # default: every [regions.*] table; with none,
+//!                                            # three directories under data_dir
+//! spool = "/var/lib/coffer/backups"          # sealed backups before replication
+//!                                            # default: <data_dir>/backups
 //! key_file = "/etc/coffer/backup.key"        # default: <data_dir>/backup.key (generated)
 //! retention_days = 365
 //! interval_hours = 24                        # scheduled backups; 0 turns them off
 //! max_import_bytes = 17179869184             # bound on an uploaded archive (compressed)
 //! max_archive_bytes = 68719476736            # bound on any archive, decompressed
+//! retry_base = "1s"                          # replication retries: capped exponential
+//! retry_cap = "5m"                           # backoff with jitter
 //! ```
 
 use std::net::SocketAddr;
@@ -49,7 +64,12 @@ pub struct Config {
     pub tenant_cache_bytes: u64,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
-    pub backup_store: PathBuf,
+    /// Where sealed backups wait until every region holds them.
+    pub backup_spool: PathBuf,
+    /// The regions every backup is replicated to, in order of preference for reads.
+    pub backup_regions: Vec<RegionSpec>,
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
     pub backup_key_file: Option<PathBuf>,
     pub backup_retention: Duration,
     pub backup_interval: Option<Duration>,
@@ -84,12 +104,76 @@ struct RawConfig {
     api: RawApi,
     #[serde(default)]
     backup: RawBackup,
+    #[serde(default)]
+    regions: std::collections::BTreeMap<String, RawRegion>,
+}
+
+/// One backup region's object store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegionSpec {
+    pub name: Region,
+    pub store: StoreSpec,
+    /// Ask the store for create-only writes (`If-None-Match: *`).
+    pub conditional_put: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreSpec {
+    /// A local directory (the embedded default, and tests).
+    Directory(PathBuf),
+    /// An S3-compatible bucket; `prefix` is the path inside it.
+    S3 {
+        bucket: String,
+        prefix: String,
+        endpoint: Option<String>,
+        s3_region: Option<String>,
+        access_key_id: Option<String>,
+        secret_access_key_file: Option<PathBuf>,
+    },
+    /// `gs://` or `az://`: configured from the environment by `object_store`.
+    Other { url: String },
+}
+
+impl StoreSpec {
+    /// Where the store is, for logs and the API (no credentials).
+    pub fn describe(&self) -> String {
+        match self {
+            StoreSpec::Directory(path) => format!("file://{}", path.display()),
+            StoreSpec::S3 {
+                bucket,
+                prefix,
+                endpoint,
+                ..
+            } => {
+                let at = endpoint
+                    .as_deref()
+                    .map(|e| format!(" at {e}"))
+                    .unwrap_or_default();
+                format!("s3://{bucket}/{prefix}{at}")
+            }
+            StoreSpec::Other { url } => url.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegion {
+    store: String,
+    endpoint: Option<String>,
+    s3_region: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key_file: Option<PathBuf>,
+    conditional_put: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBackup {
-    store: Option<PathBuf>,
+    regions: Option<Vec<String>>,
+    spool: Option<PathBuf>,
+    retry_base: Option<String>,
+    retry_cap: Option<String>,
     key_file: Option<PathBuf>,
     retention_days: Option<u64>,
     interval_hours: Option<u64>,
@@ -173,11 +257,21 @@ impl Config {
             )),
         }
         .filter(|d| !d.is_zero());
+        let backup_regions = backup_regions(
+            &raw.regions,
+            raw.backup.regions.as_deref(),
+            overrides.backup_store.as_deref(),
+            &region,
+            &data_dir,
+        )?;
+        let retry_base = duration("backup.retry_base", raw.backup.retry_base, "1s")?
+            .max(Duration::from_millis(10));
+        let retry_cap = duration("backup.retry_cap", raw.backup.retry_cap, "5m")?.max(retry_base);
         Ok(Config {
-            backup_store: overrides
-                .backup_store
-                .or(raw.backup.store)
-                .unwrap_or_else(|| data_dir.join("backups")),
+            backup_spool: raw.backup.spool.unwrap_or_else(|| data_dir.join("backups")),
+            backup_regions,
+            retry_base,
+            retry_cap,
             backup_key_file: overrides.backup_key_file.or(raw.backup.key_file),
             backup_retention: Duration::from_secs(
                 raw.backup.retention_days.unwrap_or(365) * 86_400,
@@ -206,6 +300,128 @@ impl Config {
             request_timeout: duration("request_timeout", raw.api.request_timeout, "30s")?,
         })
     }
+}
+
+/// The backup regions: `--backup-store DIR` (one directory, named after the
+/// host's region), else the `[regions.*]` tables named by `backup.regions`
+/// (default: all), else three directories under the data dir.
+fn backup_regions(
+    tables: &std::collections::BTreeMap<String, RawRegion>,
+    chosen: Option<&[String]>,
+    directory: Option<&Path>,
+    host_region: &Region,
+    data_dir: &Path,
+) -> anyhow::Result<Vec<RegionSpec>> {
+    if let Some(dir) = directory {
+        return Ok(vec![RegionSpec {
+            name: host_region.clone(),
+            store: StoreSpec::Directory(dir.to_path_buf()),
+            conditional_put: true,
+        }]);
+    }
+    if tables.is_empty() {
+        if chosen.is_some_and(|c| !c.is_empty()) {
+            bail!("backup.regions names regions, but there is no [regions.*] table");
+        }
+        return Ok(["", "-2", "-3"]
+            .iter()
+            .map(|suffix| {
+                let name = Region::parse(&format!("{}{suffix}", host_region.as_str()))
+                    .expect("a valid region with a suffix is valid");
+                let store = StoreSpec::Directory(data_dir.join("regions").join(name.as_str()));
+                RegionSpec {
+                    name,
+                    store,
+                    conditional_put: true,
+                }
+            })
+            .collect());
+    }
+    let names: Vec<String> = match chosen {
+        Some(names) => names.to_vec(),
+        None => {
+            // The host's own region first: restores prefer the nearest copy.
+            let mut names: Vec<String> = tables.keys().cloned().collect();
+            names.sort_by_key(|n| n != host_region.as_str());
+            names
+        }
+    };
+    if names.is_empty() {
+        bail!("backup.regions is empty: name at least one region");
+    }
+    let mut specs = Vec::new();
+    for name in names {
+        let region = Region::parse(&name)
+            .with_context(|| format!("region {name:?}: use lowercase letters, digits and '-'"))?;
+        let raw = tables.get(&name).with_context(|| {
+            format!("backup.regions names {name:?}, which has no [regions.{name}] table")
+        })?;
+        if specs.iter().any(|s: &RegionSpec| s.name == region) {
+            bail!("backup.regions names {name:?} twice");
+        }
+        let store = store_spec(&name, raw)?;
+        specs.push(RegionSpec {
+            name: region,
+            conditional_put: raw
+                .conditional_put
+                .unwrap_or(matches!(store, StoreSpec::Directory(_))),
+            store,
+        });
+    }
+    Ok(specs)
+}
+
+fn store_spec(name: &str, raw: &RawRegion) -> anyhow::Result<StoreSpec> {
+    let s3_only = |what: &str, given: bool| -> anyhow::Result<()> {
+        if given {
+            bail!("regions.{name}.{what} applies to s3:// stores only");
+        }
+        Ok(())
+    };
+    if let Some(path) = raw.store.strip_prefix("file://") {
+        s3_only("endpoint", raw.endpoint.is_some())?;
+        s3_only("access_key_id", raw.access_key_id.is_some())?;
+        s3_only(
+            "secret_access_key_file",
+            raw.secret_access_key_file.is_some(),
+        )?;
+        if !path.starts_with('/') {
+            bail!("regions.{name}.store: file:// needs an absolute path, e.g. file:///var/lib/coffer/regions/{name}");
+        }
+        return Ok(StoreSpec::Directory(PathBuf::from(path)));
+    }
+    if let Some(rest) = raw.store.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            bail!("regions.{name}.store: s3:// needs a bucket, e.g. s3://coffer-backups");
+        }
+        if let Some(endpoint) = &raw.endpoint {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                bail!("regions.{name}.endpoint {endpoint:?} is not an http(s) URL");
+            }
+        }
+        if let Some(file) = &raw.secret_access_key_file {
+            crate::keys::check_private(file)
+                .with_context(|| format!("regions.{name}.secret_access_key_file"))?;
+        }
+        return Ok(StoreSpec::S3 {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+            endpoint: raw.endpoint.clone(),
+            s3_region: raw.s3_region.clone(),
+            access_key_id: raw.access_key_id.clone(),
+            secret_access_key_file: raw.secret_access_key_file.clone(),
+        });
+    }
+    if raw.store.starts_with("gs://") || raw.store.starts_with("az://") {
+        return Ok(StoreSpec::Other {
+            url: raw.store.clone(),
+        });
+    }
+    bail!(
+        "regions.{name}.store {:?}: use s3://BUCKET, file:///PATH, gs://BUCKET or az://CONTAINER",
+        raw.store
+    )
 }
 
 fn load_file(path: &Path) -> anyhow::Result<RawConfig> {

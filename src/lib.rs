@@ -67,6 +67,7 @@ pub mod crypto;
 pub mod ids;
 pub mod keys;
 pub mod lifecycle;
+pub mod replication;
 pub mod schema;
 pub mod storage;
 pub mod upgrade;

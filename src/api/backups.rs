@@ -18,6 +18,7 @@ use crate::auth::{Principal, Role};
 use crate::backup::{self, BackupError, BackupJob, JobState, JOBS_TREE};
 use crate::crypto::age::AgeRecipient;
 use crate::ids::{rfc3339, BackupId, TenantId};
+use crate::replication::{Replica, Replication};
 use crate::storage::TenantState;
 
 impl From<BackupError> for ApiError {
@@ -29,6 +30,7 @@ impl From<BackupError> for ApiError {
             BackupError::Invalid(message) => ApiError::Unprocessable(message),
             BackupError::NotFound => ApiError::NotFound("backup not found".into()),
             BackupError::Storage(inner) => ApiError::from(inner),
+            BackupError::Store(message) => ApiError::Unavailable(message),
             other => ApiError::internal(other),
         }
     }
@@ -170,7 +172,7 @@ pub async fn start(state: &Arc<AppState>, id: TenantId) -> Result<Response<Body>
         let (state, id) = (state.clone(), id.clone());
         blocking(move || state.backups.enqueue(&state.storage, &id, "manual")).await??
     };
-    let body = job_json(&job, &state.backups.region);
+    let body = job_json(&job, &[], &state.backups.replication);
     let runner = state.clone();
     let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
@@ -184,8 +186,9 @@ pub async fn start(state: &Arc<AppState>, id: TenantId) -> Result<Response<Body>
     Ok(json_response(StatusCode::ACCEPTED, &body))
 }
 
-/// Jobs this host ran for the tenant, plus backups found only in the store
-/// (taken by a host that is gone).
+/// Jobs this host ran for the tenant with their replicas; for a tenant this
+/// host does not know (disaster recovery on a new host), the backups found in
+/// its regions' stores. Call from a blocking thread.
 fn backups_of(state: &AppState, id: &TenantId) -> Result<Vec<Value>, ApiError> {
     let mut jobs: Vec<BackupJob> = state
         .storage
@@ -194,9 +197,21 @@ fn backups_of(state: &AppState, id: &TenantId) -> Result<Vec<Value>, ApiError> {
         .into_iter()
         .filter(|j| &j.tenant == id)
         .collect();
-    for stored in state.backups.store.list(id.as_str())? {
-        if !jobs.iter().any(|j| j.id == stored.backup_id) {
-            jobs.push(BackupJob {
+    jobs.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    let replication = &state.backups.replication;
+    let mut out: Vec<Value> = jobs
+        .iter()
+        .map(|job| {
+            job_json(
+                job,
+                &replication.replicas_of(&state.storage, &job.id),
+                replication,
+            )
+        })
+        .collect();
+    if jobs.is_empty() && state.storage.catalog.tenant(id).is_none() {
+        for (stored, regions) in replication.list_everywhere(id.as_str()).into_values() {
+            let job = BackupJob {
                 format: 1,
                 id: stored.backup_id.clone(),
                 tenant: id.clone(),
@@ -206,14 +221,20 @@ fn backups_of(state: &AppState, id: &TenantId) -> Result<Vec<Value>, ApiError> {
                 finished_at: Some(stored.created_at),
                 error: None,
                 stored: Some(stored),
-            });
+            };
+            let mut body = job_json(&job, &[], replication);
+            for region in replication.regions.iter().map(|r| &r.name) {
+                let found = if regions.contains(region) {
+                    "replicated"
+                } else {
+                    "missing"
+                };
+                body["regions"][region.as_str()] = json!({ "state": found });
+            }
+            out.push(body);
         }
     }
-    jobs.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-    Ok(jobs
-        .iter()
-        .map(|j| job_json(j, &state.backups.region))
-        .collect())
+    Ok(out)
 }
 
 pub async fn list(state: &Arc<AppState>, id: TenantId) -> Result<Response<Body>, ApiError> {
@@ -243,15 +264,18 @@ pub async fn read(
         .ok_or_else(|| ApiError::NotFound("backup not found".into()))
 }
 
-fn job_json(job: &BackupJob, region: &crate::ids::Region) -> Value {
-    let region_state = match job.state {
-        JobState::Pending | JobState::Running => "pending",
-        JobState::Done => "replicated",
-        JobState::Failed => "failed",
-    };
-    let mut regions = json!({ region.as_str(): { "state": region_state } });
-    if let Some(error) = &job.error {
-        regions[region.as_str()]["error"] = Value::from(error.clone());
+/// A backup as the API shows it: the job, and one entry per backup region.
+fn job_json(job: &BackupJob, replicas: &[Replica], replication: &Replication) -> Value {
+    let mut regions = serde_json::Map::new();
+    for region in &replication.regions {
+        let entry = match replicas.iter().find(|r| r.region == region.name) {
+            Some(replica) => replica.to_json(),
+            None => match job.state {
+                JobState::Failed => json!({ "state": "failed", "error": job.error }),
+                _ => json!({ "state": "pending" }),
+            },
+        };
+        regions.insert(region.name.to_string(), entry);
     }
     let mut body = json!({
         "id": job.id,
@@ -276,6 +300,124 @@ fn job_json(job: &BackupJob, region: &crate::ids::Region) -> Value {
     body
 }
 
+/// `GET /v1/tenants/{id}/copies`: every place the tenant's data is.
+pub async fn copies(state: &Arc<AppState>, id: TenantId) -> Result<Response<Body>, ApiError> {
+    let tenant = known_tenant(&state.storage, &id)?;
+    let inner = state.clone();
+    let body = blocking(move || -> Result<Value, ApiError> {
+        let backups = backups_of(&inner, &id)?;
+        let erased = inner
+            .storage
+            .catalog
+            .get_json::<u64>(crate::replication::ERASED_TREE, id.as_str())?
+            .is_some();
+        let spool: Vec<String> = inner
+            .backups
+            .spool
+            .list(id.as_str())?
+            .into_iter()
+            .map(|s| s.backup_id)
+            .collect();
+        let live = tenant.state != TenantState::Destroyed;
+        Ok(json!({
+            "tenant": id.as_str(),
+            "hosting_region": tenant.region.as_str(),
+            "database": {
+                "region": inner.config.region.as_str(),
+                "state": tenant.state.as_str(),
+                "present": live,
+            },
+            "backup_regions": inner.backups.replication.regions.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            "backups": backups.iter().map(|b| json!({
+                "id": b["id"],
+                "kind": b["kind"],
+                "created_at": b["created_at"],
+                "retain_until": b["retain_until"],
+                "regions": b["regions"],
+                "on_host_spool": spool.iter().any(|s| b["id"] == s.as_str()),
+            })).collect::<Vec<_>>(),
+            "backups_erased": erased,
+            "copies_remaining": backups.len(),
+        }))
+    })
+    .await??;
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+/// `GET /v1/regions`: each backup region, its store and its replication lag.
+pub async fn regions(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
+    let inner = state.clone();
+    let lag = blocking(move || inner.backups.replication.lag(&inner.storage)).await?;
+    let regions: Vec<Value> = lag
+        .iter()
+        .map(|l| {
+            json!({
+                "region": l.region.as_str(),
+                "store": l.location,
+                "behind": l.behind,
+                "failed": l.failed,
+                "deleting": l.deleting,
+                "oldest_unreplicated": l.oldest_unreplicated.map(rfc3339),
+                "lag_seconds": l.lag_seconds,
+                "last_error": l.last_error,
+            })
+        })
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "host_region": state.config.region.as_str(), "regions": regions }),
+    ))
+}
+
+/// `GET /v1/regions/{r}/tenants`: the tenants with backups in a region's store
+/// (disaster recovery: what a new host can restore).
+pub async fn region_tenants(
+    state: &Arc<AppState>,
+    region: String,
+) -> Result<Response<Body>, ApiError> {
+    let store_name = state
+        .backups
+        .replication
+        .region(&region)
+        .map_err(|_| ApiError::NotFound(format!("no backup region {region:?} on this host")))?
+        .name
+        .clone();
+    let inner = state.clone();
+    let tenants = blocking(move || -> Result<Vec<Value>, ApiError> {
+        let replication = &inner.backups.replication;
+        let store = replication
+            .region(store_name.as_str())
+            .expect("checked above");
+        let ids = replication
+            .block_on(store.tenants())
+            .map_err(|e| ApiError::Unavailable(format!("region {store_name}: {e}")))?;
+        let mut out = Vec::new();
+        for id in ids {
+            let backups = replication
+                .block_on(store.list(&id))
+                .map_err(|e| ApiError::Unavailable(format!("region {store_name}: {e}")))?;
+            if backups.is_empty() {
+                continue;
+            }
+            out.push(json!({
+                "id": id,
+                "backups": backups.iter().map(|b| json!({
+                    "id": b.backup_id,
+                    "created_at": rfc3339(b.created_at),
+                    "records": b.records,
+                    "size": b.archive_size,
+                })).collect::<Vec<_>>(),
+            }));
+        }
+        Ok(out)
+    })
+    .await??;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "region": region, "tenants": tenants }),
+    ))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RestoreRequest {
@@ -297,10 +439,16 @@ pub async fn restore(
     let request: RestoreRequest = parse_json(body)?;
     let name = super::checked_name(&request.name)?;
     if let Some(region) = &request.region {
-        if region != state.backups.region.as_str() {
+        if state.backups.replication.region(region).is_err() {
+            let known: Vec<&str> = state
+                .backups
+                .replication
+                .regions
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect();
             return Err(ApiError::Unprocessable(format!(
-                "no backup store for region {region:?} on this host (it has {:?})",
-                state.backups.region.as_str()
+                "no backup region {region:?} on this host (it has {known:?})"
             )));
         }
     }
@@ -312,6 +460,7 @@ pub async fn restore(
             &inner.schemas,
             id.as_str(),
             backup.as_str(),
+            request.region.as_deref(),
             name,
             mint,
         )

@@ -44,6 +44,14 @@ use crate::storage::{NewTenant, Record, Storage, StorageError, TenantRecord, Ten
 
 pub type Body = BoxBody<Bytes, std::io::Error>;
 
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    /// Also delete every copy of every backup of the tenant, in every region.
+    #[serde(default)]
+    erase_backups: bool,
+}
+
 /// What every handler shares.
 pub struct AppState {
     pub storage: Arc<Storage>,
@@ -369,6 +377,18 @@ async fn dispatch(
             allow(principal, Action::Backups(&id))?;
             backups::read(state, id, backup).await
         }
+        Endpoint::Copies(id) => {
+            allow(principal, Action::ReadCopies(&id))?;
+            backups::copies(state, id).await
+        }
+        Endpoint::ListRegions => {
+            allow(principal, Action::ReadRegions)?;
+            backups::regions(state).await
+        }
+        Endpoint::RegionTenants(region) => {
+            allow(principal, Action::ReadRegions)?;
+            backups::region_tenants(state, region).await
+        }
         Endpoint::SetBackupSchedule(id) => {
             allow(principal, Action::Backups(&id))?;
             let schedule: crate::backup::Schedule = parse_json(&body)?;
@@ -473,10 +493,40 @@ async fn dispatch(
         }
         Endpoint::PurgeTenant(id) => {
             allow(principal, Action::PurgeTenant(&id))?;
-            known_tenant(&storage, &id)?;
-            let tenant = blocking(move || lifecycle::destroy(&storage, &id)).await??;
-            tracing::info!("tenant purged");
-            Ok(json_response(StatusCode::OK, &tenant_json(&tenant)))
+            let request: PurgeRequest = if body.is_empty() {
+                PurgeRequest::default()
+            } else {
+                parse_json(&body)?
+            };
+            let existing = known_tenant(&storage, &id)?;
+            let replication = state.backups.replication.clone();
+            let (tenant, erasing) = blocking(move || -> Result<_, ApiError> {
+                let tenant = if existing.state == crate::storage::TenantState::Destroyed {
+                    if !request.erase_backups {
+                        return Err(ApiError::Gone("tenant is already destroyed".into()));
+                    }
+                    existing
+                } else {
+                    lifecycle::destroy(&storage, &id)?
+                };
+                let erasing = if request.erase_backups {
+                    Some(replication.erase_tenant(&storage, &id)?)
+                } else {
+                    None
+                };
+                Ok((tenant, erasing))
+            })
+            .await??;
+            tracing::info!(erase_backups = request.erase_backups, "tenant purged");
+            let mut body = tenant_json(&tenant);
+            if let Some(count) = erasing {
+                tracing::info!(
+                    backups = count,
+                    "erasing every copy of the tenant's backups"
+                );
+                body["backups_erasing"] = Value::from(count);
+            }
+            Ok(json_response(StatusCode::OK, &body))
         }
         Endpoint::CreateRecord(id, collection) => {
             allow(principal, Action::WriteRecords(&id))?;

@@ -31,6 +31,9 @@ pub enum Endpoint {
     ImportTenant,
     UpgradeTenant(TenantId),
     SetBackupSchedule(TenantId),
+    Copies(TenantId),
+    ListRegions,
+    RegionTenants(String),
 }
 
 impl Endpoint {
@@ -91,6 +94,9 @@ impl Endpoint {
             (&M::DELETE, ["v1", "tenants", id, "collections", c, "records", r]) => {
                 Endpoint::DeleteRecord(tenant(id)?, collection(c)?, record(r)?)
             }
+            (&M::GET, ["v1", "tenants", id, "copies"]) => Endpoint::Copies(tenant(id)?),
+            (&M::GET, ["v1", "regions"]) => Endpoint::ListRegions,
+            (&M::GET, ["v1", "regions", r, "tenants"]) => Endpoint::RegionTenants(r.to_string()),
             (&M::POST, ["v1", "tokens"]) => Endpoint::MintToken,
             (&M::POST, ["v1", "keys", "rotate"]) => Endpoint::RotateMasterKey,
             (_, segments) if Self::is_known_path(segments) => {
@@ -113,7 +119,14 @@ impl Endpoint {
                 | ["v1", "tenants", _, "collections", _, "records", _]
                 | ["v1", "tokens"]
                 | ["v1", "keys", "rotate"]
-                | ["v1", "tenants", _, "export" | "backups" | "backup-schedule"]
+                | [
+                    "v1",
+                    "tenants",
+                    _,
+                    "export" | "backups" | "backup-schedule" | "copies"
+                ]
+                | ["v1", "regions"]
+                | ["v1", "regions", _, "tenants"]
                 | ["v1", "tenants", _, "backups", _]
                 | ["v1", "tenants", _, "backups", _, "restore"]
         )
@@ -137,13 +150,16 @@ impl Endpoint {
             | Endpoint::ReadBackup(t, _)
             | Endpoint::RestoreBackup(t, _)
             | Endpoint::UpgradeTenant(t)
-            | Endpoint::SetBackupSchedule(t) => Some(t),
+            | Endpoint::SetBackupSchedule(t)
+            | Endpoint::Copies(t) => Some(t),
             Endpoint::Health
             | Endpoint::CreateTenant
             | Endpoint::ListTenants
             | Endpoint::MintToken
             | Endpoint::RotateMasterKey
-            | Endpoint::ImportTenant => None,
+            | Endpoint::ImportTenant
+            | Endpoint::ListRegions
+            | Endpoint::RegionTenants(_) => None,
         }
     }
 }

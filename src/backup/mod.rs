@@ -5,7 +5,8 @@
 //! - [`export`] — writes an archive from a consistent [`Snapshot`].
 //! - [`import`] — reads an untrusted archive, checking everything.
 //! - [`sealed`] — the STREAM-sealed DR object around an archive.
-//! - [`store`] — the backup store (a local directory; write-once, manifest last).
+//! - [`store`] — the host's spool: sealed backups wait here (write-once,
+//!   manifest last) until `replication` has them in every region.
 //!
 //! Restores never touch a live tenant: they fill a staged tenant and publish
 //! it in one catalog write, or remove every file they wrote.
@@ -26,6 +27,7 @@ use serde_json::{Map, Value};
 
 use crate::crypto::{self, CryptoError, SecretKey};
 use crate::ids::{unix_now, RecordId, Region, TenantId};
+use crate::replication::{Replication, ReplicationError, StoreError};
 use crate::schema::{Registry, Schema};
 use crate::storage::{
     InheritedAdmin, NewTenant, StagedTenant, Storage, StorageError, TenantRecord,
@@ -81,10 +83,12 @@ impl BackupError {
     }
 }
 
-/// The backup store and keys of one host.
+/// The backup spool, regions and keys of one host.
 pub struct Backups {
-    pub store: LocalStore,
+    pub spool: LocalStore,
+    pub replication: std::sync::Arc<Replication>,
     backup_key: SecretKey,
+    /// The region this host serves (restored tenants live here).
     pub region: Region,
     pub limits: Limits,
     /// Seconds a backup is kept (`manual` and `scheduled`).
@@ -132,18 +136,54 @@ pub const JOBS_TREE: &str = "backups";
 
 impl Backups {
     pub fn new(
-        store_dir: &Path,
+        spool_dir: &Path,
+        replication: std::sync::Arc<Replication>,
         backup_key: SecretKey,
         region: Region,
         retention_secs: u64,
     ) -> Result<Backups, BackupError> {
         Ok(Backups {
-            store: LocalStore::new(store_dir)?,
+            spool: LocalStore::new(spool_dir)?,
+            replication,
             backup_key,
             region,
             limits: Limits::default(),
             retention_secs,
         })
+    }
+
+    /// After a restart: jobs that were running are failed (their spool files
+    /// removed), and a job published to the spool but not yet registered for
+    /// replication (a crash between the two) is registered.
+    pub fn recover(&self, storage: &Storage) {
+        let jobs: Vec<BackupJob> = storage.catalog.list_json(JOBS_TREE).unwrap_or_default();
+        for mut job in jobs {
+            match job.state {
+                JobState::Pending | JobState::Running => {
+                    self.spool.discard(job.tenant.as_str(), &job.id);
+                    job.state = JobState::Failed;
+                    job.error = Some("interrupted by a host restart".into());
+                    job.finished_at = Some(unix_now());
+                    let _ = storage.catalog.put_json(JOBS_TREE, &job.id, &job);
+                    tracing::warn!(backup_id = %job.id, "backup interrupted by a restart marked failed");
+                }
+                JobState::Done => {
+                    if let Some(stored) = &job.stored {
+                        if self.replication.replicas_of(storage, &job.id).is_empty()
+                            && self
+                                .spool
+                                .get(job.tenant.as_str(), &job.id)
+                                .ok()
+                                .flatten()
+                                .is_some()
+                        {
+                            let _ = self.replication.register(storage, stored);
+                        }
+                    }
+                }
+                JobState::Failed => {}
+            }
+        }
     }
 
     /// Registers a pending backup job and returns it; [`Backups::run`] does it.
@@ -185,7 +225,7 @@ impl Backups {
             }
             Err(error) => {
                 tracing::error!(backup_id = %job.id, %error, "backup failed");
-                self.store.discard(job.tenant.as_str(), &job.id);
+                self.spool.discard(job.tenant.as_str(), &job.id);
                 job.state = JobState::Failed;
                 job.error = Some(error.to_string());
             }
@@ -220,7 +260,7 @@ impl Backups {
         let backup_id: [u8; 16] = crypto::decode_hex(&job.id)
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| BackupError::Invalid("backup id".into()))?;
-        let (file, _) = self.store.create_archive(tenant.id.as_str(), &job.id)?;
+        let (file, _) = self.spool.create_archive(tenant.id.as_str(), &job.id)?;
         let hashing = HashingWriter::new(std::io::BufWriter::with_capacity(256 * 1024, file));
         let mut sealing =
             sealed::seal(hashing, &self.backup_key, &backup_id, &tenant.id, &envelope)?;
@@ -242,23 +282,43 @@ impl Backups {
             archive_sha256: sha256,
             records: summary.records,
         };
-        self.store.publish(&stored)?;
+        self.spool.publish(&stored)?;
+        self.replication.register(storage, &stored)?;
         Ok(stored)
     }
 
-    /// Opens a stored backup's archive stream (checking the object's hash as it
-    /// goes is the sealed chunks' job; the whole-object hash is checked by verify).
+    /// Opens a stored backup's archive stream from `region`, or from the
+    /// spool or the first region that has it. The sealed chunks authenticate
+    /// every byte as it is read (truncation included).
     pub fn open_stored(
         &self,
         tenant: &str,
         backup: &str,
+        region: Option<&str>,
     ) -> Result<(sealed::Envelope, impl Read), BackupError> {
-        self.store
-            .get(tenant, backup)?
-            .ok_or(BackupError::NotFound)?;
-        let file = self.store.open_archive(tenant, backup)?;
+        let source: Box<dyn Read + Send> = match region {
+            Some(region) => Box::new(self.open_in_region(region, tenant, backup)?),
+            None => match self.spool.get(tenant, backup)? {
+                Some(_) => Box::new(self.spool.open_archive(tenant, backup)?),
+                None => {
+                    let mut last = BackupError::NotFound;
+                    let mut found = None;
+                    for name in self.replication.regions.iter().map(|r| r.name.to_string()) {
+                        match self.open_in_region(&name, tenant, backup) {
+                            Ok(reader) => {
+                                found = Some(reader);
+                                break;
+                            }
+                            Err(BackupError::NotFound) => {}
+                            Err(error) => last = error,
+                        }
+                    }
+                    Box::new(found.ok_or(last)?)
+                }
+            },
+        };
         let (header, envelope, reader) = sealed::open(
-            std::io::BufReader::with_capacity(256 * 1024, file),
+            std::io::BufReader::with_capacity(256 * 1024, source),
             &self.backup_key,
         )?;
         if header.tenant_id != tenant || header.backup_id != backup {
@@ -269,17 +329,36 @@ impl Backups {
         Ok((envelope, reader))
     }
 
-    /// Restores a stored backup into a new tenant named `name`.
+    fn open_in_region(
+        &self,
+        region: &str,
+        tenant: &str,
+        backup: &str,
+    ) -> Result<impl Read + Send, BackupError> {
+        match self.replication.open_archive(region, tenant, backup) {
+            Ok((_, reader)) => Ok(reader),
+            Err(ReplicationError::Store(StoreError::NotFound)) => Err(BackupError::NotFound),
+            Err(ReplicationError::UnknownRegion(name)) => Err(BackupError::Invalid(format!(
+                "no backup region {name:?} on this host"
+            ))),
+            Err(other) => Err(BackupError::Store(format!("region {region}: {other}"))),
+        }
+    }
+
+    /// Restores a stored backup into a new tenant named `name`, read from
+    /// `region` (or from wherever it is).
+    #[allow(clippy::too_many_arguments)]
     pub fn restore(
         &self,
         storage: &Storage,
         schemas: &Registry,
         tenant: &str,
         backup: &str,
+        region: Option<&str>,
         name: String,
         mint_token: bool,
     ) -> Result<(TenantRecord, Option<String>), BackupError> {
-        let (envelope, reader) = self.open_stored(tenant, backup)?;
+        let (envelope, reader) = self.open_stored(tenant, backup, region)?;
         restore_archive(
             storage,
             schemas,

@@ -1,6 +1,5 @@
-//! Where backups are kept: an object store with write-once names. Here, a local
-//! directory (the embedded default); the replication issue adds S3-compatible
-//! stores behind the same calls.
+//! The host's spool: sealed backups are written here first, then replicated to
+//! every backup region (`crate::replication`) and removed once all hold them.
 //!
 //! Layout: `tenants/<tenant>/<backup>/archive.cfrdr`, then
 //! `tenants/<tenant>/<backup>/manifest.json` written last. A backup whose
@@ -92,6 +91,19 @@ impl LocalStore {
         fs::File::open(&dir)
             .and_then(|d| d.sync_all())
             .map_err(BackupError::from_io)
+    }
+
+    pub fn archive_path(&self, tenant: &str, backup: &str) -> PathBuf {
+        self.dir(tenant, backup).join(ARCHIVE_OBJECT)
+    }
+
+    /// Removes a backup from the spool (it is in every region, or tombstoned):
+    /// the manifest first, so a crash in between leaves an unpublished upload.
+    pub fn remove(&self, tenant: &str, backup: &str) {
+        let dir = self.dir(tenant, backup);
+        let _ = fs::remove_file(dir.join(MANIFEST_OBJECT));
+        let _ = fs::remove_dir_all(&dir);
+        let _ = fs::remove_dir(self.root.join("tenants").join(tenant));
     }
 
     pub fn open_archive(&self, tenant: &str, backup: &str) -> Result<fs::File, BackupError> {

@@ -16,6 +16,7 @@ use crate::backup::Backups;
 use crate::config::{Config, Overrides};
 use crate::keys;
 use crate::lifecycle;
+use crate::replication::{Backoff, RegionStore, Replication, Replicator};
 use crate::schema::Registry;
 use crate::storage::{Role, Storage};
 
@@ -140,7 +141,8 @@ struct ServeArgs {
     /// Open tenant databases kept at once; colder ones are reopened on demand.
     #[arg(long)]
     open_tenants_max: Option<usize>,
-    /// Backup store directory [default: <data-dir>/backups].
+    /// One local directory as the only backup region (named after --region),
+    /// instead of the config's [regions.*] or the three default directories.
     #[arg(long)]
     backup_store: Option<PathBuf>,
     /// Backup key file (64 hex digits, 0600) [default: <data-dir>/backup.key].
@@ -376,11 +378,25 @@ fn open_host(config: &Config) -> anyhow::Result<(Storage, Registry)> {
     Ok((storage, schemas))
 }
 
-fn open_backups(config: &Config) -> anyhow::Result<Backups> {
+fn open_backups(config: &Config, runtime: tokio::runtime::Handle) -> anyhow::Result<Backups> {
     let key = keys::load_backup_key(&config.data_dir, config.backup_key_file.as_deref())
         .context("load backup key")?;
+    let regions = config
+        .backup_regions
+        .iter()
+        .map(|spec| RegionStore::open(spec).with_context(|| format!("backup region {}", spec.name)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let replication = Replication::new(
+        regions,
+        Backoff {
+            base: config.retry_base,
+            cap: config.retry_cap,
+        },
+        runtime,
+    );
     let mut backups = Backups::new(
-        &config.backup_store,
+        &config.backup_spool,
+        Arc::new(replication),
         key,
         config.region.clone(),
         config.backup_retention.as_secs(),
@@ -405,7 +421,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_tracing();
     let (storage, schemas) = open_host(&config)?;
     write_first_operator_token(&storage, &config.data_dir)?;
-    let backups = Arc::new(open_backups(&config)?);
     let storage = Arc::new(storage);
     // Blocking threads carry sled work and wait on group commit; cap them so a
     // burst of clients cannot grow the process without bound.
@@ -414,6 +429,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("start async runtime")?;
+    let backups = Arc::new(open_backups(&config, runtime.handle().clone())?);
+    backups.recover(&storage);
+    for region in &backups.replication.regions {
+        tracing::info!(region = %region.name, store = %region.location, "backup region");
+    }
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -440,10 +460,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 }
             })
         };
+        let replicator = tokio::spawn(
+            Replicator {
+                replication: backups.replication.clone(),
+                storage: storage.clone(),
+                spool: backups.spool.clone(),
+                parallel: 6,
+                retention_sweep: config.sweep_interval,
+            }
+            .run(),
+        );
         let state = Arc::new(AppState::new(storage, schemas, config, backups));
         api::serve(state, listener, shutdown_signal()).await?;
         sweeper.abort();
         scheduler.abort();
+        replicator.abort();
         Ok(())
     })
 }

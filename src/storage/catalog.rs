@@ -308,6 +308,12 @@ impl Catalog {
             .collect()
     }
 
+    pub fn remove_json(&self, tree: &str, key: &str) -> Result<(), StorageError> {
+        self.db.open_tree(tree)?.remove(key)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
     pub fn remove_token(&self, digest: &[u8; 32]) -> Result<(), StorageError> {
         self.tokens.remove(digest)?;
         self.db.flush()?;

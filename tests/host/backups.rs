@@ -3,6 +3,7 @@
 use std::io::Read;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -97,6 +98,38 @@ fn start_backup(host: &Host, tenant: &str, token: &str) -> Value {
     assert_eq!(r.value()["state"], "pending");
     let id = r.value()["id"].as_str().unwrap().to_string();
     wait_backup_done(host, tenant, token, &id)
+}
+
+/// Polls a backup until every named region reports `verified`; returns it.
+pub fn wait_verified(
+    host: &Host,
+    tenant: &str,
+    token: &str,
+    backup: &str,
+    regions: &[&str],
+) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let r = host.call(
+            "GET",
+            &format!("/v1/tenants/{tenant}/backups/{backup}"),
+            Some(token),
+            None,
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let value = r.value();
+        if regions
+            .iter()
+            .all(|region| value["regions"][*region]["state"] == "verified")
+        {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backup {backup} not verified in {regions:?}: {value}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn export(host: &Host, tenant: &str, token: &str) -> Vec<u8> {
@@ -463,8 +496,9 @@ fn dr_backup_restores_on_a_second_host_with_only_the_backup_key_and_store() {
     let done = start_backup(&first, &t, &agent);
     assert_eq!(done["state"], "done", "{done}");
     assert_eq!(done["records"], 53);
-    assert_eq!(done["regions"]["local"]["state"], "replicated");
     let backup = done["id"].as_str().unwrap().to_string();
+    let done = wait_verified(&first, &t, &agent, &backup, &["local"]);
+    assert_eq!(done["regions"]["local"]["state"], "verified", "{done}");
     let listed = first
         .call("GET", &format!("/v1/tenants/{t}/backups"), Some(&a), None)
         .value();
@@ -1048,8 +1082,10 @@ fn upgrade_backs_up_first_migrates_every_record_and_fails_cleanly() {
     );
 
     // A failing pre-upgrade backup leaves the tenant exactly as it was, writable.
-    let tenants_dir = store.join("tenants");
-    std::fs::create_dir_all(&store).unwrap();
+    // (The spool, where a backup is sealed before replication, is broken.)
+    let spool = dir.path().join("data").join("backups");
+    let tenants_dir = spool.join("tenants");
+    std::fs::create_dir_all(&spool).unwrap();
     let _ = std::fs::remove_dir_all(&tenants_dir);
     std::fs::write(&tenants_dir, b"not a directory").unwrap();
     let r = upgrade(2);
