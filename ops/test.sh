@@ -26,6 +26,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 fi
 
+# Real S3 regions for the replication tests: Garage, built once from crates.io
+# into ~/.cargo/bin (about 15-20 minutes on 2 cores) and reused after that. The
+# tests start and stop their own servers with ops/garage/regions.sh.
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v garage >/dev/null 2>&1; then
+  echo "== installing garage (cargo install garage --locked; once per machine)"
+  cargo install garage --locked
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"

@@ -91,6 +91,8 @@ pub struct Overrides {
     pub backup_store: Option<PathBuf>,
     pub backup_key_file: Option<PathBuf>,
     pub backup_interval: Option<String>,
+    /// Backup retention as a duration ("12months", "5s"), over retention_days.
+    pub backup_retention: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -273,9 +275,10 @@ impl Config {
             retry_base,
             retry_cap,
             backup_key_file: overrides.backup_key_file.or(raw.backup.key_file),
-            backup_retention: Duration::from_secs(
-                raw.backup.retention_days.unwrap_or(365) * 86_400,
-            ),
+            backup_retention: match overrides.backup_retention {
+                Some(text) => duration("backup retention", Some(text), "365days")?,
+                None => Duration::from_secs(raw.backup.retention_days.unwrap_or(365) * 86_400),
+            },
             backup_interval,
             max_import_bytes: raw.backup.max_import_bytes.unwrap_or(16 << 30),
             max_archive_bytes: raw.backup.max_archive_bytes.unwrap_or(64 << 30),

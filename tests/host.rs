@@ -2,6 +2,8 @@
 
 #[path = "host/backups.rs"]
 mod backups;
+#[path = "host/replication.rs"]
+mod replication;
 mod support;
 
 use std::path::Path;

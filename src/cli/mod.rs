@@ -151,6 +151,9 @@ struct ServeArgs {
     /// Scheduled backup interval, e.g. "24h"; "0s" turns scheduled backups off.
     #[arg(long)]
     backup_interval: Option<String>,
+    /// How long backups are kept, e.g. "365days" [default: backup.retention_days].
+    #[arg(long)]
+    backup_retention: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -416,6 +419,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         backup_store: args.backup_store,
         backup_key_file: args.backup_key_file,
         backup_interval: args.backup_interval,
+        backup_retention: args.backup_retention,
         ..overrides(args.host)
     })?;
     init_tracing();

@@ -9,12 +9,12 @@ use serde_json::{json, Value};
 
 use crate::support::{contains, files_under, Host, TempDir, BIN};
 
-fn records_path(tenant: &str, collection: &str) -> String {
+pub fn records_path(tenant: &str, collection: &str) -> String {
     format!("/v1/tenants/{tenant}/collections/{collection}/records")
 }
 
 /// All records of every collection of a tenant, by collection, sorted by id.
-fn all_records(
+pub fn all_records(
     host: &Host,
     tenant: &str,
     token: &str,
@@ -38,10 +38,10 @@ fn all_records(
         .collect()
 }
 
-const CRM: &[&str] = &["activities", "companies", "contacts", "deals"];
+pub const CRM: &[&str] = &["activities", "companies", "contacts", "deals"];
 
 /// A crm tenant with records of every field type in every collection.
-fn populated_tenant(host: &Host, name: &str) -> (String, String) {
+pub fn populated_tenant(host: &Host, name: &str) -> (String, String) {
     let (t, a) = host.create_tenant(name, "crm");
     let post = |c: &str, body: Value| {
         let r = host.json("POST", &records_path(&t, c), Some(&a), body);
@@ -69,7 +69,7 @@ fn populated_tenant(host: &Host, name: &str) -> (String, String) {
     (t, a)
 }
 
-fn wait_backup_done(host: &Host, tenant: &str, token: &str, backup: &str) -> Value {
+pub fn wait_backup_done(host: &Host, tenant: &str, token: &str, backup: &str) -> Value {
     for _ in 0..300 {
         let r = host.call(
             "GET",
@@ -87,7 +87,7 @@ fn wait_backup_done(host: &Host, tenant: &str, token: &str, backup: &str) -> Val
     panic!("backup {backup} did not finish");
 }
 
-fn start_backup(host: &Host, tenant: &str, token: &str) -> Value {
+pub fn start_backup(host: &Host, tenant: &str, token: &str) -> Value {
     let r = host.call(
         "POST",
         &format!("/v1/tenants/{tenant}/backups"),

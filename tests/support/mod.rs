@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod garage;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -158,11 +160,12 @@ impl Host {
 
     /// Creates a tenant on `schema` (newest version); returns (id, admin token).
     pub fn create_tenant(&self, name: &str, schema: &str) -> (String, String) {
+        let region = self.call("GET", "/healthz", None, None).value()["region"].clone();
         let r = self.json(
             "POST",
             "/v1/tenants",
             Some(&self.operator),
-            serde_json::json!({"name": name, "region": "local", "schema": schema}),
+            serde_json::json!({"name": name, "region": region, "schema": schema}),
         );
         assert_eq!(r.status, 201, "{}", r.text());
         let v = r.value();

@@ -1,0 +1,428 @@
+//! Replication to three regions on real Garage servers (S3 on loopback):
+//! verification, outages and catch-up, crash and resume, restore from each
+//! region and on a fresh host, retention, erasure.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::backups::{all_records, populated_tenant, start_backup, wait_verified, CRM};
+use crate::support::garage::Garage;
+use crate::support::{contains, files_under, Host, TempDir};
+
+const REGIONS: &[&str] = &["in", "sg", "uk"];
+
+/// Waits until `check` holds, or fails with what it last saw.
+fn eventually<T: std::fmt::Debug>(
+    what: &str,
+    mut probe: impl FnMut() -> T,
+    check: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let seen = probe();
+        if check(&seen) {
+            return seen;
+        }
+        assert!(Instant::now() < deadline, "{what}: last saw {seen:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn host_with_regions(
+    dir: &TempDir,
+    garage: &Garage,
+    name: &str,
+    region: &str,
+    extra: &[&str],
+) -> Host {
+    let config = garage.write_config(region, &dir.path().join(format!("{name}.toml")));
+    let mut args = vec![
+        "--config",
+        config.to_str().unwrap(),
+        "--backup-interval",
+        "0s",
+    ];
+    args.extend_from_slice(extra);
+    Host::start(&dir.path().join(name), &args)
+}
+
+fn objects_of(garage: &Garage, region: &str, tenant: &str) -> Vec<(String, u64)> {
+    garage
+        .objects(region)
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(&format!("tenants/{tenant}/")))
+        .collect()
+}
+
+fn region_states(backup: &Value) -> Vec<String> {
+    REGIONS
+        .iter()
+        .map(|r| {
+            backup["regions"][*r]["state"]
+                .as_str()
+                .unwrap_or("?")
+                .to_string()
+        })
+        .collect()
+}
+
+fn read_backup(host: &Host, tenant: &str, token: &str, backup: &str) -> Value {
+    let r = host.call(
+        "GET",
+        &format!("/v1/tenants/{tenant}/backups/{backup}"),
+        Some(token),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.value()
+}
+
+#[test]
+fn backups_reach_three_garage_regions_sealed_restorable_from_each_and_on_a_fresh_host_then_erased()
+{
+    let dir = TempDir::new("repl-three");
+    let garage = Garage::start(&dir.path().join("garage"), REGIONS);
+    let host = host_with_regions(&dir, &garage, "first", "in", &[]);
+    let (t, a) = populated_tenant(&host, "three regions");
+    let canary = "CANARY-7f3e-replicated-plaintext";
+    let r = host.json(
+        "POST",
+        &format!("/v1/tenants/{t}/collections/contacts/records"),
+        Some(&a),
+        json!({"name": canary, "email": "canary@example.test"}),
+    );
+    assert_eq!(r.status, 201);
+    let original = all_records(&host, &t, &a, CRM);
+
+    let done = start_backup(&host, &t, &a);
+    assert_eq!(done["state"], "done", "{done}");
+    let backup = done["id"].as_str().unwrap().to_string();
+    let verified = wait_verified(&host, &t, &a, &backup, REGIONS);
+    for region in REGIONS {
+        assert!(
+            verified["regions"][*region]["verified_at"].is_string(),
+            "{verified}"
+        );
+        // Exactly the archive and its manifest, at the sizes the API reports.
+        let objects = objects_of(&garage, region, &t);
+        assert_eq!(objects.len(), 2, "{region}: {objects:?}");
+        assert!(objects.iter().any(
+            |(n, size)| n.ends_with("archive.cfrdr") && *size == done["size"].as_u64().unwrap()
+        ));
+        assert!(objects
+            .iter()
+            .any(|(n, _)| n.ends_with(&format!("{backup}/manifest.json"))));
+        // Sealed: nothing Garage stores holds the tenant's plaintext.
+        for file in files_under(&garage.region_dir(region)) {
+            let bytes = std::fs::read(&file).unwrap();
+            assert!(
+                !contains(&bytes, canary.as_bytes()),
+                "canary in {}",
+                file.display()
+            );
+            assert!(
+                !contains(&bytes, b"canary@example.test"),
+                "email in {}",
+                file.display()
+            );
+        }
+    }
+    // The host's spool copy goes once every region holds the backup.
+    eventually(
+        "spool emptied",
+        || files_under(&host.data_dir.join("backups")).len(),
+        |n| *n == 0,
+    );
+    let copies = host.call("GET", &format!("/v1/tenants/{t}/copies"), Some(&a), None);
+    assert_eq!(copies.status, 200, "{}", copies.text());
+    let copies = copies.value();
+    assert_eq!(copies["hosting_region"], "in");
+    assert_eq!(copies["backups"][0]["id"], backup.as_str());
+    assert_eq!(region_states(&copies["backups"][0]), ["verified"; 3]);
+
+    // Restore from each region: every record comes back.
+    for region in REGIONS {
+        let r = host.json(
+            "POST",
+            &format!("/v1/tenants/{t}/backups/{backup}/restore"),
+            Some(&a),
+            json!({"name": format!("from {region}"), "region": region}),
+        );
+        assert_eq!(r.status, 201, "{region}: {}", r.text());
+        let restored = r.value()["id"].as_str().unwrap().to_string();
+        assert_eq!(all_records(&host, &restored, &a, CRM), original, "{region}");
+    }
+    let r = host.json(
+        "POST",
+        &format!("/v1/tenants/{t}/backups/{backup}/restore"),
+        Some(&a),
+        json!({"name": "nowhere", "region": "mars"}),
+    );
+    assert_eq!(r.status, 422, "{}", r.text());
+
+    // A fresh host in another region, with only the backup key and the region
+    // config, finds the tenant in its region's store and restores it.
+    let key = dir.path().join("backup.key");
+    std::fs::copy(host.data_dir.join("backup.key"), &key).unwrap();
+    let fresh = host_with_regions(
+        &dir,
+        &garage,
+        "fresh",
+        "uk",
+        &["--backup-key-file", key.to_str().unwrap()],
+    );
+    let agent = fresh.json(
+        "POST",
+        "/v1/tokens",
+        Some(&fresh.operator),
+        json!({"role": "backup-agent", "name": "dr"}),
+    );
+    let agent = agent.value()["token"].as_str().unwrap().to_string();
+    let listed = fresh.call("GET", "/v1/regions/uk/tenants", Some(&agent), None);
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    assert!(
+        listed.value()["tenants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["id"] == t.as_str()),
+        "{}",
+        listed.text()
+    );
+    let backups = fresh.call(
+        "GET",
+        &format!("/v1/tenants/{t}/backups"),
+        Some(&agent),
+        None,
+    );
+    assert_eq!(
+        backups.value()["backups"][0]["id"],
+        backup.as_str(),
+        "{}",
+        backups.text()
+    );
+    let r = fresh.json(
+        "POST",
+        &format!("/v1/tenants/{t}/backups/{backup}/restore"),
+        Some(&agent),
+        json!({"name": "recovered in uk", "region": "uk"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert!(r.value().get("admin_token").is_none());
+    let recovered = r.value()["id"].as_str().unwrap().to_string();
+    assert_eq!(all_records(&fresh, &recovered, &a, CRM), original);
+    fresh.stop();
+
+    // Purge with erase_backups: every copy everywhere goes, as the buckets'
+    // own listings show.
+    let r = host.json(
+        "POST",
+        &format!("/v1/tenants/{t}/purge"),
+        Some(&host.operator),
+        json!({"erase_backups": true}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.value()["backups_erasing"], 1);
+    for region in REGIONS {
+        eventually(
+            &format!("objects of {t} gone from {region}"),
+            || objects_of(&garage, region, &t),
+            |objects| objects.is_empty(),
+        );
+    }
+    let copies = eventually(
+        "copies reports none left",
+        || {
+            host.call(
+                "GET",
+                &format!("/v1/tenants/{t}/copies"),
+                Some(&host.operator),
+                None,
+            )
+            .value()
+        },
+        |c| c["copies_remaining"] == 0,
+    );
+    assert_eq!(copies["backups_erased"], true);
+    assert_eq!(copies["database"]["state"], "destroyed");
+    assert!(contains(
+        &host.log_text(),
+        b"every backup copy of the tenant is erased"
+    ));
+}
+
+#[test]
+fn a_region_that_was_down_catches_up_and_retention_deletes_every_copy_even_one_down_at_the_sweep() {
+    let dir = TempDir::new("repl-outage");
+    let garage = Garage::start(&dir.path().join("garage"), REGIONS);
+    let host = host_with_regions(
+        &dir,
+        &garage,
+        "host",
+        "in",
+        &["--backup-retention", "30s", "--sweep-interval", "1s"],
+    );
+    let (t, a) = populated_tenant(&host, "outage");
+
+    // sg is down (SIGKILL) when the backup is taken.
+    garage.kill("sg");
+    let done = start_backup(&host, &t, &a);
+    let backup = done["id"].as_str().unwrap().to_string();
+    wait_verified(&host, &t, &a, &backup, &["in", "uk"]);
+    let during = eventually(
+        "sg fails while down",
+        || read_backup(&host, &t, &a, &backup),
+        |b| b["regions"]["sg"]["state"] == "failed",
+    );
+    assert!(during["regions"]["sg"]["error"].is_string(), "{during}");
+    let regions = host
+        .call("GET", "/v1/regions", Some(&host.operator), None)
+        .value();
+    let sg = regions["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["region"] == "sg")
+        .unwrap()
+        .clone();
+    assert_eq!(sg["behind"], 1, "{regions}");
+    assert!(sg["oldest_unreplicated"].is_string(), "{regions}");
+
+    // sg returns: it catches up with no one asking.
+    garage.restart("sg");
+    let after = wait_verified(&host, &t, &a, &backup, REGIONS);
+    assert!(
+        after["regions"]["sg"]["attempts"].as_u64().unwrap() >= 1,
+        "{after}"
+    );
+    assert_eq!(objects_of(&garage, "sg", &t).len(), 2);
+
+    // uk is down when retention ends: in and sg lose their copies; uk keeps a
+    // tombstone that is retried until it comes back.
+    garage.kill("uk");
+    for region in ["in", "sg"] {
+        eventually(
+            &format!("retention empties {region}"),
+            || objects_of(&garage, region, &t),
+            |o| o.is_empty(),
+        );
+    }
+    let pending = eventually(
+        "uk tombstoned",
+        || read_backup(&host, &t, &a, &backup),
+        |b| b["regions"]["uk"]["state"] == "deleting" && b["regions"]["uk"]["error"].is_string(),
+    );
+    assert_eq!(pending["regions"]["uk"]["deleting_because"], "retention");
+    garage.restart("uk");
+    eventually(
+        "retention empties uk after its outage",
+        || objects_of(&garage, "uk", &t),
+        |o| o.is_empty(),
+    );
+    let listed = eventually(
+        "the backup is gone from the host's list",
+        || {
+            host.call("GET", &format!("/v1/tenants/{t}/backups"), Some(&a), None)
+                .value()
+        },
+        |v| v["backups"].as_array().is_some_and(|b| b.is_empty()),
+    );
+    assert_eq!(listed["backups"], json!([]));
+}
+
+#[test]
+fn a_host_killed_mid_replication_resumes_with_no_duplicate_or_partial_objects() {
+    let dir = TempDir::new("repl-crash");
+    let garage = Garage::start(&dir.path().join("garage"), REGIONS);
+    let data = dir.path().join("host");
+    let config = garage.write_config("in", &dir.path().join("host.toml"));
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--backup-interval",
+        "0s",
+    ];
+    let host = Host::start(&data, &args);
+    let (t, a) = host.create_tenant("big", "crm");
+    // About 24 MiB of poorly compressible notes: a multipart upload per region.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..1500 {
+        let mut note = String::with_capacity(16 * 1024);
+        while note.len() < 16 * 1024 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            note.push_str(&format!("{seed:016x}"));
+        }
+        let r = host.json(
+            "POST",
+            &format!("/v1/tenants/{t}/collections/contacts/records"),
+            Some(&a),
+            json!({"name": format!("bulk {i}"), "notes": note}),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let r = host.call("POST", &format!("/v1/tenants/{t}/backups"), Some(&a), None);
+    let backup = r.value()["id"].as_str().unwrap().to_string();
+    // Kill the host as soon as the sealed backup is complete, while the
+    // regions are being written.
+    let at_kill = eventually(
+        "backup sealed",
+        || read_backup(&host, &t, &a, &backup),
+        |b| b["state"] == "done",
+    );
+    host.kill();
+    eprintln!("region states at the kill: {:?}", region_states(&at_kill));
+    let size = at_kill["size"].as_u64().unwrap();
+    assert!(
+        size > 8 << 20,
+        "the archive should need a multipart upload: {size}"
+    );
+    // Whatever the buckets hold now is complete or absent, never partial.
+    for region in REGIONS {
+        for (name, object_size) in objects_of(&garage, region, &t) {
+            if name.ends_with("archive.cfrdr") {
+                assert_eq!(object_size, size, "partial object visible in {region}");
+            }
+        }
+    }
+
+    let host = Host::start(&data, &args);
+    let verified = wait_verified(&host, &t, &a, &backup, REGIONS);
+    for region in REGIONS {
+        let objects = objects_of(&garage, region, &t);
+        assert_eq!(objects.len(), 2, "{region}: {objects:?}");
+        assert!(objects
+            .iter()
+            .any(|(n, s)| n.ends_with("archive.cfrdr") && *s == size));
+    }
+    assert_eq!(verified["state"], "done");
+    // And the resumed copy restores.
+    let r = host.json(
+        "POST",
+        &format!("/v1/tenants/{t}/backups/{backup}/restore"),
+        Some(&a),
+        json!({"name": "after the crash", "region": "sg"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let restored = r.value()["id"].as_str().unwrap().to_string();
+    let mut count = 0;
+    let mut after = String::new();
+    loop {
+        let page = host
+            .call(
+                "GET",
+                &format!("/v1/tenants/{restored}/collections/contacts/records?limit=1000{after}"),
+                Some(&a),
+                None,
+            )
+            .value();
+        count += page["records"].as_array().unwrap().len();
+        match page["next"].as_str() {
+            Some(next) => after = format!("&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(count, 1500);
+}
