@@ -232,6 +232,7 @@ fn populate(data: &Path, mib: u64) -> (String, String, u64) {
     let schema = schemas.get("crm", 2).unwrap().clone();
     let (tenant, admin) = storage
         .create_tenant(NewTenant {
+            id: None,
             name: "bench".into(),
             region: Region::parse("local").unwrap(),
             schema: "crm".into(),

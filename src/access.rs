@@ -23,6 +23,10 @@ pub enum AccessError {
     Deactivated,
     #[error("tenant is destroyed")]
     Destroyed,
+    #[error("tenant is moving to region {0}: reads are served, writes resume on the new host")]
+    Moving(String),
+    #[error("tenant moved to region {region}: ask {location}")]
+    Moved { region: String, location: String },
     #[error("unknown collection {0:?}")]
     UnknownCollection(String),
     #[error("record not found")]
@@ -55,6 +59,8 @@ impl From<StorageError> for AccessError {
 pub struct TenantAccess {
     db: Arc<TenantDb>,
     schema: Schema,
+    /// Set while the tenant moves away: the door opens for reads only.
+    read_only: Option<String>,
 }
 
 /// Checks the principal and the tenant's state, then opens the tenant's database.
@@ -67,10 +73,27 @@ pub fn open(
     if !principal.is_admin_of(&tenant.id) {
         return Err(AccessError::Denied);
     }
+    let mut read_only = None;
     match tenant.state {
         TenantState::Active => {}
+        TenantState::Moving => {
+            read_only = Some(
+                tenant
+                    .moved_to
+                    .as_ref()
+                    .map(|m| m.region.to_string())
+                    .unwrap_or_default(),
+            )
+        }
         TenantState::Deactivated => return Err(AccessError::Deactivated),
         TenantState::Destroyed => return Err(AccessError::Destroyed),
+        TenantState::Moved => {
+            let to = tenant.moved_to.as_ref();
+            return Err(AccessError::Moved {
+                region: to.map(|m| m.region.to_string()).unwrap_or_default(),
+                location: to.map(|m| m.url.clone()).unwrap_or_default(),
+            });
+        }
     }
     let schema = schemas
         .get(&tenant.schema, tenant.schema_version)
@@ -79,6 +102,7 @@ pub fn open(
     Ok(TenantAccess {
         db: storage.tenant_db(tenant)?,
         schema,
+        read_only,
     })
 }
 
@@ -89,7 +113,15 @@ impl TenantAccess {
             .ok_or_else(|| AccessError::UnknownCollection(name.to_string()))
     }
 
+    fn writable(&self) -> Result<(), AccessError> {
+        match &self.read_only {
+            Some(region) => Err(AccessError::Moving(region.clone())),
+            None => Ok(()),
+        }
+    }
+
     pub fn insert(&self, collection: &str, record: &Value) -> Result<RecordId, AccessError> {
+        self.writable()?;
         let spec = self.collection(collection)?;
         let fields = validated(spec, record, None)?;
         Ok(self.db.insert(collection, spec, &fields)?)
@@ -101,12 +133,14 @@ impl TenantAccess {
         id: &RecordId,
         record: &Value,
     ) -> Result<(), AccessError> {
+        self.writable()?;
         let spec = self.collection(collection)?;
         let fields = validated(spec, record, Some(id))?;
         Ok(self.db.replace(collection, spec, id, &fields)?)
     }
 
     pub fn delete(&self, collection: &str, id: &RecordId) -> Result<(), AccessError> {
+        self.writable()?;
         let spec = self.collection(collection)?;
         Ok(self.db.delete(collection, spec, id)?)
     }

@@ -83,6 +83,8 @@ pub enum Action<'a> {
     RestoreBackup(&'a TenantId),
     ImportTenant,
     UpgradeTenant(&'a TenantId),
+    /// Begin, complete or abort a move to another host.
+    MoveTenant(&'a TenantId),
     /// Where a tenant's data and backups are.
     ReadCopies(&'a TenantId),
     /// Backup regions, their lag, and the tenants in their stores (ids only).
@@ -114,7 +116,7 @@ pub fn authorize(principal: &Principal, action: &Action<'_>) -> Result<(), Denie
             role,
         ) => role == Operator || own(t),
         (Action::PurgeTenant(_), role) => role == Operator,
-        (Action::ReadCopies(t), role) => role == Operator || own(t),
+        (Action::ReadCopies(t) | Action::MoveTenant(t), role) => role == Operator || own(t),
         (Action::ReadRegions, role) => matches!(role, Operator | BackupAgent),
 
         // Records: only the tenant's own admins. Operators, backup agents and

@@ -10,6 +10,7 @@
 //!
 //! [tenants]
 //! grace_period = "21days"          # deactivated → destroyed
+//! move_purge_delay = "7days"       # moved to another host → local copy destroyed
 //! sweep_interval = "1m"
 //! open_max = 512                   # open tenant databases kept at once
 //! cache_mb = 4                     # sled page cache per open tenant
@@ -59,6 +60,8 @@ pub struct Config {
     pub region: Region,
     pub key_source: KeySource,
     pub grace_period: Duration,
+    /// How long a moved tenant's old copy is kept on the source host.
+    pub move_purge_delay: Duration,
     pub sweep_interval: Duration,
     pub open_tenants_max: usize,
     pub tenant_cache_bytes: u64,
@@ -86,6 +89,7 @@ pub struct Overrides {
     pub region: Option<String>,
     pub master_key_file: Option<PathBuf>,
     pub grace_period: Option<String>,
+    pub move_purge_delay: Option<String>,
     pub sweep_interval: Option<String>,
     pub open_tenants_max: Option<usize>,
     pub backup_store: Option<PathBuf>,
@@ -196,6 +200,7 @@ struct RawHost {
 #[serde(deny_unknown_fields)]
 struct RawTenants {
     grace_period: Option<String>,
+    move_purge_delay: Option<String>,
     sweep_interval: Option<String>,
     open_max: Option<usize>,
     cache_mb: Option<u64>,
@@ -286,6 +291,11 @@ impl Config {
             listen,
             region,
             key_source,
+            move_purge_delay: duration(
+                "move_purge_delay",
+                overrides.move_purge_delay.or(raw.tenants.move_purge_delay),
+                "7days",
+            )?,
             grace_period: duration(
                 "grace_period",
                 overrides.grace_period.or(raw.tenants.grace_period),

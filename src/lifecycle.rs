@@ -1,6 +1,8 @@
 //! Tenant lifecycle: active → deactivated (grace period, reactivation possible)
 //! → destroyed (data key shredded, directory removed), and the sweeper that
-//! destroys tenants whose grace period has ended.
+//! destroys tenants whose grace period has ended. A move to another host:
+//! active → moving (writes paused) → moved (answers with where it went) →
+//! destroyed after the purge delay; or moving → active when a move is aborted.
 //!
 //! Transitions are checked here, persisted by `storage`, and survive restarts:
 //! the sweeper reads `destroy_after` from the catalog, not from memory.
@@ -9,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::ids::{unix_now, TenantId};
-use crate::storage::{NewTenant, Storage, StorageError, TenantRecord, TenantState};
+use crate::storage::{MovedTo, NewTenant, Storage, StorageError, TenantRecord, TenantState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -19,6 +21,8 @@ pub enum LifecycleError {
     NotActive(&'static str),
     #[error("tenant is {0}; only a deactivated tenant can be reactivated")]
     NotDeactivated(&'static str),
+    #[error("tenant is {0}; only a tenant being moved can finish or abort a move")]
+    NotMoving(&'static str),
     #[error("tenant is already destroyed")]
     Destroyed,
     #[error(transparent)]
@@ -68,6 +72,56 @@ pub fn reactivate(storage: &Storage, id: &TenantId) -> Result<TenantRecord, Life
     })?
 }
 
+/// A move to another host begins: writes pause (reads go on) so that the
+/// backup the target restores from holds every acknowledged write.
+pub fn begin_move(
+    storage: &Storage,
+    id: &TenantId,
+    to: MovedTo,
+) -> Result<TenantRecord, LifecycleError> {
+    storage.update_tenant(id, |tenant| match tenant.state {
+        TenantState::Active => {
+            tenant.state = TenantState::Moving;
+            tenant.moved_to = Some(to.clone());
+            Ok(())
+        }
+        other => Err(LifecycleError::NotActive(other.as_str())),
+    })?
+}
+
+/// The move failed or was called off: the tenant takes writes here again.
+pub fn abort_move(storage: &Storage, id: &TenantId) -> Result<TenantRecord, LifecycleError> {
+    storage.update_tenant(id, |tenant| match tenant.state {
+        TenantState::Moving => {
+            tenant.state = TenantState::Active;
+            tenant.moved_to = None;
+            Ok(())
+        }
+        other => Err(LifecycleError::NotMoving(other.as_str())),
+    })?
+}
+
+/// The target host serves the tenant now: this host answers with where it
+/// went, and purges its copy after `purge_delay`.
+pub fn complete_move(
+    storage: &Storage,
+    id: &TenantId,
+    purge_delay: Duration,
+) -> Result<TenantRecord, LifecycleError> {
+    storage.update_tenant(id, |tenant| match tenant.state {
+        TenantState::Moving => {
+            let now = unix_now();
+            tenant.state = TenantState::Moved;
+            tenant.destroy_after = Some(now + purge_delay.as_secs());
+            if let Some(to) = tenant.moved_to.as_mut() {
+                to.at = now;
+            }
+            Ok(())
+        }
+        other => Err(LifecycleError::NotMoving(other.as_str())),
+    })?
+}
+
 /// Destroys a tenant now, whatever its state (operator purge, or the sweeper).
 pub fn destroy(storage: &Storage, id: &TenantId) -> Result<TenantRecord, LifecycleError> {
     storage
@@ -75,17 +129,22 @@ pub fn destroy(storage: &Storage, id: &TenantId) -> Result<TenantRecord, Lifecyc
         .ok_or(LifecycleError::Destroyed)
 }
 
-/// Destroys every deactivated tenant whose grace period has ended. Returns how
-/// many it destroyed.
+/// Due for destruction: deactivated past its grace period, or moved away
+/// past the purge delay.
+fn is_due(t: &TenantRecord, now: u64) -> bool {
+    matches!(t.state, TenantState::Deactivated | TenantState::Moved)
+        && t.destroy_after.is_some_and(|at| at <= now)
+}
+
+/// Destroys every deactivated tenant whose grace period has ended, and every
+/// moved tenant whose purge delay has. Returns how many it destroyed.
 pub fn sweep(storage: &Storage) -> usize {
     let now = unix_now();
     let due: Vec<TenantId> = storage
         .catalog
         .tenants()
         .into_iter()
-        .filter(|t| {
-            t.state == TenantState::Deactivated && t.destroy_after.is_some_and(|at| at <= now)
-        })
+        .filter(|t| is_due(t, now))
         .map(|t| t.id)
         .collect();
     let mut destroyed = 0;
@@ -93,9 +152,7 @@ pub fn sweep(storage: &Storage) -> usize {
         let span = tracing::info_span!("sweep", tenant_id = %id);
         let _enter = span.enter();
         // Checked again under the update lock: a reactivation may have won the race.
-        let still_due = |t: &TenantRecord| {
-            t.state == TenantState::Deactivated && t.destroy_after.is_some_and(|at| at <= now)
-        };
+        let still_due = |t: &TenantRecord| is_due(t, now);
         match storage.destroy_tenant(&id, still_due) {
             Ok(None) => {}
             Ok(Some(_)) => {

@@ -55,7 +55,14 @@ pub async fn export(
     }
     let tenant = known_tenant(&state.storage, &id)?;
     match tenant.state {
-        TenantState::Active => {}
+        TenantState::Active | TenantState::Moving => {}
+        TenantState::Moved => {
+            let to = tenant.moved_to.clone().expect("a moved tenant says where");
+            return Err(ApiError::Moved {
+                message: format!("tenant moved to region {}", to.region),
+                location: to.url,
+            });
+        }
         TenantState::Deactivated => {
             return Err(ApiError::Conflict(
                 "tenant is deactivated: reactivate it to export".into(),
@@ -424,6 +431,10 @@ struct RestoreRequest {
     name: String,
     #[serde(default)]
     region: Option<String>,
+    /// Keep the source tenant's id (a region move): refused when a tenant
+    /// with that id exists on this host.
+    #[serde(default)]
+    keep_id: bool,
 }
 
 /// `POST /v1/tenants/{id}/backups/{bid}/restore`: a new tenant from a backup.
@@ -453,8 +464,9 @@ pub async fn restore(
         }
     }
     let mint = principal.role == Role::TenantAdmin && principal.is_admin_of(&id);
+    let keep_id = request.keep_id.then(|| id.clone());
     let inner = state.clone();
-    let (tenant, token) = blocking(move || {
+    let restored = blocking(move || {
         inner.backups.restore(
             &inner.storage,
             &inner.schemas,
@@ -462,15 +474,18 @@ pub async fn restore(
             backup.as_str(),
             request.region.as_deref(),
             name,
+            keep_id,
             mint,
         )
     })
     .await??;
-    tracing::info!(new_tenant = %tenant.id, "backup restored into a new tenant");
-    let mut body = tenant_json(&tenant);
-    if let Some(token) = token {
+    tracing::info!(new_tenant = %restored.tenant.id, records = restored.records, "backup restored into a new tenant");
+    let mut body = tenant_json(&restored.tenant);
+    if let Some(token) = restored.token {
         body["admin_token"] = Value::from(token);
     }
+    body["records"] = Value::from(restored.records);
+    body["counts"] = json!(restored.counts);
     Ok(json_response(StatusCode::CREATED, &body))
 }
 
@@ -496,6 +511,7 @@ pub async fn import(
             &inner.schemas,
             std::io::BufReader::with_capacity(256 * 1024, reader),
             name,
+            None,
             inner.config.region.clone(),
             inner.backups.limits,
             &[],
@@ -506,9 +522,10 @@ pub async fn import(
     if exceeded.load(Ordering::SeqCst) {
         return Err(ApiError::PayloadTooLarge(limit as usize));
     }
-    let (tenant, token) = result?;
-    tracing::info!(new_tenant = %tenant.id, "portable export imported");
-    let mut body = tenant_json(&tenant);
-    body["admin_token"] = Value::from(token.unwrap_or_default());
+    let restored = result?;
+    tracing::info!(new_tenant = %restored.tenant.id, records = restored.records, "portable export imported");
+    let mut body = tenant_json(&restored.tenant);
+    body["admin_token"] = Value::from(restored.token.unwrap_or_default());
+    body["records"] = Value::from(restored.records);
     Ok(json_response(StatusCode::CREATED, &body))
 }

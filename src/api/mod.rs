@@ -30,7 +30,7 @@ use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
-pub use routes::Endpoint;
+pub use routes::{Endpoint, MoveStep};
 
 use crate::access::{self, AccessError};
 use crate::auth::{self, Action, AuthError, Principal, Role};
@@ -43,6 +43,13 @@ use crate::schema::Registry;
 use crate::storage::{NewTenant, Record, Storage, StorageError, TenantRecord, TenantState};
 
 pub type Body = BoxBody<Bytes, std::io::Error>;
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MoveRequest {
+    to_region: String,
+    to_url: String,
+}
 
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,6 +107,9 @@ pub enum ApiError {
     Unprocessable(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The tenant lives on another host now: 308 to the same path there.
+    #[error("{message}")]
+    Moved { message: String, location: String },
     /// Logged with its detail; the client sees only `public` and the request id.
     #[error("internal error: {detail}")]
     Internal { public: String, detail: String },
@@ -118,6 +128,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Moved { .. } => StatusCode::PERMANENT_REDIRECT,
             ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -136,9 +147,20 @@ impl ApiError {
                 tracing::error!(request_id, error = %detail, "request failed");
                 json!({"error": public, "request_id": request_id.to_string()})
             }
+            ApiError::Moved { message, location } => {
+                json!({"error": message, "location": location})
+            }
             other => json!({"error": other.to_string()}),
         };
-        json_response(status, &body)
+        let mut response = json_response(status, &body);
+        if let ApiError::Moved { location, .. } = &self {
+            if let Ok(value) = hyper::header::HeaderValue::from_str(location) {
+                response
+                    .headers_mut()
+                    .insert(hyper::header::LOCATION, value);
+            }
+        }
+        response
     }
 }
 
@@ -155,7 +177,7 @@ impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
         match e {
             StorageError::NotFound => ApiError::NotFound("not found".into()),
-            StorageError::Frozen => ApiError::Conflict(e.to_string()),
+            StorageError::Frozen | StorageError::Exists(_) => ApiError::Conflict(e.to_string()),
             StorageError::Damaged(what) => ApiError::Internal {
                 public: format!("{what} is damaged and cannot be opened"),
                 detail: format!("damaged: {what}"),
@@ -170,7 +192,8 @@ impl From<AccessError> for ApiError {
         let message = e.to_string();
         match e {
             AccessError::Denied => ApiError::Forbidden(message),
-            AccessError::Deactivated => ApiError::Conflict(message),
+            AccessError::Deactivated | AccessError::Moving(_) => ApiError::Conflict(message),
+            AccessError::Moved { location, .. } => ApiError::Moved { message, location },
             AccessError::Destroyed => ApiError::Gone(message),
             AccessError::UnknownCollection(_) | AccessError::RecordNotFound => {
                 ApiError::NotFound(message)
@@ -191,9 +214,9 @@ impl From<LifecycleError> for ApiError {
         let message = e.to_string();
         match e {
             LifecycleError::NotFound => ApiError::NotFound(message),
-            LifecycleError::NotActive(_) | LifecycleError::NotDeactivated(_) => {
-                ApiError::Conflict(message)
-            }
+            LifecycleError::NotActive(_)
+            | LifecycleError::NotDeactivated(_)
+            | LifecycleError::NotMoving(_) => ApiError::Conflict(message),
             LifecycleError::Destroyed => ApiError::Gone(message),
             LifecycleError::Storage(inner) => ApiError::from(inner),
         }
@@ -271,9 +294,20 @@ async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Response<Bo
     } else {
         state.config.request_timeout
     };
+    // A moved tenant's calls are redirected to the same path on its new host.
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
     let response = async {
         match tokio::time::timeout(timeout, route(state, request)).await {
             Ok(Ok(response)) => response,
+            Ok(Err(ApiError::Moved { message, location })) => ApiError::Moved {
+                message,
+                location: format!("{}{path_and_query}", location.trim_end_matches('/')),
+            }
+            .into_response(request_id),
             Ok(Err(error)) => error.into_response(request_id),
             Err(_) => ApiError::Unavailable("request timed out".into()).into_response(request_id),
         }
@@ -489,6 +523,45 @@ async fn dispatch(
             known_tenant(&storage, &id)?;
             let tenant = blocking(move || lifecycle::reactivate(&storage, &id)).await??;
             tracing::info!("tenant reactivated");
+            Ok(json_response(StatusCode::OK, &tenant_json(&tenant)))
+        }
+        Endpoint::MoveTenant(id, step) => {
+            allow(principal, Action::MoveTenant(&id))?;
+            known_tenant(&storage, &id)?;
+            let tenant = match step {
+                MoveStep::Begin => {
+                    let request: MoveRequest = parse_json(&body)?;
+                    let region = Region::parse(&request.to_region).ok_or_else(|| {
+                        ApiError::Unprocessable("to_region is not a region name".into())
+                    })?;
+                    if region == state.config.region {
+                        return Err(ApiError::Unprocessable(format!(
+                            "the tenant already lives in region {region}"
+                        )));
+                    }
+                    let url = request.to_url.trim_end_matches('/').to_string();
+                    if !(url.starts_with("http://") || url.starts_with("https://"))
+                        || url.len() > 500
+                        || url.chars().any(|c| c.is_control() || c.is_whitespace())
+                    {
+                        return Err(ApiError::Unprocessable(
+                            "to_url must be the target host's http(s) address".into(),
+                        ));
+                    }
+                    let to = crate::storage::MovedTo {
+                        region,
+                        url,
+                        at: crate::ids::unix_now(),
+                    };
+                    blocking(move || lifecycle::begin_move(&storage, &id, to)).await??
+                }
+                MoveStep::Complete => {
+                    let delay = state.config.move_purge_delay;
+                    blocking(move || lifecycle::complete_move(&storage, &id, delay)).await??
+                }
+                MoveStep::Abort => blocking(move || lifecycle::abort_move(&storage, &id)).await??,
+            };
+            tracing::info!(step = ?step, state = tenant.state.as_str(), "tenant move");
             Ok(json_response(StatusCode::OK, &tenant_json(&tenant)))
         }
         Endpoint::PurgeTenant(id) => {
@@ -711,6 +784,7 @@ fn checked_new_tenant(
     }
     .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     Ok(NewTenant {
+        id: None,
         name,
         region,
         schema: schema.name.clone(),
@@ -792,6 +866,9 @@ pub(crate) fn tenant_json(tenant: &TenantRecord) -> Value {
     }
     if let (TenantState::Destroyed, Some(at)) = (tenant.state, tenant.destroyed_at) {
         body["destroyed_at"] = Value::from(rfc3339(at));
+    }
+    if let Some(to) = &tenant.moved_to {
+        body["moved_to"] = json!({"region": to.region.as_str(), "url": to.url});
     }
     body
 }

@@ -7,6 +7,14 @@ use super::ApiError;
 use crate::ids::{BackupId, RecordId, TenantId};
 use crate::schema::is_identifier;
 
+/// The steps of a region move, on the source host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoveStep {
+    Begin,
+    Complete,
+    Abort,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
     Health,
@@ -32,6 +40,7 @@ pub enum Endpoint {
     UpgradeTenant(TenantId),
     SetBackupSchedule(TenantId),
     Copies(TenantId),
+    MoveTenant(TenantId, MoveStep),
     ListRegions,
     RegionTenants(String),
 }
@@ -95,6 +104,15 @@ impl Endpoint {
                 Endpoint::DeleteRecord(tenant(id)?, collection(c)?, record(r)?)
             }
             (&M::GET, ["v1", "tenants", id, "copies"]) => Endpoint::Copies(tenant(id)?),
+            (&M::POST, ["v1", "tenants", id, "move"]) => {
+                Endpoint::MoveTenant(tenant(id)?, MoveStep::Begin)
+            }
+            (&M::POST, ["v1", "tenants", id, "move", "complete"]) => {
+                Endpoint::MoveTenant(tenant(id)?, MoveStep::Complete)
+            }
+            (&M::POST, ["v1", "tenants", id, "move", "abort"]) => {
+                Endpoint::MoveTenant(tenant(id)?, MoveStep::Abort)
+            }
             (&M::GET, ["v1", "regions"]) => Endpoint::ListRegions,
             (&M::GET, ["v1", "regions", r, "tenants"]) => Endpoint::RegionTenants(r.to_string()),
             (&M::POST, ["v1", "tokens"]) => Endpoint::MintToken,
@@ -126,6 +144,8 @@ impl Endpoint {
                     "export" | "backups" | "backup-schedule" | "copies"
                 ]
                 | ["v1", "regions"]
+                | ["v1", "tenants", _, "move"]
+                | ["v1", "tenants", _, "move", "complete" | "abort"]
                 | ["v1", "regions", _, "tenants"]
                 | ["v1", "tenants", _, "backups", _]
                 | ["v1", "tenants", _, "backups", _, "restore"]
@@ -151,7 +171,8 @@ impl Endpoint {
             | Endpoint::RestoreBackup(t, _)
             | Endpoint::UpgradeTenant(t)
             | Endpoint::SetBackupSchedule(t)
-            | Endpoint::Copies(t) => Some(t),
+            | Endpoint::Copies(t)
+            | Endpoint::MoveTenant(t, _) => Some(t),
             Endpoint::Health
             | Endpoint::CreateTenant
             | Endpoint::ListTenants

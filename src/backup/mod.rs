@@ -356,14 +356,16 @@ impl Backups {
         backup: &str,
         region: Option<&str>,
         name: String,
+        keep_id: Option<TenantId>,
         mint_token: bool,
-    ) -> Result<(TenantRecord, Option<String>), BackupError> {
+    ) -> Result<Restored, BackupError> {
         let (envelope, reader) = self.open_stored(tenant, backup, region)?;
         restore_archive(
             storage,
             schemas,
             reader,
             name,
+            keep_id,
             self.region.clone(),
             self.limits,
             &envelope.admins,
@@ -380,6 +382,18 @@ pub fn tenant_schema(schemas: &Registry, tenant: &TenantRecord) -> Result<Schema
         .map_err(|e| BackupError::Invalid(e.to_string()))
 }
 
+/// A tenant made from an archive.
+#[derive(Debug)]
+pub struct Restored {
+    pub tenant: TenantRecord,
+    /// A new admin token, when one was asked for.
+    pub token: Option<String>,
+    /// Records restored, per collection (as the archive's manifest counted them
+    /// and the reader checked).
+    pub counts: std::collections::BTreeMap<String, u64>,
+    pub records: u64,
+}
+
 /// Reads an archive into a staged tenant and publishes it, or removes it.
 #[allow(clippy::too_many_arguments)]
 pub fn restore_archive(
@@ -387,14 +401,16 @@ pub fn restore_archive(
     schemas: &Registry,
     reader: impl Read,
     name: String,
+    keep_id: Option<TenantId>,
     region: Region,
     limits: Limits,
     inherit: &[InheritedAdmin],
     mint_token: bool,
-) -> Result<(TenantRecord, Option<String>), BackupError> {
+) -> Result<Restored, BackupError> {
     let mut sink = StagingSink {
         storage,
         name: Some(name),
+        keep_id,
         region,
         staged: None,
         schema: None,
@@ -402,7 +418,15 @@ pub fn restore_archive(
     let result = import::read_archive(reader, schemas, limits, &mut sink);
     let staged = sink.staged.take();
     match (result, staged) {
-        (Ok(_), Some(staged)) => Ok(storage.commit_staged(staged, inherit, mint_token)?),
+        (Ok(summary), Some(staged)) => {
+            let (tenant, token) = storage.commit_staged(staged, inherit, mint_token)?;
+            Ok(Restored {
+                tenant,
+                token,
+                counts: summary.manifest.counts,
+                records: summary.records,
+            })
+        }
         (Ok(_), None) => Err(BackupError::BadArchive("archive holds no schema".into())),
         (Err(error), staged) => {
             if let Some(staged) = staged {
@@ -416,6 +440,7 @@ pub fn restore_archive(
 struct StagingSink<'a> {
     storage: &'a Storage,
     name: Option<String>,
+    keep_id: Option<TenantId>,
     region: Region,
     staged: Option<StagedTenant>,
     schema: Option<Schema>,
@@ -424,6 +449,7 @@ struct StagingSink<'a> {
 impl ArchiveSink for StagingSink<'_> {
     fn begin(&mut self, manifest: &Manifest, schema: &Schema) -> Result<(), BackupError> {
         let staged = self.storage.stage_tenant(NewTenant {
+            id: self.keep_id.take(),
             name: self
                 .name
                 .take()

@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 mod client;
+mod moving;
 
 use crate::api::{self, AppState};
 use crate::backup::Backups;
@@ -44,6 +45,40 @@ enum Command {
     Backup {
         #[command(subcommand)]
         command: BackupCommand,
+    },
+    /// Tenant operations across hosts.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TenantCommand {
+    /// Move a tenant to a host in another region: pause writes, back up,
+    /// restore on the target from a shared backup region, compare counts,
+    /// switch. The source purges its copy after its move_purge_delay.
+    Move {
+        #[arg(long)]
+        tenant: String,
+        /// The source host.
+        #[arg(long)]
+        from: String,
+        /// Token on the source (the tenant's admin, or an operator), mode 0600.
+        #[arg(long)]
+        from_token_file: PathBuf,
+        /// The target host.
+        #[arg(long)]
+        to: String,
+        /// Token on the target (an operator or backup agent), mode 0600.
+        #[arg(long)]
+        to_token_file: PathBuf,
+        /// The backup region the target restores from [default: the target's
+        /// own region]; it must be one of the source's backup regions.
+        #[arg(long)]
+        via: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -135,6 +170,9 @@ struct ServeArgs {
     /// Time between removal request and destruction, e.g. "21days", "2s".
     #[arg(long)]
     grace_period: Option<String>,
+    /// How long a tenant moved to another host stays here before it is purged.
+    #[arg(long)]
+    move_purge_delay: Option<String>,
     /// How often the lifecycle sweeper looks for tenants to destroy, e.g. "1m".
     #[arg(long)]
     sweep_interval: Option<String>,
@@ -176,6 +214,41 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             command: KeysCommand::Rotate { host, pace_ms },
         } => rotate(host, pace_ms),
         Command::Backup { command } => backup(command),
+        Command::Tenant {
+            command:
+                TenantCommand::Move {
+                    tenant,
+                    from,
+                    from_token_file,
+                    to,
+                    to_token_file,
+                    via,
+                    json,
+                },
+        } => {
+            let source = remote_client(&Remote {
+                url: from.clone(),
+                token_file: from_token_file,
+                json,
+            })?;
+            let target = remote_client(&Remote {
+                url: to.clone(),
+                token_file: to_token_file,
+                json,
+            })?;
+            let report = moving::move_tenant(&source, &target, &to, &tenant, via.as_deref())?;
+            if json {
+                println!("{report}");
+            } else {
+                println!(
+                    "moved tenant {tenant} to region {} at {to} ({} records); the source purges its copy after {}",
+                    report["region"].as_str().unwrap_or("?"),
+                    report["records"],
+                    report["source_purges_after"].as_str().unwrap_or("its delay"),
+                );
+            }
+            Ok(())
+        }
     }
 }
 
@@ -414,6 +487,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listen: args.listen,
         region: args.region,
         grace_period: args.grace_period,
+        move_purge_delay: args.move_purge_delay,
         sweep_interval: args.sweep_interval,
         open_tenants_max: args.open_tenants_max,
         backup_store: args.backup_store,

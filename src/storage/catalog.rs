@@ -23,6 +23,11 @@ pub enum TenantState {
     Active,
     Deactivated,
     Destroyed,
+    /// Being moved to another host: reads served, writes paused.
+    Moving,
+    /// Lives on another host now (`moved_to`); the local copy is purged at
+    /// `destroy_after`.
+    Moved,
 }
 
 impl TenantState {
@@ -31,6 +36,8 @@ impl TenantState {
             TenantState::Active => "active",
             TenantState::Deactivated => "deactivated",
             TenantState::Destroyed => "destroyed",
+            TenantState::Moving => "moving",
+            TenantState::Moved => "moved",
         }
     }
 }
@@ -62,9 +69,20 @@ pub struct TenantRecord {
     /// Present while the tenant exists; removed (shredded) when it is destroyed.
     #[serde(default)]
     pub wrapped_dek: Option<WrappedDek>,
+    /// Where the tenant is going (`moving`) or went (`moved`).
+    #[serde(default)]
+    pub moved_to: Option<MovedTo>,
     /// Set between the two halves of a schema upgrade's swap (crash recovery).
     #[serde(default)]
     pub pending_upgrade: Option<PendingUpgrade>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovedTo {
+    pub region: Region,
+    /// The target host's control API, e.g. `https://coffer.sg.example.com`.
+    pub url: String,
+    pub at: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

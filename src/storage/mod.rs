@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 pub use catalog::{
-    Catalog, PendingUpgrade, Role, TenantRecord, TenantState, TokenRecord, WrappedDek,
+    Catalog, MovedTo, PendingUpgrade, Role, TenantRecord, TenantState, TokenRecord, WrappedDek,
 };
 pub use tenant_db::{Record, Snapshot, SnapshotRecords, TenantDb};
 
@@ -49,6 +49,8 @@ pub enum StorageError {
     Frozen,
     #[error("file system: {0}")]
     Io(String),
+    #[error("{0}")]
+    Exists(String),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
 }
@@ -113,6 +115,8 @@ mod hex_digest {
 
 /// Everything a new tenant needs besides its key, which storage makes itself.
 pub struct NewTenant {
+    /// Keep this id (a tenant moved here from another host); else a new one.
+    pub id: Option<TenantId>,
     pub name: String,
     pub region: Region,
     pub schema: String,
@@ -181,7 +185,15 @@ impl Storage {
     }
 
     fn new_tenant_record(&self, new: NewTenant) -> Result<(TenantRecord, SecretKey), StorageError> {
-        let id = TenantId::generate()?;
+        let id = match new.id {
+            Some(id) if self.catalog.tenant(&id).is_some() => {
+                return Err(StorageError::Exists(format!(
+                    "tenant {id} already exists on this host"
+                )))
+            }
+            Some(id) => id,
+            None => TenantId::generate()?,
+        };
         let (wrapped_dek, dek) = self.new_wrapped_dek(&id)?;
         let record = TenantRecord {
             format: catalog::CATALOG_FORMAT_V1,
@@ -196,6 +208,7 @@ impl Storage {
             destroy_after: None,
             destroyed_at: None,
             pending_upgrade: None,
+            moved_to: None,
             wrapped_dek: Some(wrapped_dek),
         };
         Ok((record, dek))
@@ -358,6 +371,11 @@ impl Storage {
             .ok_or_else(|| StorageError::Io("staged tenant database still in use".into()))?;
         drop(db);
         let id = staged.record.id.clone();
+        if self.catalog.tenant(&id).is_some() || self.tenant_dir(&id).exists() {
+            return Err(StorageError::Exists(format!(
+                "tenant {id} already exists on this host"
+            )));
+        }
         std::fs::rename(&staged.dir, self.tenant_dir(&id))?;
         let (token, secret) = new_token(Role::TenantAdmin, Some(id.clone()), "restored admin")?;
         let digest = crypto::token_digest(&secret);

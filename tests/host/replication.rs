@@ -426,3 +426,200 @@ fn a_host_killed_mid_replication_resumes_with_no_duplicate_or_partial_objects() 
     }
     assert_eq!(count, 1500);
 }
+
+/// Two hosts on loopback, in regions eu and us, sharing the two regions'
+/// backup stores (local directories here).
+fn two_region_hosts(dir: &TempDir, extra: &[&str]) -> (Host, Host) {
+    let stores = dir.path().join("stores");
+    let tables = format!(
+        "[regions.eu]\nstore = \"file://{0}/eu\"\n\n[regions.us]\nstore = \"file://{0}/us\"\n\n[backup]\nretry_base = \"100ms\"\nretry_cap = \"1s\"\n",
+        stores.display()
+    );
+    // Hosts that restore each other's backups share the backup key.
+    let key = write_token(dir, "backup.key", &"5a".repeat(32));
+    let start = |name: &str, region: &str| {
+        let config = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!("[host]\nregion = \"{region}\"\n\n{tables}"),
+        )
+        .unwrap();
+        let mut args = vec![
+            "--config",
+            config.to_str().unwrap(),
+            "--backup-interval",
+            "0s",
+            "--backup-key-file",
+            key.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        Host::start(&dir.path().join(name), &args)
+    };
+    (start("eu-host", "eu"), start("us-host", "us"))
+}
+
+fn write_token(dir: &TempDir, name: &str, token: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.path().join(name);
+    std::fs::write(&path, token).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+#[test]
+fn a_tenant_moves_to_a_host_in_another_region_and_the_source_points_there_then_purges() {
+    let dir = TempDir::new("move");
+    let (eu, us) = two_region_hosts(
+        &dir,
+        &["--move-purge-delay", "3s", "--sweep-interval", "1s"],
+    );
+    let (t, a) = populated_tenant(&eu, "moving company");
+    let original = all_records(&eu, &t, &a, CRM);
+    let some_contact = original.iter().find(|(c, _)| c == "contacts").unwrap().1[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // While a move is under way writes pause (reads go on); an abort resumes them.
+    let r = eu.json(
+        "POST",
+        &format!("/v1/tenants/{t}/move"),
+        Some(&a),
+        json!({"to_region": "us", "to_url": us.url()}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.value()["state"], "moving");
+    let write = |host: &Host| {
+        host.json(
+            "POST",
+            &format!("/v1/tenants/{t}/collections/contacts/records"),
+            Some(&a),
+            json!({"name": "late"}),
+        )
+    };
+    let refused = write(&eu);
+    assert_eq!(refused.status, 409, "{}", refused.text());
+    assert!(refused.error().contains("moving"), "{}", refused.error());
+    assert_eq!(all_records(&eu, &t, &a, CRM), original);
+    let r = eu.call(
+        "POST",
+        &format!("/v1/tenants/{t}/move/abort"),
+        Some(&a),
+        None,
+    );
+    assert_eq!(r.value()["state"], "active", "{}", r.text());
+    assert_eq!(write(&eu).status, 201);
+    let original = all_records(&eu, &t, &a, CRM);
+    // Bad move requests change nothing.
+    for (body, expected) in [
+        (json!({"to_region": "eu", "to_url": us.url()}), 422),
+        (json!({"to_region": "us", "to_url": "ftp://elsewhere"}), 422),
+        (json!({"to_region": "us"}), 422),
+    ] {
+        let r = eu.json("POST", &format!("/v1/tenants/{t}/move"), Some(&a), body);
+        assert_eq!(r.status, expected, "{}", r.text());
+    }
+    let other = eu.create_tenant("bystander", "crm");
+    let r = eu.json(
+        "POST",
+        &format!("/v1/tenants/{t}/move"),
+        Some(&other.1),
+        json!({"to_region": "us", "to_url": us.url()}),
+    );
+    assert_eq!(r.status, 403);
+
+    // The CLI moves it: admin token on the source, operator token on the target.
+    let from_token = write_token(&dir, "admin.token", &a);
+    let to_token = write_token(&dir, "us-operator.token", &us.operator);
+    let move_cli = |extra: &[&str]| {
+        std::process::Command::new(crate::support::BIN)
+            .args(["tenant", "move", "--tenant", &t, "--json"])
+            .args(["--from", &eu.url(), "--to", &us.url()])
+            .arg("--from-token-file")
+            .arg(&from_token)
+            .arg("--to-token-file")
+            .arg(&to_token)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // Through a region the hosts do not share: refused before anything
+    // changes; the tenant takes writes on the source, the target has nothing.
+    let out = move_cli(&["--via", "mars"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("\"mars\""), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert_eq!(
+        eu.call("GET", &format!("/v1/tenants/{t}"), Some(&a), None)
+            .value()["state"],
+        "active"
+    );
+    let absent = us.call("GET", &format!("/v1/tenants/{t}"), Some(&us.operator), None);
+    assert_eq!(absent.status, 404);
+    let out = move_cli(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["region"], "us");
+    let expected_records: usize = original.iter().map(|(_, r)| r.len()).sum();
+    assert_eq!(report["records"], expected_records);
+
+    // The target serves the same tenant id, to the same admin token.
+    let info = us.call("GET", &format!("/v1/tenants/{t}"), Some(&a), None);
+    assert_eq!(info.status, 200, "{}", info.text());
+    assert_eq!(info.value()["region"], "us");
+    assert_eq!(all_records(&us, &t, &a, CRM), original);
+    assert_eq!(write(&us).status, 201);
+
+    // The source answers with where the tenant went.
+    let r = eu.call(
+        "GET",
+        &format!("/v1/tenants/{t}/collections/contacts/records/{some_contact}"),
+        Some(&a),
+        None,
+    );
+    assert_eq!(r.status, 308, "{}", r.text());
+    assert_eq!(
+        r.header("location").unwrap(),
+        format!(
+            "{}/v1/tenants/{t}/collections/contacts/records/{some_contact}",
+            us.url()
+        )
+    );
+    let state = eu
+        .call("GET", &format!("/v1/tenants/{t}"), Some(&eu.operator), None)
+        .value();
+    assert_eq!(state["state"], "moved");
+    assert_eq!(state["moved_to"]["region"], "us");
+    // A second move of the same tenant onto the target is refused there.
+    let r = us.json(
+        "POST",
+        &format!(
+            "/v1/tenants/{t}/backups/{}/restore",
+            report["backup"].as_str().unwrap()
+        ),
+        Some(&us.operator),
+        json!({"name": "again", "region": "us", "keep_id": true}),
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+
+    // After the purge delay the source's copy is destroyed and its files gone.
+    eventually(
+        "source copy purged",
+        || {
+            eu.call("GET", &format!("/v1/tenants/{t}"), Some(&eu.operator), None)
+                .value()
+        },
+        |v| v["state"] == "destroyed",
+    );
+    eventually(
+        "source directory removed",
+        || eu.data_dir.join("tenants").join(&t).exists(),
+        |exists| !exists,
+    );
+    assert_eq!(all_records(&us, &t, &a, CRM).len(), CRM.len());
+}
