@@ -7,17 +7,13 @@
 mod common;
 
 use std::io::Write;
-use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coffer::ids::Region;
-use coffer::schema::Registry;
-use coffer::storage::{NewTenant, Storage};
 use common::{process_status, start, Conn};
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
 fn main() {
     let sizes: Vec<u64> = std::env::args()
@@ -45,7 +41,7 @@ fn run(mib: u64) {
     // Populate offline through the storage layer (group-committed, 8 writers),
     // with the keyring the host will load.
     let started = Instant::now();
-    let (tenant, admin, records) = populate(&data, mib);
+    let (tenant, admin, records) = common::populate(&data, mib, "local");
     println!(
         "populated {records} records in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -220,54 +216,6 @@ fn run(mib: u64) {
         }
     }
     let _ = std::fs::remove_dir_all(&root);
-}
-
-/// Creates one crm tenant with ~`mib` MiB of 1 KiB contacts, using the host's
-/// own storage layer and keyring. Returns (tenant id, admin token, records).
-fn populate(data: &Path, mib: u64) -> (String, String, u64) {
-    std::fs::create_dir_all(data).unwrap();
-    let keyring = coffer::keys::load(data, &coffer::keys::KeySource::DataDir).unwrap();
-    let storage = Arc::new(Storage::open(data, keyring, 8, 64 << 20).unwrap());
-    let schemas = Registry::embedded().unwrap();
-    let schema = schemas.get("crm", 2).unwrap().clone();
-    let (tenant, admin) = storage
-        .create_tenant(NewTenant {
-            id: None,
-            name: "bench".into(),
-            region: Region::parse("local").unwrap(),
-            schema: "crm".into(),
-            schema_version: 2,
-        })
-        .unwrap();
-    let db = storage.tenant_db(&tenant).unwrap();
-    let contacts = schema.collection("contacts").unwrap().clone();
-    let records = mib * 1024;
-    let writers = 16;
-    let handles: Vec<_> = (0..writers)
-        .map(|w| {
-            let (db, contacts) = (db.clone(), contacts.clone());
-            std::thread::spawn(move || {
-                for i in (w..records).step_by(writers as usize) {
-                    let mut fields = Map::new();
-                    fields.insert("name".into(), json!(format!("Contact {i}")));
-                    fields.insert("email".into(), json!(format!("contact{i}@example.com")));
-                    fields.insert(
-                        "phone".into(),
-                        json!(format!("+44 20 7946 {:04}", i % 10_000)),
-                    );
-                    fields.insert(
-                        "notes".into(),
-                        json!(format!("{i} ").repeat(900 / (format!("{i} ").len()))),
-                    );
-                    db.insert("contacts", &contacts, &fields).unwrap();
-                }
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join().unwrap();
-    }
-    (tenant.id.to_string(), admin, records)
 }
 
 /// Runs `during` while a writer posts records; returns the longest write latency.

@@ -7,8 +7,8 @@
 //! ## Codemap (layers point down; nothing imports a module above it)
 //!
 //! ```text
-//! cli ─► api ─► upgrade ─► backup ─┐
-//!            ─► auth, access, lifecycle, keys ─► storage, schema ─► crypto, ids
+//! cli ─► api ─► upgrade ─► backup ─► replication ─┐
+//!            ─► auth, access, lifecycle, keys ──────┴─► storage, schema ─► crypto, ids
 //!        config (read by cli and api)
 //! ```
 //!
@@ -25,15 +25,20 @@
 //! - [`access`] — the data path's gate: the only way to a tenant's records.
 //! - [`auth`] — bearer tokens → principals; the deny-by-default policy table.
 //! - [`api`] — **the only user of hyper**: routes, status mapping, server loop.
-//! - [`backup`] — the archive format, streamed exports, STREAM-sealed DR backups,
-//!   the backup store, verification, restores into staged tenants.
+//! - [`backup`] — the archive format, streamed exports, STREAM-sealed DR backups
+//!   sealed into the host's spool, verification, restores into staged tenants.
+//! - [`replication`] — **the only user of object_store**: one store per backup
+//!   region (S3, GCS, Azure, directories), per-region replica states, the
+//!   replicator (upload, read-back verification, backoff, catch-up), retention
+//!   and erasure tombstones, reads for restores from any region.
 //! - [`upgrade`] — the schema upgrade service (backup first, migrate, swap).
 //! - [`config`] — TOML file + flags → one checked `Config`.
 //! - [`cli`] — `coffer serve`, `coffer keys rotate`, `coffer backup export|list|
-//!   restore|verify`; start-up glue and a small HTTP client for the tooling.
+//!   restore|verify`, `coffer tenant move`; start-up glue and a small HTTP client
+//!   for the tooling.
 //!
-//! Rooms for what comes next: `replication` (object stores per region) beside
-//! `backup`, and `audit` (hash-chained log) beside `access` and `lifecycle`.
+//! Room for what comes next: `audit` (hash-chained log) beside `access` and
+//! `lifecycle`.
 //!
 //! ## Invariants
 //!
@@ -54,6 +59,10 @@
 //!    the store never sees; a restore by staff gives the new tenant the source
 //!    tenant's admins and returns no token. Restores and imports publish a tenant
 //!    only after the whole archive checked out.
+//! 8. Backup objects are written once: a name (tenant, backup id) is never
+//!    reused, an existing object that differs is never overwritten, and a
+//!    region counts as holding a backup only after its objects were read back
+//!    and matched the manifest's size and SHA-256.
 
 #![forbid(unsafe_code)]
 

@@ -5,8 +5,15 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
+
+use coffer::ids::Region;
+use coffer::schema::Registry;
+use coffer::storage::{NewTenant, Storage};
+use serde_json::{json, Map};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_coffer");
 
@@ -177,4 +184,75 @@ impl Conn {
         }
         status
     }
+}
+
+/// Creates one crm tenant with ~`mib` MiB of 1 KiB contacts, using the host's
+/// own storage layer and keyring. Returns (tenant id, admin token, records).
+pub fn populate(data: &Path, mib: u64, region: &str) -> (String, String, u64) {
+    populate_with(data, mib, region, false)
+}
+
+/// Like [`populate`]; with `random_notes` the notes are random letters and
+/// digits, so the archive stays close to the tenant's size (for transfer
+/// benches) instead of compressing 16:1.
+pub fn populate_with(
+    data: &Path,
+    mib: u64,
+    region: &str,
+    random_notes: bool,
+) -> (String, String, u64) {
+    std::fs::create_dir_all(data).unwrap();
+    let keyring = coffer::keys::load(data, &coffer::keys::KeySource::DataDir).unwrap();
+    let storage = Arc::new(Storage::open(data, keyring, 8, 64 << 20).unwrap());
+    let schemas = Registry::embedded().unwrap();
+    let schema = schemas.get("crm", 2).unwrap().clone();
+    let (tenant, admin) = storage
+        .create_tenant(NewTenant {
+            id: None,
+            name: "bench".into(),
+            region: Region::parse(region).unwrap(),
+            schema: "crm".into(),
+            schema_version: 2,
+        })
+        .unwrap();
+    let db = storage.tenant_db(&tenant).unwrap();
+    let contacts = schema.collection("contacts").unwrap().clone();
+    let records = mib * 1024;
+    let writers = 16;
+    let handles: Vec<_> = (0..writers)
+        .map(|w| {
+            let (db, contacts) = (db.clone(), contacts.clone());
+            std::thread::spawn(move || {
+                for i in (w..records).step_by(writers as usize) {
+                    let mut fields = Map::new();
+                    fields.insert("name".into(), json!(format!("Contact {i}")));
+                    fields.insert("email".into(), json!(format!("contact{i}@example.com")));
+                    fields.insert(
+                        "phone".into(),
+                        json!(format!("+44 20 7946 {:04}", i % 10_000)),
+                    );
+                    let notes = if random_notes {
+                        let mut x = (i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                        (0..900)
+                            .map(|_| {
+                                x ^= x << 13;
+                                x ^= x >> 7;
+                                x ^= x << 17;
+                                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+                                    [(x % 64) as usize] as char
+                            })
+                            .collect::<String>()
+                    } else {
+                        format!("{i} ").repeat(900 / (format!("{i} ").len()))
+                    };
+                    fields.insert("notes".into(), json!(notes));
+                    db.insert("contacts", &contacts, &fields).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    (tenant.id.to_string(), admin, records)
 }

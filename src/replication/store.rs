@@ -127,6 +127,9 @@ impl RegionStore {
                     builder = builder.with_access_key_id(id);
                 }
                 if let Some(file) = secret_access_key_file {
+                    crate::keys::check_private(file).with_context(|| {
+                        format!("secret_access_key_file of region {}", spec.name)
+                    })?;
                     let secret = zeroize::Zeroizing::new(
                         std::fs::read_to_string(file)
                             .with_context(|| format!("read {}", file.display()))?,
