@@ -322,6 +322,31 @@ fn isolation_matrix() {
             None,
             vec![("operator", 409), ("admin", 409)],
         ),
+        (
+            "GET",
+            format!("/v1/tenants/{mine}/copies"),
+            None,
+            vec![("operator", 200), ("admin", 200)],
+        ),
+        (
+            "GET",
+            "/v1/regions".into(),
+            None,
+            vec![("operator", 200), ("backup-agent", 200)],
+        ),
+        (
+            "GET",
+            "/v1/regions/local/tenants".into(),
+            None,
+            vec![("operator", 200), ("backup-agent", 200)],
+        ),
+        // Finishing a move that never began is a conflict for those allowed to try.
+        (
+            "POST",
+            format!("/v1/tenants/{mine}/move/complete"),
+            None,
+            vec![("operator", 409), ("admin", 409)],
+        ),
     ];
     for (method, path, body, allowed) in &endpoints {
         for (caller, token) in &callers {
