@@ -11,6 +11,13 @@ use clap::{Args, Parser, Subcommand};
 
 mod client;
 mod moving;
+mod progress;
+
+/// JSON output when asked for, or when stdout is not a terminal (a pipe or a
+/// file: a script is reading).
+fn machine_output(flag: bool) -> bool {
+    flag || !std::io::stdout().is_terminal()
+}
 
 use crate::api::{self, AppState};
 use crate::backup::Backups;
@@ -90,7 +97,8 @@ struct Remote {
     /// File holding the bearer token (mode 0600).
     #[arg(long)]
     token_file: PathBuf,
-    /// Print machine-readable JSON instead of a sentence.
+    /// Print machine-readable JSON instead of a sentence (the default when
+    /// stdout is not a terminal).
     #[arg(long)]
     json: bool,
 }
@@ -236,8 +244,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 token_file: to_token_file,
                 json,
             })?;
-            let report = moving::move_tenant(&source, &target, &to, &tenant, via.as_deref())?;
-            if json {
+            let bar = progress::steps(json);
+            let report =
+                moving::move_tenant(&source, &target, &to, &tenant, via.as_deref(), &|step| {
+                    bar.set_message(step.to_string())
+                });
+            bar.finish_and_clear();
+            let report = report?;
+            if machine_output(json) {
                 println!("{report}");
             } else {
                 println!(
@@ -317,15 +331,9 @@ fn backup(command: BackupCommand) -> anyhow::Result<()> {
             let partial = output.with_extension("partial");
             let mut file = std::fs::File::create(&partial)
                 .with_context(|| format!("create {}", partial.display()))?;
-            let show = std::io::stderr().is_terminal() && !remote.json;
-            let result = response.copy_body(&mut file, |bytes| {
-                if show {
-                    eprint!("\rexported {:.1} MiB", bytes as f64 / 1048576.0);
-                }
-            });
-            if show {
-                eprintln!();
-            }
+            let bar = progress::bytes("exporting", remote.json);
+            let result = response.copy_body(&mut file, |bytes| bar.set_position(bytes));
+            bar.finish_and_clear();
             let bytes = match result {
                 Ok(bytes) => bytes,
                 Err(error) => {
@@ -335,7 +343,7 @@ fn backup(command: BackupCommand) -> anyhow::Result<()> {
             };
             file.sync_all()?;
             std::fs::rename(&partial, &output)?;
-            if remote.json {
+            if machine_output(remote.json) {
                 println!("{}", serde_json::json!({"file": output, "bytes": bytes}));
             } else {
                 println!(
@@ -348,7 +356,7 @@ fn backup(command: BackupCommand) -> anyhow::Result<()> {
         BackupCommand::List { remote, tenant } => {
             let client = remote_client(&remote)?;
             let value = client.json("GET", &format!("/v1/tenants/{tenant}/backups"), None)?;
-            if remote.json {
+            if machine_output(remote.json) {
                 println!("{value}");
             } else {
                 for b in value["backups"].as_array().into_iter().flatten() {
@@ -388,7 +396,7 @@ fn backup(command: BackupCommand) -> anyhow::Result<()> {
                 &format!("/v1/tenants/{tenant}/backups/{backup}/restore"),
                 Some(&body),
             )?;
-            if remote.json {
+            if machine_output(remote.json) {
                 println!("{value}");
             } else {
                 println!(
@@ -590,18 +598,16 @@ fn write_first_operator_token(storage: &Storage, data_dir: &Path) -> anyhow::Res
 fn rotate(host: HostArgs, pace_ms: u64) -> anyhow::Result<()> {
     let config = Config::resolve(overrides(host))?;
     let (storage, _) = open_host(&config)?;
-    let show_progress = std::io::stderr().is_terminal();
+    let bar = progress::count("re-wrapping tenant keys", false);
     let report = keys::rotate(&storage, &config.key_source, |done, total| {
-        if show_progress {
-            eprint!("\rre-wrapped {done}/{total} tenant keys");
-        }
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
         if pace_ms > 0 {
             std::thread::sleep(std::time::Duration::from_millis(pace_ms));
         }
-    })?;
-    if show_progress {
-        eprintln!();
-    }
+    });
+    bar.finish_and_clear();
+    let report = report?;
     println!(
         "master key rotated: new key {}, {} tenant keys re-wrapped, {} old key(s) retired",
         report.new_kek_id,

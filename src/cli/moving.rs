@@ -28,7 +28,9 @@ pub fn move_tenant(
     target_url: &str,
     tenant: &str,
     via: Option<&str>,
+    step: &dyn Fn(&str),
 ) -> anyhow::Result<Value> {
+    step("checking both hosts");
     let health = target
         .json("GET", "/healthz", None)
         .context("reach the target host")?;
@@ -55,6 +57,7 @@ pub fn move_tenant(
             copies["backup_regions"]
         );
     }
+    step("pausing writes on the source");
     source
         .json(
             "POST",
@@ -62,8 +65,9 @@ pub fn move_tenant(
             Some(&json!({"to_region": target_region, "to_url": target_url})),
         )
         .context("pause writes on the source")?;
-    match copy_across(source, target, tenant, &name, &via) {
+    match copy_across(source, target, tenant, &name, &via, step) {
         Ok(copied) => {
+            step("switching the source to the target");
             let moved = source
                 .json("POST", &format!("/v1/tenants/{tenant}/move/complete"), None)
                 .context("switch the source to the target")?;
@@ -77,6 +81,7 @@ pub fn move_tenant(
             }))
         }
         Err(error) => {
+            step("aborting the move");
             let undo = source.json("POST", &format!("/v1/tenants/{tenant}/move/abort"), None);
             match undo {
                 Ok(_) => Err(error.context("move aborted; the tenant stays on the source")),
@@ -97,7 +102,9 @@ fn copy_across(
     tenant: &str,
     name: &str,
     via: &str,
+    step: &dyn Fn(&str),
 ) -> anyhow::Result<(String, u64)> {
+    step("backing up on the source");
     let started = source
         .json("POST", &format!("/v1/tenants/{tenant}/backups"), None)
         .context("start the backup on the source")?;
@@ -120,6 +127,11 @@ fn copy_across(
                 b["error"].as_str().unwrap_or("?")
             );
         }
+        if b["state"] == "done" {
+            step(&format!(
+                "waiting for region {via} to verify backup {backup}"
+            ));
+        }
         if b["state"] == "done" && b["regions"][via]["state"] == "verified" {
             break b;
         }
@@ -132,6 +144,7 @@ fn copy_across(
         std::thread::sleep(Duration::from_millis(200));
     };
     let expected = done["records"].as_u64().context("backup record count")?;
+    step("restoring on the target");
     let restored = target
         .json(
             "POST",
