@@ -123,12 +123,35 @@ impl From<Region> for String {
     }
 }
 
-/// Seconds since the Unix epoch, the catalog's clock.
+/// Seconds since the Unix epoch: the host's clock.
 pub fn unix_now() -> u64 {
-    SystemTime::now()
+    unix_now_ms() / 1000
+}
+
+/// Milliseconds since the Unix epoch: the host's clock.
+pub fn unix_now_ms() -> u64 {
+    let real = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    real.saturating_add(test_clock_offset_ms())
+}
+
+/// Tests move the host's clock forward (grant expiry without waiting): debug
+/// builds only, the file named by `COFFER_TEST_CLOCK_FILE` holds seconds to add.
+/// Release builds have no such door.
+#[cfg(debug_assertions)]
+fn test_clock_offset_ms() -> u64 {
+    std::env::var_os("COFFER_TEST_CLOCK_FILE")
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .map(|secs| secs * 1000)
         .unwrap_or(0)
+}
+
+#[cfg(not(debug_assertions))]
+fn test_clock_offset_ms() -> u64 {
+    0
 }
 
 /// RFC 3339 in UTC, seconds precision.

@@ -85,6 +85,20 @@ impl SecretKey {
     }
 }
 
+/// An Ed25519 key pair from a 32-byte seed (audit checkpoint signing).
+pub fn ed25519_pair(seed: &SecretKey) -> Result<ring::signature::Ed25519KeyPair, CryptoError> {
+    ring::signature::Ed25519KeyPair::from_seed_unchecked(seed.0.as_ref())
+        .map_err(|_| CryptoError::KeyFormat)
+}
+
+/// HMAC-SHA256 of `data` under a key derived from `key` for `context`
+/// (the audit log's per-tenant identifiers).
+pub fn keyed_tag(key: &SecretKey, context: &[u8], data: &[u8]) -> [u8; 32] {
+    let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key.0.as_ref()), context);
+    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()), data);
+    tag.as_ref().try_into().expect("HMAC-SHA256 is 32 bytes")
+}
+
 impl fmt::Debug for SecretKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[SECRET]")

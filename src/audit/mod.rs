@@ -1,0 +1,613 @@
+//! The tamper-evident audit log: every security-relevant event, as an entry in
+//! an append-only file whose entries are the leaves of an RFC 9162 Merkle tree
+//! ([`merkle`]), with Ed25519-signed checkpoints in the C2SP formats ([`note`]).
+//!
+//! On disk, under `<data-dir>/audit/`:
+//!
+//! ```text
+//! entries            [u32 big-endian length][entry JSON] …, append-only
+//! checkpoints/<size> signed notes (tree size + root), one per checkpoint
+//! signing.key        Ed25519 seed (0600)      hmac.key  per-tenant HMAC root (0600)
+//! public.key         the verifier key, also at GET /v1/audit/public-key
+//! origin             this log's name, e.g. coffer/eu/3f9a1c2e
+//! ```
+//!
+//! Each entry names its position (`seq`) and the leaf hash of the entry before
+//! it (`prev`), so the verifier names the first entry that is wrong; the tree
+//! and the signed checkpoints — also written to every backup region — catch a
+//! rewrite of the whole file. Entries carry no record contents; sensitive
+//! identifiers (ticket text, reasons, emails) are HMAC-SHA256 under a
+//! per-tenant key.
+//!
+//! Durability is group-committed: appenders write their entry under a lock,
+//! then share one fdatasync. An entry is acknowledged (and enters the tree,
+//! proofs and checkpoints) only once it is on disk. When an entry cannot be
+//! made durable the append fails, and the caller refuses the audited action
+//! (503); after a failed sync the log refuses every append until restart.
+//! The file is opened by path for each write, so a log moved away or
+//! replaced underneath the host fails closed too.
+
+pub mod merkle;
+pub mod note;
+pub mod verify;
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::crypto::{self, SecretKey};
+use crate::ids::TenantId;
+use merkle::{Hash, Tree};
+use note::{Checkpoint, Signer};
+
+pub const ENTRIES: &str = "entries";
+pub const CHECKPOINTS: &str = "checkpoints";
+/// Entries larger than this are refused (they carry ids and short details).
+pub const MAX_ENTRY: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit log unavailable: {0}")]
+    Unavailable(String),
+    #[error("audit log is damaged: {0}")]
+    Damaged(String),
+}
+
+/// Who did it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Actor {
+    pub role: String,
+    /// The token's id (never the token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl Actor {
+    pub fn host() -> Actor {
+        Actor {
+            role: "host".into(),
+            token: None,
+        }
+    }
+}
+
+/// An event to record.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub kind: &'static str,
+    pub tenant: Option<TenantId>,
+    pub actor: Actor,
+    pub grant: Option<String>,
+    /// Ids, states, counts: nothing sensitive.
+    pub details: Map<String, Value>,
+    /// Stored as HMAC-SHA256 under the tenant's audit key.
+    pub sensitive: Vec<(&'static str, String)>,
+}
+
+impl Event {
+    pub fn new(kind: &'static str, actor: Actor) -> Event {
+        Event {
+            kind,
+            tenant: None,
+            actor,
+            grant: None,
+            details: Map::new(),
+            sensitive: Vec::new(),
+        }
+    }
+
+    pub fn tenant(mut self, tenant: &TenantId) -> Event {
+        self.tenant = Some(tenant.clone());
+        self
+    }
+
+    pub fn grant(mut self, grant: &str) -> Event {
+        self.grant = Some(grant.to_string());
+        self
+    }
+
+    pub fn detail(mut self, key: &str, value: impl Into<Value>) -> Event {
+        self.details.insert(key.to_string(), value.into());
+        self
+    }
+
+    pub fn sensitive(mut self, key: &'static str, value: &str) -> Event {
+        self.sensitive.push((key, value.to_string()));
+        self
+    }
+}
+
+/// An entry as stored (the exact JSON bytes are the Merkle leaf).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    pub seq: u64,
+    /// Unix milliseconds.
+    pub at: u64,
+    /// Hex leaf hash of entry `seq - 1` (empty for the first).
+    pub prev: String,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// The tenant's previous entry: a tenant's entries form a chain of their
+    /// own, so a proof bundle with one of them left out does not verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_prev: Option<u64>,
+    pub actor: Actor,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub details: Map<String, Value>,
+    /// Sensitive identifiers, as hex HMAC-SHA256 under the tenant's key.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub hmac: Map<String, Value>,
+}
+
+struct State {
+    /// Acknowledged (durable) entries.
+    tree: Tree,
+    /// File offset where each acknowledged entry's record starts.
+    offsets: Vec<u64>,
+    by_tenant: HashMap<TenantId, Vec<u64>>,
+    /// Written, not yet durable: (leaf, offset, tenant).
+    pending: Vec<(Hash, u64, Option<TenantId>)>,
+    /// Bytes written to the file.
+    written: u64,
+    /// Leaf hash of the last written entry.
+    last: Option<Hash>,
+    /// Each tenant's last written entry.
+    tenant_last: HashMap<TenantId, u64>,
+    /// Set when a sync failed: every append refused until restart.
+    failed: Option<String>,
+    /// Size of the newest signed checkpoint.
+    signed: u64,
+}
+
+pub struct AuditLog {
+    dir: PathBuf,
+    origin: String,
+    signer: Signer,
+    hmac_root: SecretKey,
+    state: Mutex<State>,
+    /// Bytes known durable; held while syncing (group commit).
+    synced: Mutex<u64>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("origin", &self.origin)
+            .finish()
+    }
+}
+
+/// Reads every record of an entries file: (offset, bytes). A torn record at
+/// the end (a crash mid-append, never acknowledged) ends the list; its offset
+/// is returned as the length to keep.
+pub fn read_records(path: &Path) -> Result<(Vec<(u64, Vec<u8>)>, u64), AuditError> {
+    let mut bytes = Vec::new();
+    match std::fs::File::open(path) {
+        Ok(mut file) => {
+            file.read_to_end(&mut bytes)
+                .map_err(|e| AuditError::Unavailable(format!("read {}: {e}", path.display())))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(AuditError::Unavailable(format!(
+                "open {}: {e}",
+                path.display()
+            )))
+        }
+    }
+    let mut records = Vec::new();
+    let mut at = 0usize;
+    while at + 4 <= bytes.len() {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        if len > MAX_ENTRY || at + 4 + len > bytes.len() {
+            break;
+        }
+        records.push((at as u64, bytes[at + 4..at + 4 + len].to_vec()));
+        at += 4 + len;
+    }
+    Ok((records, at as u64))
+}
+
+impl AuditLog {
+    /// Opens (or starts) the log under `<data_dir>/audit`. Refuses a log whose
+    /// entries do not chain: run `coffer audit verify --data-dir` to see where.
+    pub fn open(data_dir: &Path, region: &str) -> anyhow::Result<AuditLog> {
+        use anyhow::Context;
+        let dir = data_dir.join("audit");
+        std::fs::create_dir_all(dir.join(CHECKPOINTS)).context("create the audit directory")?;
+        let seed = key_file(&dir.join("signing.key"))?;
+        let hmac_root = key_file(&dir.join("hmac.key"))?;
+        let origin_path = dir.join("origin");
+        let origin = match std::fs::read_to_string(&origin_path) {
+            Ok(text) => text.trim().to_string(),
+            Err(_) => {
+                let id = crypto::encode_hex(&crypto::random_bytes::<4>()?);
+                let origin = format!("coffer/{region}/{id}");
+                std::fs::write(&origin_path, format!("{origin}\n"))
+                    .context("write audit origin")?;
+                origin
+            }
+        };
+        let signer = Signer::new(&origin, &seed).map_err(|e| anyhow::anyhow!("{e}"))?;
+        std::fs::write(
+            dir.join("public.key"),
+            format!("{}\n", signer.verifier_key()),
+        )
+        .context("write audit public key")?;
+        let path = dir.join(ENTRIES);
+        let (records, keep) = read_records(&path)?;
+        let on_disk = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if keep < on_disk {
+            // A torn last record: never acknowledged, never in a checkpoint.
+            let file = std::fs::OpenOptions::new().write(true).open(&path)?;
+            file.set_len(keep)?;
+            file.sync_all()?;
+            tracing::warn!(
+                bytes = on_disk - keep,
+                "removed a torn audit record left by a crash"
+            );
+        }
+        let mut state = State {
+            tree: Tree::new(),
+            offsets: Vec::new(),
+            by_tenant: HashMap::new(),
+            pending: Vec::new(),
+            written: keep,
+            last: None,
+            tenant_last: HashMap::new(),
+            failed: None,
+            signed: 0,
+        };
+        for (offset, bytes) in records {
+            let entry: Entry = serde_json::from_slice(&bytes).map_err(|e| {
+                anyhow::anyhow!(
+                    "audit entry {} is not valid: {e}; run coffer audit verify",
+                    state.tree.len()
+                )
+            })?;
+            let expected_prev = state
+                .last
+                .map(|h| crypto::encode_hex(&h))
+                .unwrap_or_default();
+            if entry.seq != state.tree.len() || entry.prev != expected_prev {
+                anyhow::bail!(
+                    "audit entry {} does not follow entry {}: the log was altered; run coffer audit verify --data-dir",
+                    state.tree.len(),
+                    state.tree.len().saturating_sub(1)
+                );
+            }
+            let leaf = merkle::leaf_hash(&bytes);
+            state.tree.push(leaf);
+            state.offsets.push(offset);
+            if let Some(tenant) = entry.tenant.as_deref().and_then(TenantId::parse) {
+                state
+                    .by_tenant
+                    .entry(tenant.clone())
+                    .or_default()
+                    .push(entry.seq);
+                state.tenant_last.insert(tenant, entry.seq);
+            }
+            state.last = Some(leaf);
+        }
+        state.signed = latest_checkpoint_size(&dir);
+        Ok(AuditLog {
+            dir,
+            origin,
+            signer,
+            hmac_root,
+            state: Mutex::new(state),
+            synced: Mutex::new(keep),
+        })
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    pub fn verifier_key(&self) -> String {
+        self.signer.verifier_key()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The tenant's HMAC of a sensitive identifier (hex).
+    pub fn tag(&self, tenant: Option<&TenantId>, value: &str) -> String {
+        let context = format!(
+            "coffer audit v1 {}",
+            tenant.map(|t| t.as_str()).unwrap_or("host")
+        );
+        crypto::encode_hex(&crypto::keyed_tag(
+            &self.hmac_root,
+            context.as_bytes(),
+            value.as_bytes(),
+        ))
+    }
+
+    /// Appends an event and returns once it is durable (its sequence number).
+    /// Blocking: call from a blocking thread, under a timeout.
+    pub fn append(&self, event: Event) -> Result<u64, AuditError> {
+        let mut hmac = Map::new();
+        for (key, value) in &event.sensitive {
+            hmac.insert(
+                key.to_string(),
+                Value::from(self.tag(event.tenant.as_ref(), value)),
+            );
+        }
+        let (seq, end) = {
+            let mut state = self.state.lock().expect("audit state");
+            if let Some(error) = &state.failed {
+                return Err(AuditError::Unavailable(error.clone()));
+            }
+            let seq = state.tree.len() + state.pending.len() as u64;
+            let entry = Entry {
+                seq,
+                at: now_ms(),
+                prev: state
+                    .last
+                    .map(|h| crypto::encode_hex(&h))
+                    .unwrap_or_default(),
+                kind: event.kind.to_string(),
+                tenant: event.tenant.as_ref().map(|t| t.to_string()),
+                tenant_prev: event
+                    .tenant
+                    .as_ref()
+                    .and_then(|t| state.tenant_last.get(t).copied()),
+                actor: event.actor,
+                grant: event.grant,
+                details: event.details,
+                hmac,
+            };
+            let bytes = serde_json::to_vec(&entry).expect("entries serialise");
+            if bytes.len() > MAX_ENTRY {
+                return Err(AuditError::Unavailable("audit entry too large".into()));
+            }
+            let mut record = (bytes.len() as u32).to_be_bytes().to_vec();
+            record.extend_from_slice(&bytes);
+            let offset = state.written;
+            if let Err(error) = self.write_at(offset, &record) {
+                return Err(AuditError::Unavailable(error));
+            }
+            let leaf = merkle::leaf_hash(&bytes);
+            state.written += record.len() as u64;
+            state.last = Some(leaf);
+            if let Some(tenant) = &event.tenant {
+                state.tenant_last.insert(tenant.clone(), seq);
+            }
+            state.pending.push((leaf, offset, event.tenant));
+            (seq, state.written)
+        };
+        self.sync_through(end)?;
+        Ok(seq)
+    }
+
+    /// Writes one record at `offset` of the entries file, opened by path.
+    fn write_at(&self, offset: u64, record: &[u8]) -> Result<(), String> {
+        let path = self.dir.join(ENTRIES);
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("open {}: {e}", path.display()))?;
+        let length = file
+            .metadata()
+            .map_err(|e| format!("stat {}: {e}", path.display()))?
+            .len();
+        if length != offset {
+            return Err(format!(
+                "{} is {length} bytes, the host wrote {offset}: the file changed underneath the host",
+                path.display()
+            ));
+        }
+        let result = file
+            .seek(SeekFrom::Start(offset))
+            .and_then(|_| file.write_all(record));
+        if let Err(error) = result {
+            // Leave no partial record behind.
+            let _ = file.set_len(offset);
+            return Err(format!("write {}: {error}", path.display()));
+        }
+        Ok(())
+    }
+
+    /// Group commit: one fdatasync covers every record written before it.
+    fn sync_through(&self, end: u64) -> Result<(), AuditError> {
+        let mut synced = self.synced.lock().expect("audit sync");
+        if *synced >= end {
+            return self.check_failed();
+        }
+        let target = self.state.lock().expect("audit state").written;
+        let path = self.dir.join(ENTRIES);
+        let result = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.sync_data())
+            .map_err(|e| format!("sync {}: {e}", path.display()));
+        let mut state = self.state.lock().expect("audit state");
+        match result {
+            Ok(()) => {
+                *synced = target;
+                let durable: Vec<_> = {
+                    let split = state
+                        .pending
+                        .iter()
+                        .position(|(_, o, _)| *o >= target)
+                        .unwrap_or(state.pending.len());
+                    state.pending.drain(..split).collect()
+                };
+                for (leaf, offset, tenant) in durable {
+                    let seq = state.tree.len();
+                    state.tree.push(leaf);
+                    state.offsets.push(offset);
+                    if let Some(tenant) = tenant {
+                        state.by_tenant.entry(tenant).or_default().push(seq);
+                    }
+                }
+                Ok(())
+            }
+            Err(error) => {
+                state.failed = Some(error.clone());
+                tracing::error!(%error, "audit log sync failed: refusing audited actions until restart");
+                Err(AuditError::Unavailable(error))
+            }
+        }
+    }
+
+    fn check_failed(&self) -> Result<(), AuditError> {
+        match &self.state.lock().expect("audit state").failed {
+            Some(error) => Err(AuditError::Unavailable(error.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Acknowledged entries.
+    pub fn size(&self) -> u64 {
+        self.state.lock().expect("audit state").tree.len()
+    }
+
+    /// Signs a checkpoint of the acknowledged tree when it grew since the last
+    /// one; returns (size, note) of the new checkpoint.
+    pub fn checkpoint(&self) -> Result<Option<(u64, String)>, AuditError> {
+        let (checkpoint, signed) = {
+            let state = self.state.lock().expect("audit state");
+            let size = state.tree.len();
+            if size == state.signed || size == 0 {
+                return Ok(None);
+            }
+            (
+                Checkpoint {
+                    origin: self.origin.clone(),
+                    size,
+                    root: state.tree.root(size),
+                },
+                state.signed,
+            )
+        };
+        let note = self.signer.sign(&checkpoint);
+        let dir = self.dir.join(CHECKPOINTS);
+        let name = checkpoint_name(checkpoint.size);
+        let tmp = dir.join(format!("{name}.tmp"));
+        let write = || -> std::io::Result<()> {
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(note.as_bytes())?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, dir.join(&name))?;
+            std::fs::File::open(&dir)?.sync_all()
+        };
+        write().map_err(|e| AuditError::Unavailable(format!("write checkpoint: {e}")))?;
+        let mut state = self.state.lock().expect("audit state");
+        if state.signed == signed {
+            state.signed = checkpoint.size;
+        }
+        Ok(Some((checkpoint.size, note)))
+    }
+
+    /// The newest signed checkpoint: (size, note).
+    pub fn latest_checkpoint(&self) -> Option<(u64, String)> {
+        let size = self.state.lock().expect("audit state").signed;
+        if size == 0 {
+            return None;
+        }
+        std::fs::read_to_string(self.dir.join(CHECKPOINTS).join(checkpoint_name(size)))
+            .ok()
+            .map(|note| (size, note))
+    }
+
+    /// Sequence numbers of a tenant's acknowledged entries.
+    pub fn entries_of(&self, tenant: &TenantId) -> Vec<u64> {
+        self.state
+            .lock()
+            .expect("audit state")
+            .by_tenant
+            .get(tenant)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The exact bytes of acknowledged entries.
+    pub fn read_entries(&self, seqs: &[u64]) -> Result<Vec<Vec<u8>>, AuditError> {
+        let offsets: Vec<u64> = {
+            let state = self.state.lock().expect("audit state");
+            seqs.iter()
+                .map(|s| state.offsets.get(*s as usize).copied())
+                .collect::<Option<_>>()
+                .ok_or_else(|| AuditError::Damaged("no such entry".into()))?
+        };
+        let path = self.dir.join(ENTRIES);
+        let mut file = std::fs::File::open(&path)
+            .map_err(|e| AuditError::Unavailable(format!("open {}: {e}", path.display())))?;
+        let mut out = Vec::with_capacity(offsets.len());
+        for offset in offsets {
+            let mut len = [0u8; 4];
+            file.seek(SeekFrom::Start(offset))
+                .and_then(|_| file.read_exact(&mut len))
+                .map_err(|e| AuditError::Damaged(e.to_string()))?;
+            let len = u32::from_be_bytes(len) as usize;
+            if len > MAX_ENTRY {
+                return Err(AuditError::Damaged(format!(
+                    "record at {offset} is too long"
+                )));
+            }
+            let mut bytes = vec![0u8; len];
+            file.read_exact(&mut bytes)
+                .map_err(|e| AuditError::Damaged(e.to_string()))?;
+            out.push(bytes);
+        }
+        Ok(out)
+    }
+
+    pub fn inclusion_proof(&self, seq: u64, size: u64) -> Vec<Hash> {
+        self.state
+            .lock()
+            .expect("audit state")
+            .tree
+            .inclusion_proof(seq, size)
+    }
+
+    pub fn consistency_proof(&self, from: u64, size: u64) -> Vec<Hash> {
+        self.state
+            .lock()
+            .expect("audit state")
+            .tree
+            .consistency_proof(from, size)
+    }
+
+    pub fn root(&self, size: u64) -> Hash {
+        self.state.lock().expect("audit state").tree.root(size)
+    }
+}
+
+pub fn checkpoint_name(size: u64) -> String {
+    format!("{size:020}")
+}
+
+fn latest_checkpoint_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir.join(CHECKPOINTS))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()))
+        .max()
+        .unwrap_or(0)
+}
+
+fn key_file(path: &Path) -> anyhow::Result<SecretKey> {
+    if !path.exists() {
+        crate::keys::write_secret(path, SecretKey::generate()?.to_hex().as_bytes())?;
+    }
+    crate::keys::read_key_file(path)
+}
+
+fn now_ms() -> u64 {
+    crate::ids::unix_now_ms()
+}

@@ -1,0 +1,253 @@
+//! Offline verification, for operators (`coffer audit verify --data-dir`) and
+//! for tenants (`coffer audit verify --bundle`). Names the first thing wrong.
+
+use std::path::Path;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use super::merkle::{self, Hash, Tree};
+use super::note::Verifier;
+use super::{read_records, Entry, CHECKPOINTS, ENTRIES};
+use crate::crypto::{decode_hex, encode_hex};
+
+#[derive(Debug, Serialize)]
+pub struct LogReport {
+    pub entries: u64,
+    pub checkpoints: usize,
+    pub newest_checkpoint: u64,
+}
+
+/// Checks the whole log under `audit_dir`: every entry's position and chain,
+/// every checkpoint there and in `more` (e.g. copies from region stores, as
+/// (where, note)), and that every entry is covered by a signed checkpoint.
+pub fn verify_log(
+    audit_dir: &Path,
+    verifier: &Verifier,
+    more: &[(String, String)],
+) -> Result<LogReport, String> {
+    let path = audit_dir.join(ENTRIES);
+    let (records, kept) = read_records(&path).map_err(|e| e.to_string())?;
+    let length = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let mut tree = Tree::new();
+    let mut previous: Option<Hash> = None;
+    for (i, (offset, bytes)) in records.iter().enumerate() {
+        let i = i as u64;
+        let entry: Entry = serde_json::from_slice(bytes)
+            .map_err(|e| format!("entry {i} (byte {offset}) is not a valid entry: {e}"))?;
+        if entry.seq != i {
+            return Err(format!(
+                "entry {i} (byte {offset}) says it is entry {}: entries were removed, reordered or inserted at {i}",
+                entry.seq
+            ));
+        }
+        let expected = previous.map(|h| encode_hex(&h)).unwrap_or_default();
+        if entry.prev != expected {
+            return Err(format!(
+                "entry {} was altered: entry {i} (byte {offset}) records another hash for it",
+                i.saturating_sub(1)
+            ));
+        }
+        let leaf = merkle::leaf_hash(bytes);
+        tree.push(leaf);
+        previous = Some(leaf);
+    }
+    if kept < length {
+        return Err(format!(
+            "the log ends inside a record at byte {kept} (after entry {}): truncated or damaged",
+            tree.len().saturating_sub(1)
+        ));
+    }
+    let mut notes: Vec<(String, String)> = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(audit_dir.join(CHECKPOINTS))
+        .map_err(|e| format!("read checkpoints: {e}"))?
+        .filter_map(|e| e.ok())
+        .filter(|e| !e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    files.sort_by_key(|e| e.file_name());
+    for file in files {
+        let text = std::fs::read_to_string(file.path())
+            .map_err(|e| format!("read {}: {e}", file.path().display()))?;
+        notes.push((format!("checkpoint {}", file.path().display()), text));
+    }
+    notes.extend(more.iter().cloned());
+    let mut covered = 0u64;
+    let mut good_below: Vec<u64> = Vec::new();
+    for (place, note) in &notes {
+        let checkpoint = verifier.open(note).map_err(|e| format!("{place}: {e}"))?;
+        if checkpoint.size > tree.len() {
+            return Err(format!(
+                "{place} covers {} entries but the log holds {}: entries were removed from its end",
+                checkpoint.size,
+                tree.len()
+            ));
+        }
+        if tree.root(checkpoint.size) != checkpoint.root {
+            let from = good_below
+                .iter()
+                .copied()
+                .filter(|s| *s < checkpoint.size)
+                .max()
+                .unwrap_or(0);
+            return Err(format!(
+                "{place} (size {}) does not match the log: an entry in {}..{} was altered or the log was rewritten",
+                checkpoint.size,
+                from,
+                checkpoint.size.saturating_sub(1)
+            ));
+        }
+        good_below.push(checkpoint.size);
+        covered = covered.max(checkpoint.size);
+    }
+    if covered < tree.len() {
+        return Err(format!(
+            "entries {covered}..{} are not covered by any signed checkpoint (appended after the last one)",
+            tree.len() - 1
+        ));
+    }
+    Ok(LogReport {
+        entries: tree.len(),
+        checkpoints: notes.len(),
+        newest_checkpoint: covered,
+    })
+}
+
+/// A tenant's proof bundle (`GET /v1/tenants/{id}/audit-proof`).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bundle {
+    pub format: u32,
+    pub tenant: String,
+    pub origin: String,
+    pub verifier_key: String,
+    /// The signed checkpoint the proofs are against.
+    pub checkpoint: String,
+    pub size: u64,
+    pub entries: Vec<BundleEntry>,
+    #[serde(default)]
+    pub consistency: Vec<Consistency>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleEntry {
+    pub seq: u64,
+    /// The entry's exact bytes, base64.
+    pub entry: String,
+    /// Inclusion proof, hex hashes.
+    pub proof: Vec<String>,
+}
+
+/// From a tree size the tenant saw before to this bundle's.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Consistency {
+    pub from: u64,
+    pub root: String,
+    pub proof: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BundleReport {
+    pub tenant: String,
+    pub entries: usize,
+    pub size: u64,
+    pub consistency: usize,
+}
+
+fn hash_of(text: &str) -> Option<Hash> {
+    decode_hex(text).and_then(|b| b.try_into().ok())
+}
+
+/// Checks a bundle against the host's published key: the checkpoint's
+/// signature, every entry's inclusion, that the entries are the tenant's and
+/// chain without a gap, and every consistency proof. `previous` is a root the
+/// tenant recorded earlier, as (size, root): it must be among the proofs.
+pub fn verify_bundle(
+    bundle: &Bundle,
+    verifier: &Verifier,
+    previous: Option<(u64, Hash)>,
+) -> Result<BundleReport, String> {
+    let checkpoint = verifier
+        .open(&bundle.checkpoint)
+        .map_err(|e| format!("checkpoint: {e}"))?;
+    if checkpoint.size != bundle.size {
+        return Err(format!(
+            "the bundle says size {}, its checkpoint {}",
+            bundle.size, checkpoint.size
+        ));
+    }
+    let mut last_seq: Option<u64> = None;
+    for (i, item) in bundle.entries.iter().enumerate() {
+        let bytes = B64
+            .decode(&item.entry)
+            .map_err(|_| format!("entry {} (item {i}) is not base64", item.seq))?;
+        let entry: Entry = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("entry {} is not a valid entry: {e}", item.seq))?;
+        if entry.seq != item.seq || entry.tenant.as_deref() != Some(bundle.tenant.as_str()) {
+            return Err(format!(
+                "entry {} is not this tenant's entry {}",
+                entry.seq, item.seq
+            ));
+        }
+        if entry.tenant_prev != last_seq {
+            return Err(format!(
+                "entry {} follows the tenant's entry {:?}, the bundle's previous is {:?}: an entry is missing",
+                entry.seq, entry.tenant_prev, last_seq
+            ));
+        }
+        let proof: Vec<Hash> = item
+            .proof
+            .iter()
+            .map(|h| hash_of(h))
+            .collect::<Option<_>>()
+            .ok_or_else(|| format!("entry {}: malformed proof", item.seq))?;
+        if !merkle::verify_inclusion(
+            &merkle::leaf_hash(&bytes),
+            item.seq,
+            bundle.size,
+            &proof,
+            &checkpoint.root,
+        ) {
+            return Err(format!(
+                "entry {} is not in the signed tree of size {}",
+                item.seq, bundle.size
+            ));
+        }
+        last_seq = Some(entry.seq);
+    }
+    for c in &bundle.consistency {
+        let old = hash_of(&c.root).ok_or("malformed consistency root")?;
+        let proof: Vec<Hash> = c
+            .proof
+            .iter()
+            .map(|h| hash_of(h))
+            .collect::<Option<_>>()
+            .ok_or("malformed consistency proof")?;
+        if !merkle::verify_consistency(c.from, bundle.size, &proof, &old, &checkpoint.root) {
+            return Err(format!(
+                "the tree of size {} is not a prefix of the signed tree of size {}",
+                c.from, bundle.size
+            ));
+        }
+    }
+    if let Some((size, root)) = previous {
+        let matched = bundle
+            .consistency
+            .iter()
+            .any(|c| c.from == size && hash_of(&c.root) == Some(root))
+            || (size == bundle.size && root == checkpoint.root);
+        if !matched {
+            return Err(format!(
+                "the root you saw at size {size} is not proven consistent with this bundle (log rewritten?)"
+            ));
+        }
+    }
+    Ok(BundleReport {
+        tenant: bundle.tenant.clone(),
+        entries: bundle.entries.len(),
+        size: bundle.size,
+        consistency: bundle.consistency.len(),
+    })
+}
