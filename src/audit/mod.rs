@@ -185,10 +185,13 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
+/// One record of the entries file: its offset and its entry's bytes.
+pub type Record = (u64, Vec<u8>);
+
 /// Reads every record of an entries file: (offset, bytes). A torn record at
 /// the end (a crash mid-append, never acknowledged) ends the list; its offset
 /// is returned as the length to keep.
-pub fn read_records(path: &Path) -> Result<(Vec<(u64, Vec<u8>)>, u64), AuditError> {
+pub fn read_records(path: &Path) -> Result<(Vec<Record>, u64), AuditError> {
     let mut bytes = Vec::new();
     match std::fs::File::open(path) {
         Ok(mut file) => {
