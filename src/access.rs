@@ -11,6 +11,8 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::auth::Principal;
+use crate::grants::{Grant, GrantState, Scope, GRANTS_TREE};
+use crate::ids::unix_now;
 use crate::ids::RecordId;
 use crate::schema::{self, Collection, RecordError, Registry, Schema};
 use crate::storage::{Record, Storage, StorageError, TenantDb, TenantRecord, TenantState};
@@ -19,6 +21,12 @@ use crate::storage::{Record, Storage, StorageError, TenantDb, TenantRecord, Tena
 pub enum AccessError {
     #[error("only the tenant's own admins may reach its records")]
     Denied,
+    #[error("no live grant: {0}")]
+    NoGrant(String),
+    #[error("the grant does not reach collection {0:?}")]
+    OutOfScope(String),
+    #[error("the grant is read-only")]
+    ReadOnlyGrant,
     #[error("tenant is deactivated: its data is kept but not served until it is reactivated")]
     Deactivated,
     #[error("tenant is destroyed")]
@@ -61,18 +69,49 @@ pub struct TenantAccess {
     schema: Schema,
     /// Set while the tenant moves away: the door opens for reads only.
     read_only: Option<String>,
+    /// Set when opened through a grant: its scope and collections.
+    grant: Option<Grant>,
 }
 
-/// Checks the principal and the tenant's state, then opens the tenant's database.
+/// Checks the principal (the tenant's admin, or a support engineer with a
+/// live grant of theirs for this tenant) and the tenant's state, then opens
+/// the tenant's database. The grant is read from the catalog here, on every
+/// request: revocation and expiry take effect on the next one.
 pub fn open(
     storage: &Storage,
     schemas: &Registry,
     principal: &Principal,
     tenant: &TenantRecord,
 ) -> Result<TenantAccess, AccessError> {
-    if !principal.is_admin_of(&tenant.id) {
-        return Err(AccessError::Denied);
-    }
+    let grant = if principal.is_admin_of(&tenant.id) {
+        None
+    } else {
+        let Some(id) = principal.grant.as_deref() else {
+            return Err(AccessError::Denied);
+        };
+        let grant: Grant = storage
+            .catalog
+            .get_json(GRANTS_TREE, id)?
+            .filter(|g: &Grant| g.tenant == tenant.id)
+            .ok_or_else(|| AccessError::NoGrant("no such grant for this tenant".into()))?;
+        let now = unix_now();
+        if !grant.live_for(principal, now) {
+            return Err(AccessError::NoGrant(format!(
+                "the grant is {}",
+                match grant.state_at(now) {
+                    GrantState::Closed { because, .. } => format!(
+                        "closed ({})",
+                        serde_json::to_value(because)
+                            .unwrap_or_default()
+                            .as_str()
+                            .unwrap_or("")
+                    ),
+                    other => other.name().to_string(),
+                }
+            )));
+        }
+        Some(grant)
+    };
     let mut read_only = None;
     match tenant.state {
         TenantState::Active => {}
@@ -103,17 +142,31 @@ pub fn open(
         db: storage.tenant_db(tenant)?,
         schema,
         read_only,
+        grant,
     })
 }
 
 impl TenantAccess {
+    /// The grant this door was opened with, if any.
+    pub fn grant(&self) -> Option<&Grant> {
+        self.grant.as_ref()
+    }
+
     fn collection(&self, name: &str) -> Result<&Collection, AccessError> {
+        if let Some(grant) = &self.grant {
+            if !grant.reaches(name) {
+                return Err(AccessError::OutOfScope(name.to_string()));
+            }
+        }
         self.schema
             .collection(name)
             .ok_or_else(|| AccessError::UnknownCollection(name.to_string()))
     }
 
     fn writable(&self) -> Result<(), AccessError> {
+        if self.grant.as_ref().is_some_and(|g| g.scope == Scope::Read) {
+            return Err(AccessError::ReadOnlyGrant);
+        }
         match &self.read_only {
             Some(region) => Err(AccessError::Moving(region.clone())),
             None => Ok(()),

@@ -18,6 +18,9 @@ pub struct Principal {
     /// Restored copies of `tenant` this admin token also reaches.
     pub also: Vec<TenantId>,
     pub name: String,
+    /// The grant named by `X-Coffer-Grant` (support engineers); checked by
+    /// `access::open` against the grant itself.
+    pub grant: Option<String>,
 }
 
 impl From<TokenRecord> for Principal {
@@ -28,6 +31,7 @@ impl From<TokenRecord> for Principal {
             tenant: token.tenant,
             also: token.also,
             name: token.name,
+            grant: None,
         }
     }
 }
@@ -89,6 +93,12 @@ pub enum Action<'a> {
     ReadCopies(&'a TenantId),
     /// Backup regions, their lag, and the tenants in their stores (ids only).
     ReadRegions,
+    /// Ask for a break-glass grant.
+    RequestAccess,
+    /// Read or decide an access request (who exactly is the grant's own check).
+    HandleAccessRequest,
+    /// The tenant's access log and audit proofs.
+    ReadAuditTrail(&'a TenantId),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,13 +128,18 @@ pub fn authorize(principal: &Principal, action: &Action<'_>) -> Result<(), Denie
         (Action::PurgeTenant(_), role) => role == Operator,
         (Action::ReadCopies(t) | Action::MoveTenant(t), role) => role == Operator || own(t),
         (Action::ReadRegions, role) => matches!(role, Operator | BackupAgent),
+        (Action::RequestAccess, role) => role == Support,
+        // Requesters, tenant admins and operators; `grants` decides per request.
+        (Action::HandleAccessRequest, role) => matches!(role, Support | TenantAdmin | Operator),
+        (Action::ReadAuditTrail(t), _) => own(t),
 
         // Records: only the tenant's own admins. Operators, backup agents and
         // support engineers without a grant never reach tenant data.
         (Action::ReadRecords(t) | Action::WriteRecords(t), TenantAdmin) => own(t),
-        (Action::ReadRecords(_) | Action::WriteRecords(_), Operator | Support | BackupAgent) => {
-            false
-        }
+        // Support engineers only with a grant, which the data path checks:
+        // live, theirs, this tenant, in scope.
+        (Action::ReadRecords(_) | Action::WriteRecords(_), Support) => principal.grant.is_some(),
+        (Action::ReadRecords(_) | Action::WriteRecords(_), Operator | BackupAgent) => false,
 
         // The portable export is plaintext: the tenant's own admins only.
         (Action::ExportTenant(t), _) => own(t),
@@ -166,6 +181,7 @@ mod tests {
             tenant: tenant.cloned(),
             also: Vec::new(),
             name: "n".into(),
+            grant: None,
         }
     }
 

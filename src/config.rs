@@ -29,6 +29,14 @@
 //! conditional_put = false                    # true where the store honours
 //!                                            # If-None-Match (AWS S3 does; Garage does not)
 //!
+//! [access]                                   # break-glass grants
+//! max_minutes = 240                          # longest tenant-approved grant
+//! max_emergency_minutes = 60                 # longest emergency grant (two operators)
+//! pending_expiry = "24h"                     # undecided requests close
+//!
+//! [audit]
+//! checkpoint_interval = "2s"                 # signed checkpoints while entries arrive
+//!
 //! [backup]
 //! regions = ["eu", "us"]                     # default: every [regions.*] table; with none,
 //!                                            # three directories under data_dir
@@ -78,6 +86,20 @@ pub struct Config {
     pub backup_interval: Option<Duration>,
     pub max_import_bytes: u64,
     pub max_archive_bytes: u64,
+    pub access: AccessPolicy,
+    /// How often the audit log signs a checkpoint (when it grew).
+    pub checkpoint_interval: Duration,
+}
+
+/// Host policy for break-glass grants.
+#[derive(Debug, Clone)]
+pub struct AccessPolicy {
+    /// Longest grant a tenant admin can approve.
+    pub max_minutes: u64,
+    /// Longest emergency grant (two operators).
+    pub max_emergency_minutes: u64,
+    /// A request nobody decided closes after this long.
+    pub pending_expiry: Duration,
 }
 
 /// Settings given on the command line; each wins over the file.
@@ -112,6 +134,24 @@ struct RawConfig {
     backup: RawBackup,
     #[serde(default)]
     regions: std::collections::BTreeMap<String, RawRegion>,
+    #[serde(default)]
+    access: RawAccess,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccess {
+    max_minutes: Option<u64>,
+    max_emergency_minutes: Option<u64>,
+    pending_expiry: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    checkpoint_interval: Option<String>,
 }
 
 /// One backup region's object store.
@@ -291,6 +331,21 @@ impl Config {
             listen,
             region,
             key_source,
+            access: AccessPolicy {
+                max_minutes: raw.access.max_minutes.unwrap_or(240).max(1),
+                max_emergency_minutes: raw.access.max_emergency_minutes.unwrap_or(60).max(1),
+                pending_expiry: duration(
+                    "access.pending_expiry",
+                    raw.access.pending_expiry,
+                    "24h",
+                )?,
+            },
+            checkpoint_interval: duration(
+                "audit.checkpoint_interval",
+                raw.audit.checkpoint_interval,
+                "2s",
+            )?
+            .max(Duration::from_millis(100)),
             move_purge_delay: duration(
                 "move_purge_delay",
                 overrides.move_purge_delay.or(raw.tenants.move_purge_delay),

@@ -74,6 +74,7 @@ pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod grants;
 pub mod ids;
 pub mod keys;
 pub mod lifecycle;

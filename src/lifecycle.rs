@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::audit::{Actor, AuditLog, Event};
 use crate::ids::{unix_now, TenantId};
 use crate::storage::{MovedTo, NewTenant, Storage, StorageError, TenantRecord, TenantState};
 
@@ -138,7 +139,9 @@ fn is_due(t: &TenantRecord, now: u64) -> bool {
 
 /// Destroys every deactivated tenant whose grace period has ended, and every
 /// moved tenant whose purge delay has. Returns how many it destroyed.
-pub fn sweep(storage: &Storage) -> usize {
+/// Each destruction is audited first; one that cannot be audited waits for
+/// the next sweep.
+pub fn sweep(storage: &Storage, log: &AuditLog) -> usize {
     let now = unix_now();
     let due: Vec<TenantId> = storage
         .catalog
@@ -153,6 +156,13 @@ pub fn sweep(storage: &Storage) -> usize {
         let _enter = span.enter();
         // Checked again under the update lock: a reactivation may have won the race.
         let still_due = |t: &TenantRecord| is_due(t, now);
+        let event = Event::new("tenant.destroyed", Actor::host())
+            .tenant(&id)
+            .detail("reason", "grace period or move purge delay over");
+        if let Err(error) = log.append(event) {
+            tracing::error!(%error, "cannot audit a destruction; will retry");
+            continue;
+        }
         match storage.destroy_tenant(&id, still_due) {
             Ok(None) => {}
             Ok(Some(_)) => {
@@ -166,13 +176,13 @@ pub fn sweep(storage: &Storage) -> usize {
 }
 
 /// Runs [`sweep`] every `interval` until the task is dropped.
-pub async fn run_sweeper(storage: Arc<Storage>, interval: Duration) {
+pub async fn run_sweeper(storage: Arc<Storage>, log: Arc<AuditLog>, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let storage = storage.clone();
-        if let Err(error) = tokio::task::spawn_blocking(move || sweep(&storage)).await {
+        let (storage, log) = (storage.clone(), log.clone());
+        if let Err(error) = tokio::task::spawn_blocking(move || sweep(&storage, &log)).await {
             tracing::error!(%error, "lifecycle sweeper task failed");
         }
     }

@@ -7,6 +7,7 @@
 //! and runs to completion even if the client hangs up.
 
 mod backups;
+mod grants;
 mod routes;
 mod stream;
 
@@ -33,6 +34,7 @@ use tracing::Instrument;
 pub use routes::{Endpoint, MoveStep};
 
 use crate::access::{self, AccessError};
+use crate::audit::{AuditLog, Event};
 use crate::auth::{self, Action, AuthError, Principal, Role};
 use crate::backup::Backups;
 use crate::config::Config;
@@ -65,6 +67,9 @@ pub struct AppState {
     pub schemas: Registry,
     pub config: Config,
     pub backups: Arc<Backups>,
+    pub audit: Arc<AuditLog>,
+    /// Decisions on access requests, one at a time (read, decide, store).
+    grant_lock: tokio::sync::Mutex<()>,
     next_request: AtomicU64,
 }
 
@@ -74,13 +79,50 @@ impl AppState {
         schemas: Registry,
         config: Config,
         backups: Arc<Backups>,
+        audit: Arc<AuditLog>,
     ) -> Self {
         AppState {
             storage,
             schemas,
             config,
             backups,
+            audit,
+            grant_lock: tokio::sync::Mutex::new(()),
             next_request: AtomicU64::new(1),
+        }
+    }
+}
+
+/// Longest wait for an audit entry to become durable before the audited
+/// action is refused (503): fail closed, never hang.
+const AUDIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Records an audit event durably, or refuses with 503.
+pub(crate) async fn audit(state: &AppState, event: Event) -> Result<u64, ApiError> {
+    let log = state.audit.clone();
+    let kind = event.kind;
+    match tokio::time::timeout(
+        AUDIT_TIMEOUT,
+        tokio::task::spawn_blocking(move || log.append(event)),
+    )
+    .await
+    {
+        Ok(Ok(Ok(seq))) => Ok(seq),
+        Ok(Ok(Err(error))) => {
+            tracing::error!(%error, event = kind, "audit entry not durable: action refused");
+            Err(ApiError::Unavailable(format!(
+                "{error}; the action was not performed"
+            )))
+        }
+        Ok(Err(join)) => Err(ApiError::internal(join)),
+        Err(_) => {
+            tracing::error!(
+                event = kind,
+                "audit log did not answer in time: action refused"
+            );
+            Err(ApiError::Unavailable(
+                "audit log did not answer in time; the action was not performed".into(),
+            ))
         }
     }
 }
@@ -191,7 +233,10 @@ impl From<AccessError> for ApiError {
     fn from(e: AccessError) -> Self {
         let message = e.to_string();
         match e {
-            AccessError::Denied => ApiError::Forbidden(message),
+            AccessError::Denied
+            | AccessError::NoGrant(_)
+            | AccessError::OutOfScope(_)
+            | AccessError::ReadOnlyGrant => ApiError::Forbidden(message),
             AccessError::Deactivated | AccessError::Moving(_) => ApiError::Conflict(message),
             AccessError::Moved { location, .. } => ApiError::Moved { message, location },
             AccessError::Destroyed => ApiError::Gone(message),
@@ -355,14 +400,34 @@ async fn route(
                 .to_string(),
         ),
     };
-    let principal = {
+    let mut principal = {
         let storage = state.storage.clone();
         blocking(move || auth::authenticate(&storage, auth_header.as_deref())).await??
     };
+    if endpoint == Endpoint::AuditPublicKey {
+        return Ok(grants::public_key(&state));
+    }
+    if let Some(value) = request.headers().get("x-coffer-grant") {
+        if principal.role == Role::Support {
+            principal.grant = Some(
+                value
+                    .to_str()
+                    .ok()
+                    .filter(|v| v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .ok_or_else(|| ApiError::BadRequest("X-Coffer-Grant is not a grant id".into()))?
+                    .to_string(),
+            );
+        }
+    }
     let query = routes::parse_query(request.uri().query().unwrap_or(""))?;
     if endpoint == Endpoint::ImportTenant {
         // An archive: streamed to the importer, never held whole in memory.
         allow(&principal, Action::ImportTenant)?;
+        audit(
+            &state,
+            Event::new("tenant.imported", grants::actor(&principal)),
+        )
+        .await?;
         let declared = request
             .headers()
             .get(hyper::header::CONTENT_LENGTH)
@@ -383,7 +448,51 @@ fn allow(principal: &Principal, action: Action<'_>) -> Result<(), ApiError> {
     auth::authorize(principal, &action).map_err(|denied| ApiError::Forbidden(denied.0.into()))
 }
 
+/// Requests made through a grant are audited: writes before they happen
+/// (no durable entry, no write), every request with its outcome before the
+/// answer leaves (no durable entry, no data).
 async fn dispatch(
+    state: &Arc<AppState>,
+    principal: &Principal,
+    endpoint: Endpoint,
+    query: Vec<(String, String)>,
+    body: Bytes,
+) -> Result<Response<Body>, ApiError> {
+    let through_grant = principal.grant.clone().and_then(|grant| {
+        let (method, tenant, collection, record) = match &endpoint {
+            Endpoint::CreateRecord(t, c) => ("POST", t, c, None),
+            Endpoint::ListRecords(t, c) => ("GET", t, c, None),
+            Endpoint::ReadRecord(t, c, r) => ("GET", t, c, Some(r)),
+            Endpoint::ReplaceRecord(t, c, r) => ("PUT", t, c, Some(r)),
+            Endpoint::DeleteRecord(t, c, r) => ("DELETE", t, c, Some(r)),
+            _ => return None,
+        };
+        let mut event = Event::new("grant.access", grants::actor(principal))
+            .tenant(tenant)
+            .grant(&grant)
+            .detail("method", method)
+            .detail("collection", collection.as_str());
+        if let Some(record) = record {
+            event = event.detail("record", record.as_str());
+        }
+        Some((method, event))
+    });
+    let Some((method, event)) = through_grant else {
+        return dispatch_endpoint(state, principal, endpoint, query, body).await;
+    };
+    if method != "GET" {
+        audit(state, event.clone().detail("outcome", "started")).await?;
+    }
+    let result = dispatch_endpoint(state, principal, endpoint, query, body).await;
+    let status = match &result {
+        Ok(response) => response.status().as_u16(),
+        Err(error) => error.status().as_u16(),
+    };
+    audit(state, event.detail("outcome", status)).await?;
+    result
+}
+
+async fn dispatch_endpoint(
     state: &Arc<AppState>,
     principal: &Principal,
     endpoint: Endpoint,
@@ -392,15 +501,48 @@ async fn dispatch(
 ) -> Result<Response<Body>, ApiError> {
     let storage = state.storage.clone();
     match endpoint {
+        Endpoint::AuditPublicKey => Ok(grants::public_key(state)),
+        Endpoint::RequestAccess => {
+            allow(principal, Action::RequestAccess)?;
+            grants::request(state, principal, &body).await
+        }
+        Endpoint::ReadAccessRequest(id) => {
+            allow(principal, Action::HandleAccessRequest)?;
+            grants::read(state, principal, id).await
+        }
+        Endpoint::DecideAccessRequest(id, decision) => {
+            allow(principal, Action::HandleAccessRequest)?;
+            grants::decide(state, principal, id, decision).await
+        }
+        Endpoint::AccessLog(id) => {
+            allow(principal, Action::ReadAuditTrail(&id))?;
+            grants::access_log(state, principal, id).await
+        }
+        Endpoint::AuditProof(id) => {
+            allow(principal, Action::ReadAuditTrail(&id))?;
+            grants::audit_proof(state, principal, id, query).await
+        }
         Endpoint::Health | Endpoint::ImportTenant => {
             unreachable!("answered before the body is read")
         }
         Endpoint::ExportTenant(id) => {
             allow(principal, Action::ExportTenant(&id))?;
+            known_tenant(&storage, &id)?;
+            audit(
+                state,
+                Event::new("tenant.exported", grants::actor(principal)).tenant(&id),
+            )
+            .await?;
             backups::export(state, id, query).await
         }
         Endpoint::StartBackup(id) => {
             allow(principal, Action::Backups(&id))?;
+            known_tenant(&storage, &id)?;
+            audit(
+                state,
+                Event::new("backup.started", grants::actor(principal)).tenant(&id),
+            )
+            .await?;
             backups::start(state, id).await
         }
         Endpoint::ListBackups(id) => {
@@ -445,6 +587,13 @@ async fn dispatch(
             allow(principal, Action::UpgradeTenant(&id))?;
             let request: UpgradeRequest = parse_json(&body)?;
             let tenant = known_tenant(&storage, &id)?;
+            audit(
+                state,
+                Event::new("tenant.upgraded", grants::actor(principal))
+                    .tenant(&id)
+                    .detail("schema_version", request.schema_version),
+            )
+            .await?;
             let inner = state.clone();
             let report = blocking(move || {
                 crate::upgrade::upgrade(
@@ -484,12 +633,30 @@ async fn dispatch(
         }
         Endpoint::RestoreBackup(id, backup) => {
             allow(principal, Action::RestoreBackup(&id))?;
+            audit(
+                state,
+                Event::new("backup.restored", grants::actor(principal))
+                    .tenant(&id)
+                    .detail("backup", backup.as_str()),
+            )
+            .await?;
             backups::restore(state, principal, id, backup, &body).await
         }
         Endpoint::CreateTenant => {
             allow(principal, Action::CreateTenant)?;
             let request: CreateTenantRequest = parse_json(&body)?;
-            let new = checked_new_tenant(state, request)?;
+            let mut new = checked_new_tenant(state, request)?;
+            let id = TenantId::generate().map_err(ApiError::internal)?;
+            new.id = Some(id.clone());
+            audit(
+                state,
+                Event::new("tenant.created", grants::actor(principal))
+                    .tenant(&id)
+                    .detail("schema", new.schema.as_str())
+                    .detail("schema_version", new.schema_version)
+                    .detail("region", new.region.as_str()),
+            )
+            .await?;
             let (tenant, admin_token) =
                 blocking(move || lifecycle::create(&storage, new)).await??;
             tracing::info!(tenant_id = %tenant.id, "tenant created");
@@ -514,6 +681,11 @@ async fn dispatch(
             allow(principal, Action::DeactivateTenant(&id))?;
             known_tenant(&storage, &id)?;
             let grace = state.config.grace_period;
+            audit(
+                state,
+                Event::new("tenant.deactivated", grants::actor(principal)).tenant(&id),
+            )
+            .await?;
             let tenant = blocking(move || lifecycle::deactivate(&storage, &id, grace)).await??;
             tracing::info!(destroy_after = tenant.destroy_after, "tenant deactivated");
             Ok(json_response(StatusCode::ACCEPTED, &tenant_json(&tenant)))
@@ -521,6 +693,11 @@ async fn dispatch(
         Endpoint::ReactivateTenant(id) => {
             allow(principal, Action::ReactivateTenant(&id))?;
             known_tenant(&storage, &id)?;
+            audit(
+                state,
+                Event::new("tenant.reactivated", grants::actor(principal)).tenant(&id),
+            )
+            .await?;
             let tenant = blocking(move || lifecycle::reactivate(&storage, &id)).await??;
             tracing::info!("tenant reactivated");
             Ok(json_response(StatusCode::OK, &tenant_json(&tenant)))
@@ -528,6 +705,19 @@ async fn dispatch(
         Endpoint::MoveTenant(id, step) => {
             allow(principal, Action::MoveTenant(&id))?;
             known_tenant(&storage, &id)?;
+            audit(
+                state,
+                Event::new(
+                    match step {
+                        MoveStep::Begin => "tenant.move-started",
+                        MoveStep::Complete => "tenant.moved",
+                        MoveStep::Abort => "tenant.move-aborted",
+                    },
+                    grants::actor(principal),
+                )
+                .tenant(&id),
+            )
+            .await?;
             let tenant = match step {
                 MoveStep::Begin => {
                     let request: MoveRequest = parse_json(&body)?;
@@ -572,6 +762,13 @@ async fn dispatch(
                 parse_json(&body)?
             };
             let existing = known_tenant(&storage, &id)?;
+            audit(
+                state,
+                Event::new("tenant.purged", grants::actor(principal))
+                    .tenant(&id)
+                    .detail("erase_backups", request.erase_backups),
+            )
+            .await?;
             let replication = state.backups.replication.clone();
             let (tenant, erasing) = blocking(move || -> Result<_, ApiError> {
                 let tenant = if existing.state == crate::storage::TenantState::Destroyed {
@@ -699,6 +896,12 @@ async fn dispatch(
             let tenant = (role == Role::TenantAdmin)
                 .then(|| principal.tenant.clone())
                 .flatten();
+            let mut event =
+                Event::new("token.minted", grants::actor(principal)).detail("role", role.as_str());
+            if let Some(tenant) = &tenant {
+                event = event.tenant(tenant);
+            }
+            audit(state, event).await?;
             let (token, secret) =
                 blocking(move || storage.issue_token(role, tenant, &name)).await??;
             tracing::info!(token_id = %token.id, role = role.as_str(), "token minted");
@@ -710,6 +913,7 @@ async fn dispatch(
         Endpoint::RotateMasterKey => {
             allow(principal, Action::RotateMasterKey)?;
             let source = state.config.key_source.clone();
+            audit(state, Event::new("keys.rotated", grants::actor(principal))).await?;
             let report = blocking(move || keys::rotate(&storage, &source, |_, _| {}))
                 .await?
                 .map_err(|e| ApiError::Conflict(format!("{e:#}")))?;

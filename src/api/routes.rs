@@ -3,6 +3,7 @@
 
 use hyper::Method;
 
+use super::grants::Decision;
 use super::ApiError;
 use crate::ids::{BackupId, RecordId, TenantId};
 use crate::schema::is_identifier;
@@ -41,6 +42,12 @@ pub enum Endpoint {
     SetBackupSchedule(TenantId),
     Copies(TenantId),
     MoveTenant(TenantId, MoveStep),
+    RequestAccess,
+    ReadAccessRequest(String),
+    DecideAccessRequest(String, Decision),
+    AccessLog(TenantId),
+    AuditProof(TenantId),
+    AuditPublicKey,
     ListRegions,
     RegionTenants(String),
 }
@@ -59,6 +66,16 @@ impl Endpoint {
         };
         let backup = |s: &str| {
             BackupId::parse(s).ok_or_else(|| ApiError::NotFound("backup not found".into()))
+        };
+        let grant = |s: &str| {
+            if s.len() == 32
+                && s.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            {
+                Ok(s.to_string())
+            } else {
+                Err(ApiError::NotFound("no such access request".into()))
+            }
         };
         let record = |s: &str| {
             RecordId::parse(s).ok_or_else(|| ApiError::NotFound("record not found".into()))
@@ -104,6 +121,21 @@ impl Endpoint {
                 Endpoint::DeleteRecord(tenant(id)?, collection(c)?, record(r)?)
             }
             (&M::GET, ["v1", "tenants", id, "copies"]) => Endpoint::Copies(tenant(id)?),
+            (&M::POST, ["v1", "access-requests"]) => Endpoint::RequestAccess,
+            (&M::GET, ["v1", "access-requests", g]) => Endpoint::ReadAccessRequest(grant(g)?),
+            (&M::POST, ["v1", "access-requests", g, step]) => {
+                let decision = match *step {
+                    "approve" => Decision::Approve,
+                    "deny" => Decision::Deny,
+                    "revoke" => Decision::Revoke,
+                    "withdraw" => Decision::Withdraw,
+                    _ => return Err(ApiError::NotFound("no such endpoint".into())),
+                };
+                Endpoint::DecideAccessRequest(grant(g)?, decision)
+            }
+            (&M::GET, ["v1", "tenants", id, "access-log"]) => Endpoint::AccessLog(tenant(id)?),
+            (&M::GET, ["v1", "tenants", id, "audit-proof"]) => Endpoint::AuditProof(tenant(id)?),
+            (&M::GET, ["v1", "audit", "public-key"]) => Endpoint::AuditPublicKey,
             (&M::POST, ["v1", "tenants", id, "move"]) => {
                 Endpoint::MoveTenant(tenant(id)?, MoveStep::Begin)
             }
@@ -144,6 +176,16 @@ impl Endpoint {
                     "export" | "backups" | "backup-schedule" | "copies"
                 ]
                 | ["v1", "regions"]
+                | ["v1", "access-requests"]
+                | ["v1", "access-requests", _]
+                | [
+                    "v1",
+                    "access-requests",
+                    _,
+                    "approve" | "deny" | "revoke" | "withdraw"
+                ]
+                | ["v1", "tenants", _, "access-log" | "audit-proof"]
+                | ["v1", "audit", "public-key"]
                 | ["v1", "tenants", _, "move"]
                 | ["v1", "tenants", _, "move", "complete" | "abort"]
                 | ["v1", "regions", _, "tenants"]
@@ -172,7 +214,9 @@ impl Endpoint {
             | Endpoint::UpgradeTenant(t)
             | Endpoint::SetBackupSchedule(t)
             | Endpoint::Copies(t)
-            | Endpoint::MoveTenant(t, _) => Some(t),
+            | Endpoint::MoveTenant(t, _)
+            | Endpoint::AccessLog(t)
+            | Endpoint::AuditProof(t) => Some(t),
             Endpoint::Health
             | Endpoint::CreateTenant
             | Endpoint::ListTenants
@@ -180,7 +224,11 @@ impl Endpoint {
             | Endpoint::RotateMasterKey
             | Endpoint::ImportTenant
             | Endpoint::ListRegions
-            | Endpoint::RegionTenants(_) => None,
+            | Endpoint::RegionTenants(_)
+            | Endpoint::RequestAccess
+            | Endpoint::ReadAccessRequest(_)
+            | Endpoint::DecideAccessRequest(..)
+            | Endpoint::AuditPublicKey => None,
         }
     }
 }

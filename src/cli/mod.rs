@@ -20,6 +20,7 @@ fn machine_output(flag: bool) -> bool {
 }
 
 use crate::api::{self, AppState};
+use crate::audit::note::Verifier;
 use crate::backup::Backups;
 use crate::config::{Config, Overrides};
 use crate::keys;
@@ -57,6 +58,39 @@ enum Command {
     Tenant {
         #[command(subcommand)]
         command: TenantCommand,
+    },
+    /// The tamper-evident audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Check the whole log of a host (`--data-dir`), or a tenant's proof
+    /// bundle (`--bundle`) offline. Exit 0 with a summary, or non-zero naming
+    /// the first thing wrong.
+    Verify {
+        /// A host's data directory: every entry and every checkpoint.
+        #[arg(long, conflicts_with = "bundle")]
+        data_dir: Option<PathBuf>,
+        /// Also check the checkpoint copies in this config's backup regions.
+        #[arg(long, requires = "data_dir")]
+        config: Option<PathBuf>,
+        /// A proof bundle from GET /v1/tenants/{id}/audit-proof.
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        /// The host's verifier key (or a file holding it); default for
+        /// --data-dir: <data-dir>/audit/public.key. Required with --bundle.
+        #[arg(long)]
+        public_key: Option<String>,
+        /// With --bundle: a tree size and root (hex) you recorded before,
+        /// "SIZE:ROOT"; the bundle must prove it a prefix of its tree.
+        #[arg(long, requires = "bundle")]
+        seen: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -222,6 +256,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             command: KeysCommand::Rotate { host, pace_ms },
         } => rotate(host, pace_ms),
         Command::Backup { command } => backup(command),
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    data_dir,
+                    config,
+                    bundle,
+                    public_key,
+                    seen,
+                    json,
+                },
+        } => audit_verify(data_dir, config, bundle, public_key, seen, json),
         Command::Tenant {
             command:
                 TenantCommand::Move {
@@ -516,6 +561,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("start async runtime")?;
     let backups = Arc::new(open_backups(&config, runtime.handle().clone())?);
+    let audit = Arc::new(
+        crate::audit::AuditLog::open(&config.data_dir, config.region.as_str())
+            .context("open the audit log")?,
+    );
+    // Entries a crash left unsigned are covered before anything else happens.
+    audit
+        .checkpoint()
+        .context("sign the audit log's checkpoint")?;
     backups.recover(&storage);
     for region in &backups.replication.regions {
         tracing::info!(region = %region.name, store = %region.location, "backup region");
@@ -528,7 +581,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(%address, region = %config.region, data_dir = %config.data_dir.display(), "coffer serving");
         // One plain line on stdout, for people and for scripts that started us on port 0.
         println!("coffer listening on http://{address}");
-        let sweeper = tokio::spawn(lifecycle::run_sweeper(storage.clone(), config.sweep_interval));
+        let sweeper = tokio::spawn(lifecycle::run_sweeper(storage.clone(), audit.clone(), config.sweep_interval));
         let scheduler = {
             let (storage, schemas, backups) = (storage.clone(), schemas.clone(), backups.clone());
             let default = config.backup_interval.map(|d| d.as_secs());
@@ -556,11 +609,31 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
             .run(),
         );
-        let state = Arc::new(AppState::new(storage, schemas, config, backups));
+        let checkpointer = tokio::spawn(crate::audit::run_checkpointer(
+            audit.clone(),
+            backups.replication.clone(),
+            config.checkpoint_interval,
+        ));
+        let state = Arc::new(AppState::new(storage, schemas, config, backups.clone(), audit.clone()));
         api::serve(state, listener, shutdown_signal()).await?;
         sweeper.abort();
         scheduler.abort();
         replicator.abort();
+        checkpointer.abort();
+        // A last checkpoint covers every acknowledged entry, here and in the regions.
+        match audit.checkpoint() {
+            Ok(Some((size, note))) => {
+                let regions = backups.replication.regions.iter().map(|r| r.name.to_string()).collect();
+                let mut unshipped = vec![(size, note, regions)];
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    crate::audit::ship(&audit, &backups.replication, &mut unshipped),
+                )
+                .await;
+            }
+            Ok(None) => {}
+            Err(error) => tracing::error!(%error, "final audit checkpoint"),
+        }
         Ok(())
     })
 }
@@ -592,6 +665,113 @@ fn write_first_operator_token(storage: &Storage, data_dir: &Path) -> anyhow::Res
     let path = data_dir.join("operator.token");
     keys::write_secret(&path, format!("{secret}\n").as_bytes())?;
     tracing::info!(path = %path.display(), "wrote the first operator token (mode 0600)");
+    Ok(())
+}
+
+fn verifier_key(given: Option<&str>, default_file: Option<PathBuf>) -> anyhow::Result<Verifier> {
+    let text = match (given, default_file) {
+        (Some(text), _) if Path::new(text).is_file() => std::fs::read_to_string(text)?,
+        (Some(text), _) => text.to_string(),
+        (None, Some(file)) => {
+            std::fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?
+        }
+        (None, None) => anyhow::bail!("give the host's key with --public-key"),
+    };
+    Verifier::parse(text.trim()).map_err(|e| anyhow::anyhow!("public key: {e}"))
+}
+
+fn audit_verify(
+    data_dir: Option<PathBuf>,
+    config: Option<PathBuf>,
+    bundle: Option<PathBuf>,
+    public_key: Option<String>,
+    seen: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use crate::audit::verify;
+    if let Some(file) = bundle {
+        let verifier = verifier_key(public_key.as_deref(), None)?;
+        let text = std::fs::read(&file).with_context(|| format!("read {}", file.display()))?;
+        let bundle: verify::Bundle = serde_json::from_slice(&text)
+            .map_err(|e| anyhow::anyhow!("{}: not a proof bundle: {e}", file.display()))?;
+        let previous = match seen {
+            None => None,
+            Some(text) => {
+                let (size, root) = text.split_once(':').context("--seen is SIZE:ROOT")?;
+                let root: [u8; 32] = crate::crypto::decode_hex(root)
+                    .and_then(|b| b.try_into().ok())
+                    .context("--seen ROOT is 64 hex digits")?;
+                Some((
+                    size.parse::<u64>().context("--seen SIZE is a number")?,
+                    root,
+                ))
+            }
+        };
+        let report = verify::verify_bundle(&bundle, &verifier, previous)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        if machine_output(json) {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            println!(
+                "ok: {} entries of tenant {} proven in the signed log of {} entries{}",
+                report.entries,
+                report.tenant,
+                report.size,
+                if report.consistency > 0 {
+                    ", consistent with the sizes seen before"
+                } else {
+                    ""
+                }
+            );
+        }
+        return Ok(());
+    }
+    let data_dir =
+        data_dir.context("give --data-dir (a host's log) or --bundle (a tenant's proofs)")?;
+    let audit_dir = data_dir.join("audit");
+    let verifier = verifier_key(public_key.as_deref(), Some(audit_dir.join("public.key")))?;
+    let mut copies = Vec::new();
+    if let Some(config_file) = config {
+        let config = Config::resolve(Overrides {
+            config_file: Some(config_file),
+            data_dir: Some(data_dir.clone()),
+            ..Default::default()
+        })?;
+        let origin =
+            std::fs::read_to_string(audit_dir.join("origin")).context("read the log's origin")?;
+        let dir = crate::audit::region_checkpoint_dir(origin.trim());
+        let parts: Vec<&str> = dir.iter().map(String::as_str).collect();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        for spec in &config.backup_regions {
+            let store = RegionStore::open(spec)?;
+            let names = runtime
+                .block_on(store.list_names(&parts))
+                .map_err(|e| anyhow::anyhow!("region {}: {e}", spec.name))?;
+            for name in names {
+                let mut object = parts.clone();
+                object.push(&name);
+                let bytes = runtime
+                    .block_on(store.get_bytes(&store.path(&object)))
+                    .map_err(|e| anyhow::anyhow!("region {}: {e}", spec.name))?;
+                copies.push((
+                    format!("checkpoint {name} in region {}", spec.name),
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                ));
+            }
+        }
+    }
+    let report = verify::verify_log(&audit_dir, &verifier, &copies)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", audit_dir.display()))?;
+    if machine_output(json) {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "ok: {} entries, every one chained and covered by {} signed checkpoints (newest: {})",
+            report.entries, report.checkpoints, report.newest_checkpoint
+        );
+    }
     Ok(())
 }
 

@@ -156,7 +156,8 @@ impl RegionStore {
         })
     }
 
-    fn path(&self, parts: &[&str]) -> Path {
+    /// An object name under the store's prefix.
+    pub fn path(&self, parts: &[&str]) -> Path {
         let mut path = self.prefix.clone();
         for part in parts {
             path = path.join(*part);
@@ -323,6 +324,21 @@ impl RegionStore {
             .common_prefixes
             .iter()
             .filter_map(|p| p.filename().map(str::to_string))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Names of the objects directly under `parts` (e.g. checkpoint copies).
+    pub async fn list_names(&self, parts: &[&str]) -> Result<Vec<String>, StoreError> {
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&self.path(parts)))
+            .await?;
+        let mut out: Vec<String> = listing
+            .objects
+            .iter()
+            .filter_map(|o| o.location.filename().map(str::to_string))
             .collect();
         out.sort();
         Ok(out)

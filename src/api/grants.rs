@@ -1,0 +1,445 @@
+//! Handlers for access requests (break-glass grants), the tenant's access log,
+//! its audit proof bundle, and the log's public key.
+
+use std::sync::Arc;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use hyper::{Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{audit, blocking, json_response, known_tenant, parse_json, ApiError, AppState, Body};
+use crate::audit::verify::{Bundle, BundleEntry, Consistency};
+use crate::audit::{Actor, Entry, Event};
+use crate::auth::{Principal, Role};
+use crate::crypto::encode_hex;
+use crate::grants::{Grant, GrantError, GrantState, Scope, GRANTS_TREE};
+use crate::ids::{rfc3339, unix_now, TenantId};
+use crate::storage::TenantState;
+
+pub fn actor(principal: &Principal) -> Actor {
+    Actor {
+        role: principal.role.as_str().to_string(),
+        token: Some(principal.token_id.clone()),
+    }
+}
+
+impl From<GrantError> for ApiError {
+    fn from(e: GrantError) -> Self {
+        match e {
+            GrantError::NotPending(_) | GrantError::Closed | GrantError::AlreadyDecided => {
+                ApiError::Conflict(e.to_string())
+            }
+            _ => ApiError::Forbidden(e.to_string()),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessRequest {
+    tenant: String,
+    scope: String,
+    duration_minutes: u64,
+    reason: String,
+    ticket: String,
+    #[serde(default)]
+    collections: Option<Vec<String>>,
+    #[serde(default)]
+    emergency: bool,
+}
+
+fn text_field(name: &str, value: &str) -> Result<String, ApiError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(ApiError::Unprocessable(format!("{name} is required")));
+    }
+    if value.len() > 2000 || value.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(ApiError::Unprocessable(format!(
+            "{name} must be at most 2000 characters of text"
+        )));
+    }
+    Ok(value.to_string())
+}
+
+pub fn grant_json(grant: &Grant, now: u64) -> Value {
+    let state = grant.state_at(now);
+    let mut body = json!({
+        "id": grant.id,
+        "tenant": grant.tenant.as_str(),
+        "requester": grant.requester_name,
+        "requester_token": grant.requester,
+        "scope": grant.scope.as_str(),
+        "collections": grant.collections,
+        "duration_minutes": grant.duration_minutes,
+        "reason": grant.reason,
+        "ticket": grant.ticket,
+        "emergency": grant.emergency,
+        "requested_at": rfc3339(grant.requested_at),
+        "state": state.name(),
+    });
+    match state {
+        GrantState::Pending { approvals } => {
+            body["approvals"] = json!(approvals);
+            body["expires_at"] = rfc3339(grant.pending_until).into();
+        }
+        GrantState::Active {
+            approvals,
+            from,
+            until,
+        } => {
+            body["approvals"] = json!(approvals);
+            body["active_from"] = rfc3339(from).into();
+            body["active_until"] = rfc3339(until).into();
+        }
+        GrantState::Closed { because, at, by } => {
+            body["closed"] = json!({"because": because, "at": rfc3339(at), "by": by});
+        }
+    }
+    body
+}
+
+/// `POST /v1/access-requests`: a support engineer asks for a grant.
+pub async fn request(
+    state: &Arc<AppState>,
+    principal: &Principal,
+    body: &bytes::Bytes,
+) -> Result<Response<Body>, ApiError> {
+    let request: AccessRequest = parse_json(body)?;
+    let tenant_id = TenantId::parse(&request.tenant)
+        .ok_or_else(|| ApiError::Unprocessable("tenant is not a tenant id".into()))?;
+    let tenant = known_tenant(&state.storage, &tenant_id).map_err(|_| {
+        ApiError::Unprocessable(format!("no tenant {} on this host", request.tenant))
+    })?;
+    if tenant.state != TenantState::Active {
+        return Err(ApiError::Conflict(format!(
+            "tenant is {}: no access is granted to it",
+            tenant.state.as_str()
+        )));
+    }
+    let scope = match request.scope.as_str() {
+        "read" => Scope::Read,
+        "read-write" => Scope::ReadWrite,
+        other => {
+            return Err(ApiError::Unprocessable(format!(
+                "scope {other:?}: use \"read\" or \"read-write\""
+            )))
+        }
+    };
+    let policy = &state.config.access;
+    if request.emergency && scope != Scope::Read {
+        return Err(ApiError::Unprocessable(
+            "an emergency grant is read-only: ask for scope \"read\"".into(),
+        ));
+    }
+    let cap = if request.emergency {
+        policy.max_emergency_minutes
+    } else {
+        policy.max_minutes
+    };
+    if request.duration_minutes == 0 || request.duration_minutes > cap {
+        return Err(ApiError::Unprocessable(format!(
+            "duration_minutes must be 1 to {cap}{}",
+            if request.emergency {
+                " for an emergency"
+            } else {
+                ""
+            }
+        )));
+    }
+    let reason = text_field("reason", &request.reason)?;
+    let ticket = text_field("ticket", &request.ticket)?;
+    if let Some(collections) = &request.collections {
+        let schema = state
+            .schemas
+            .get(&tenant.schema, tenant.schema_version)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        if collections.is_empty() {
+            return Err(ApiError::Unprocessable(
+                "collections, when given, names at least one".into(),
+            ));
+        }
+        for c in collections {
+            if schema.collection(c).is_none() {
+                return Err(ApiError::Unprocessable(format!(
+                    "the tenant has no collection {c:?}"
+                )));
+            }
+        }
+    }
+    let now = unix_now();
+    let grant = Grant {
+        format: 1,
+        id: encode_hex(&crate::crypto::random_bytes::<16>().map_err(ApiError::internal)?),
+        tenant: tenant.id.clone(),
+        requester: principal.token_id.clone(),
+        requester_name: principal.name.clone(),
+        scope,
+        collections: request.collections,
+        duration_minutes: request.duration_minutes,
+        reason,
+        ticket,
+        emergency: request.emergency,
+        requested_at: now,
+        pending_until: now + policy.pending_expiry.as_secs(),
+        state: GrantState::Pending {
+            approvals: Vec::new(),
+        },
+    };
+    audit(
+        state,
+        Event::new("grant.requested", actor(principal))
+            .tenant(&tenant.id)
+            .grant(&grant.id)
+            .detail("scope", scope.as_str())
+            .detail("duration_minutes", grant.duration_minutes)
+            .detail("emergency", grant.emergency)
+            .detail("collections", json!(grant.collections))
+            .sensitive("reason", &grant.reason)
+            .sensitive("ticket", &grant.ticket),
+    )
+    .await?;
+    let stored = grant.clone();
+    let storage = state.storage.clone();
+    blocking(move || storage.catalog.put_json(GRANTS_TREE, &stored.id, &stored)).await??;
+    tracing::info!(grant_id = %grant.id, tenant_id = %grant.tenant, emergency = grant.emergency, "access requested");
+    Ok(json_response(StatusCode::CREATED, &grant_json(&grant, now)))
+}
+
+fn load(state: &AppState, id: &str) -> Result<Grant, ApiError> {
+    state
+        .storage
+        .catalog
+        .get_json::<Grant>(GRANTS_TREE, id)?
+        .ok_or_else(|| ApiError::NotFound("no such access request".into()))
+}
+
+/// Who may see a request: its requester, the tenant's admins, operators.
+fn may_see(principal: &Principal, grant: &Grant) -> bool {
+    principal.token_id == grant.requester
+        || principal.is_admin_of(&grant.tenant)
+        || principal.role == Role::Operator
+}
+
+pub async fn read(
+    state: &Arc<AppState>,
+    principal: &Principal,
+    id: String,
+) -> Result<Response<Body>, ApiError> {
+    let grant = load(state, &id)?;
+    if !may_see(principal, &grant) {
+        return Err(ApiError::NotFound("no such access request".into()));
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &grant_json(&grant, unix_now()),
+    ))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Approve,
+    Deny,
+    Revoke,
+    Withdraw,
+}
+
+/// `POST /v1/access-requests/{id}/approve|deny|revoke|withdraw`. The
+/// transition is audited before it is stored: if the audit log cannot take
+/// it, nothing changes.
+pub async fn decide(
+    state: &Arc<AppState>,
+    principal: &Principal,
+    id: String,
+    decision: Decision,
+) -> Result<Response<Body>, ApiError> {
+    let _guard = state.grant_lock.lock().await;
+    let mut grant = load(state, &id)?;
+    if !may_see(principal, &grant) {
+        return Err(ApiError::NotFound("no such access request".into()));
+    }
+    let now = unix_now();
+    let before = grant.state_at(now).name();
+    match decision {
+        Decision::Approve => grant.approve(principal, now)?,
+        Decision::Deny => grant.deny(principal, now)?,
+        Decision::Revoke => grant.revoke(principal, now)?,
+        Decision::Withdraw => grant.withdraw(principal, now)?,
+    }
+    let after = grant.state_at(now);
+    let kind = match (decision, &after) {
+        (Decision::Approve, GrantState::Active { .. }) => "grant.activated",
+        (Decision::Approve, _) => "grant.approved",
+        (Decision::Deny, _) => "grant.denied",
+        (Decision::Revoke, _) => "grant.revoked",
+        (Decision::Withdraw, _) => "grant.withdrawn",
+    };
+    let mut event = Event::new(kind, actor(principal))
+        .tenant(&grant.tenant)
+        .grant(&grant.id)
+        .detail("from", before)
+        .detail("to", after.name())
+        .detail("emergency", grant.emergency);
+    if let GrantState::Active { until, .. } = &after {
+        event = event.detail("until", rfc3339(*until));
+    }
+    audit(state, event).await?;
+    let stored = grant.clone();
+    let storage = state.storage.clone();
+    blocking(move || storage.catalog.put_json(GRANTS_TREE, &stored.id, &stored)).await??;
+    tracing::info!(grant_id = %grant.id, tenant_id = %grant.tenant, event = kind, "access request decided");
+    Ok(json_response(StatusCode::OK, &grant_json(&grant, now)))
+}
+
+/// `GET /v1/tenants/{id}/access-log`: every grant of the tenant and every
+/// access made through one (reading it is itself audited).
+pub async fn access_log(
+    state: &Arc<AppState>,
+    principal: &Principal,
+    tenant: TenantId,
+) -> Result<Response<Body>, ApiError> {
+    known_tenant(&state.storage, &tenant)?;
+    audit(
+        state,
+        Event::new("audit.access-log-read", actor(principal)).tenant(&tenant),
+    )
+    .await?;
+    let inner = state.clone();
+    let body = blocking(move || -> Result<Value, ApiError> {
+        let now = unix_now();
+        let mut grants: Vec<Grant> = inner
+            .storage
+            .catalog
+            .list_json::<Grant>(GRANTS_TREE)?
+            .into_iter()
+            .filter(|g| g.tenant == tenant)
+            .collect();
+        grants.sort_by_key(|g| g.requested_at);
+        let seqs = inner.audit.entries_of(&tenant);
+        let entries = inner
+            .audit
+            .read_entries(&seqs)
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        let mut events = Vec::new();
+        for bytes in entries {
+            let entry: Entry = serde_json::from_slice(&bytes).map_err(ApiError::internal)?;
+            if !entry.kind.starts_with("grant.") {
+                continue;
+            }
+            events.push(json!({
+                "seq": entry.seq,
+                "at": rfc3339(entry.at / 1000),
+                "kind": entry.kind,
+                "grant": entry.grant,
+                "actor": entry.actor,
+                "details": entry.details,
+            }));
+        }
+        Ok(json!({
+            "tenant": tenant.as_str(),
+            "grants": grants.iter().map(|g| grant_json(g, now)).collect::<Vec<_>>(),
+            "events": events,
+        }))
+    })
+    .await??;
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+/// `GET /v1/tenants/{id}/audit-proof[?seen=N,…]`: the tenant's entries with
+/// inclusion proofs against the newest signed checkpoint, and consistency
+/// proofs from the tree sizes the tenant saw before.
+pub async fn audit_proof(
+    state: &Arc<AppState>,
+    principal: &Principal,
+    tenant: TenantId,
+    query: Vec<(String, String)>,
+) -> Result<Response<Body>, ApiError> {
+    let mut seen = Vec::new();
+    for (key, value) in &query {
+        match key.as_str() {
+            "seen" => {
+                for part in value.split(',').filter(|p| !p.is_empty()) {
+                    seen.push(part.parse::<u64>().map_err(|_| {
+                        ApiError::BadRequest("seen is a list of tree sizes".into())
+                    })?);
+                }
+            }
+            other => return Err(ApiError::BadRequest(format!("unknown parameter {other:?}"))),
+        }
+    }
+    known_tenant(&state.storage, &tenant)?;
+    audit(
+        state,
+        Event::new("audit.proof-read", actor(principal)).tenant(&tenant),
+    )
+    .await?;
+    let inner = state.clone();
+    let bundle = blocking(move || -> Result<Bundle, ApiError> {
+        let log = &inner.audit;
+        let (size, note) = log.latest_checkpoint().ok_or_else(|| {
+            ApiError::Unavailable("no signed checkpoint yet; try again in a few seconds".into())
+        })?;
+        let seqs: Vec<u64> = log
+            .entries_of(&tenant)
+            .into_iter()
+            .filter(|s| *s < size)
+            .collect();
+        let bytes = log
+            .read_entries(&seqs)
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        let entries = seqs
+            .iter()
+            .zip(bytes)
+            .map(|(seq, bytes)| BundleEntry {
+                seq: *seq,
+                entry: B64.encode(&bytes),
+                proof: log
+                    .inclusion_proof(*seq, size)
+                    .iter()
+                    .map(|h| encode_hex(h))
+                    .collect(),
+            })
+            .collect();
+        let mut consistency = Vec::new();
+        for from in seen {
+            if from == 0 || from > size {
+                return Err(ApiError::Unprocessable(format!(
+                    "seen size {from} is not between 1 and the checkpoint's {size}"
+                )));
+            }
+            consistency.push(Consistency {
+                from,
+                root: encode_hex(&log.root(from)),
+                proof: log
+                    .consistency_proof(from, size)
+                    .iter()
+                    .map(|h| encode_hex(h))
+                    .collect(),
+            });
+        }
+        Ok(Bundle {
+            format: 1,
+            tenant: tenant.to_string(),
+            origin: log.origin().to_string(),
+            verifier_key: log.verifier_key(),
+            checkpoint: note,
+            size,
+            entries,
+            consistency,
+        })
+    })
+    .await??;
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::to_value(&bundle).map_err(ApiError::internal)?,
+    ))
+}
+
+/// `GET /v1/audit/public-key`: the key checkpoints are signed with.
+pub fn public_key(state: &AppState) -> Response<Body> {
+    json_response(
+        StatusCode::OK,
+        &json!({"origin": state.audit.origin(), "key": state.audit.verifier_key()}),
+    )
+}

@@ -1,0 +1,326 @@
+//! Break-glass grants: a support engineer's time-boxed, scoped access to one
+//! tenant's records, approved by the tenant's admin — or, in an emergency, by
+//! two distinct operators, read-only and short, and never hidden from the
+//! tenant.
+//!
+//! ```text
+//! pending ──approve (admin; emergency: 2nd operator)──▶ active ──▶ closed
+//!    └──────── deny, withdraw, revoke, expiry ────────────────────▶ closed
+//! ```
+//!
+//! A closed grant never reopens: every transition takes the state *as of now*
+//! (expiry is computed from the clock, not waited for) and only `pending` and
+//! `active` have transitions out. Grants live in the catalog (tree `grants`);
+//! the data path (`access::open`) reads the grant on every request, so expiry
+//! and revocation take effect on the very next one.
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{Principal, Role};
+use crate::ids::TenantId;
+
+pub const GRANTS_TREE: &str = "grants";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scope {
+    Read,
+    ReadWrite,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::ReadWrite => "read-write",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClosedBecause {
+    Expired,
+    Revoked,
+    Denied,
+    Withdrawn,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum GrantState {
+    Pending {
+        /// Token ids of the approvals so far (emergency: operators).
+        approvals: Vec<String>,
+    },
+    Active {
+        approvals: Vec<String>,
+        from: u64,
+        until: u64,
+    },
+    Closed {
+        because: ClosedBecause,
+        at: u64,
+        #[serde(default)]
+        by: Option<String>,
+    },
+}
+
+impl GrantState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            GrantState::Pending { .. } => "pending",
+            GrantState::Active { .. } => "active",
+            GrantState::Closed { .. } => "closed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Grant {
+    pub format: u32,
+    pub id: String,
+    pub tenant: TenantId,
+    /// The requesting support engineer's token id and name.
+    pub requester: String,
+    pub requester_name: String,
+    pub scope: Scope,
+    /// Collections the grant reaches; `None`: all.
+    #[serde(default)]
+    pub collections: Option<Vec<String>>,
+    pub duration_minutes: u64,
+    /// Staff text shown to the tenant; the audit log keeps only HMACs of it.
+    pub reason: String,
+    pub ticket: String,
+    pub emergency: bool,
+    pub requested_at: u64,
+    /// A pending request expires at this time.
+    pub pending_until: u64,
+    pub state: GrantState,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GrantError {
+    #[error("nobody approves their own request")]
+    SelfApproval,
+    #[error("only the tenant's admins decide this request")]
+    NotTheTenantsAdmin,
+    #[error("an emergency request is decided by operators")]
+    OperatorsOnly,
+    #[error("this approver already decided")]
+    AlreadyDecided,
+    #[error("the request is {0}, not pending")]
+    NotPending(&'static str),
+    #[error("the grant is already closed")]
+    Closed,
+    #[error("only the engineer who asked may withdraw the request")]
+    NotTheRequester,
+    #[error("not allowed")]
+    Denied,
+}
+
+impl Grant {
+    /// The state as of `now`: a pending request or an active grant whose time
+    /// is up is closed (expired).
+    pub fn state_at(&self, now: u64) -> GrantState {
+        match &self.state {
+            GrantState::Pending { .. } if now >= self.pending_until => GrantState::Closed {
+                because: ClosedBecause::Expired,
+                at: self.pending_until,
+                by: None,
+            },
+            GrantState::Active { until, .. } if now >= *until => GrantState::Closed {
+                because: ClosedBecause::Expired,
+                at: *until,
+                by: None,
+            },
+            other => other.clone(),
+        }
+    }
+
+    /// Live for `principal` at `now`: active, and theirs.
+    pub fn live_for(&self, principal: &Principal, now: u64) -> bool {
+        principal.role == Role::Support
+            && principal.token_id == self.requester
+            && matches!(self.state_at(now), GrantState::Active { .. })
+    }
+
+    pub fn reaches(&self, collection: &str) -> bool {
+        self.collections
+            .as_ref()
+            .is_none_or(|c| c.iter().any(|name| name == collection))
+    }
+
+    /// Approve: the tenant's admin activates it; an emergency needs two
+    /// distinct operators (the first approval leaves it pending).
+    pub fn approve(&mut self, by: &Principal, now: u64) -> Result<(), GrantError> {
+        let GrantState::Pending { approvals } = self.state_at(now) else {
+            return Err(GrantError::NotPending(self.state_at(now).name()));
+        };
+        if by.token_id == self.requester {
+            return Err(GrantError::SelfApproval);
+        }
+        if approvals.contains(&by.token_id) {
+            return Err(GrantError::AlreadyDecided);
+        }
+        let mut approvals = approvals;
+        approvals.push(by.token_id.clone());
+        let needed = if self.emergency {
+            if by.role != Role::Operator {
+                return Err(GrantError::OperatorsOnly);
+            }
+            2
+        } else {
+            if !by.is_admin_of(&self.tenant) {
+                return Err(GrantError::NotTheTenantsAdmin);
+            }
+            1
+        };
+        self.state = if approvals.len() >= needed {
+            GrantState::Active {
+                approvals,
+                from: now,
+                until: now + self.duration_minutes * 60,
+            }
+        } else {
+            GrantState::Pending { approvals }
+        };
+        Ok(())
+    }
+
+    /// Deny: the first denial ends the request.
+    pub fn deny(&mut self, by: &Principal, now: u64) -> Result<(), GrantError> {
+        let state = self.state_at(now);
+        let GrantState::Pending { approvals } = state else {
+            return Err(GrantError::NotPending(state.name()));
+        };
+        if by.token_id == self.requester {
+            return Err(GrantError::SelfApproval);
+        }
+        if approvals.contains(&by.token_id) {
+            return Err(GrantError::AlreadyDecided);
+        }
+        let allowed = by.is_admin_of(&self.tenant) || (self.emergency && by.role == Role::Operator);
+        if !allowed {
+            return Err(if self.emergency {
+                GrantError::OperatorsOnly
+            } else {
+                GrantError::NotTheTenantsAdmin
+            });
+        }
+        self.close(ClosedBecause::Denied, by, now);
+        Ok(())
+    }
+
+    /// Revoke: the tenant's admin or an operator ends it now.
+    pub fn revoke(&mut self, by: &Principal, now: u64) -> Result<(), GrantError> {
+        if !(by.is_admin_of(&self.tenant) || by.role == Role::Operator) {
+            return Err(GrantError::Denied);
+        }
+        match self.state_at(now) {
+            GrantState::Closed { .. } => Err(GrantError::Closed),
+            _ => {
+                self.close(ClosedBecause::Revoked, by, now);
+                Ok(())
+            }
+        }
+    }
+
+    /// Withdraw: the requester calls a pending request off.
+    pub fn withdraw(&mut self, by: &Principal, now: u64) -> Result<(), GrantError> {
+        if by.token_id != self.requester {
+            return Err(GrantError::NotTheRequester);
+        }
+        let state = self.state_at(now);
+        let GrantState::Pending { .. } = state else {
+            return Err(GrantError::NotPending(state.name()));
+        };
+        self.close(ClosedBecause::Withdrawn, by, now);
+        Ok(())
+    }
+
+    fn close(&mut self, because: ClosedBecause, by: &Principal, now: u64) {
+        self.state = GrantState::Closed {
+            because,
+            at: now,
+            by: Some(by.token_id.clone()),
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(token: &str, role: Role, tenant: Option<&TenantId>) -> Principal {
+        Principal {
+            token_id: token.into(),
+            role,
+            tenant: tenant.cloned(),
+            also: Vec::new(),
+            name: token.into(),
+            grant: None,
+        }
+    }
+
+    fn grant(tenant: &TenantId, emergency: bool) -> Grant {
+        Grant {
+            format: 1,
+            id: "g".into(),
+            tenant: tenant.clone(),
+            requester: "support-1".into(),
+            requester_name: "alice".into(),
+            scope: Scope::Read,
+            collections: None,
+            duration_minutes: 30,
+            reason: "r".into(),
+            ticket: "t".into(),
+            emergency,
+            requested_at: 1000,
+            pending_until: 1000 + 3600,
+            state: GrantState::Pending { approvals: vec![] },
+        }
+    }
+
+    #[test]
+    fn lifecycle_with_a_clock() {
+        let t = TenantId::generate().unwrap();
+        let admin = principal("admin-1", Role::TenantAdmin, Some(&t));
+        let support = principal("support-1", Role::Support, None);
+        let mut g = grant(&t, false);
+        assert_eq!(g.approve(&support, 1001), Err(GrantError::SelfApproval));
+        g.approve(&admin, 1002).unwrap();
+        assert!(g.live_for(&support, 1002 + 30 * 60 - 1));
+        assert!(!g.live_for(&support, 1002 + 30 * 60));
+        assert_eq!(g.state_at(1002 + 30 * 60).name(), "closed");
+        // Closed never reopens.
+        assert!(g.approve(&admin, 5000).is_err());
+        assert_eq!(g.revoke(&admin, 5000), Err(GrantError::Closed));
+        // A pending request expires.
+        let mut late = grant(&t, false);
+        assert_eq!(
+            late.approve(&admin, 1000 + 3600),
+            Err(GrantError::NotPending("closed"))
+        );
+    }
+
+    #[test]
+    fn emergencies_need_two_distinct_operators() {
+        let t = TenantId::generate().unwrap();
+        let op1 = principal("op-1", Role::Operator, None);
+        let op2 = principal("op-2", Role::Operator, None);
+        let admin = principal("admin-1", Role::TenantAdmin, Some(&t));
+        let support = principal("support-1", Role::Support, None);
+        let mut g = grant(&t, true);
+        assert_eq!(g.approve(&admin, 1001), Err(GrantError::OperatorsOnly));
+        g.approve(&op1, 1001).unwrap();
+        assert_eq!(g.state.name(), "pending");
+        assert_eq!(g.approve(&op1, 1002), Err(GrantError::AlreadyDecided));
+        assert!(!g.live_for(&support, 1002));
+        g.approve(&op2, 1003).unwrap();
+        assert!(g.live_for(&support, 1004));
+        // The tenant may end it.
+        g.revoke(&admin, 1005).unwrap();
+        assert!(!g.live_for(&support, 1006));
+    }
+}
