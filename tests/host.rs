@@ -1,5 +1,7 @@
 //! Integration tests: the real `coffer` binary, real sled files, real sockets.
 
+#[path = "host/access.rs"]
+mod access;
 #[path = "host/backups.rs"]
 mod backups;
 #[path = "host/replication.rs"]

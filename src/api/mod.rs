@@ -391,6 +391,10 @@ async fn route(
             &json!({"status": "ok", "region": state.config.region.as_str()}),
         ));
     }
+    if endpoint == Endpoint::AuditPublicKey {
+        // Public by design: anyone checking a checkpoint needs it.
+        return Ok(grants::public_key(&state));
+    }
     let auth_header = match request.headers().get(AUTHORIZATION) {
         None => None,
         Some(value) => Some(
@@ -404,9 +408,6 @@ async fn route(
         let storage = state.storage.clone();
         blocking(move || auth::authenticate(&storage, auth_header.as_deref())).await??
     };
-    if endpoint == Endpoint::AuditPublicKey {
-        return Ok(grants::public_key(&state));
-    }
     if let Some(value) = request.headers().get("x-coffer-grant") {
         if principal.role == Role::Support {
             principal.grant = Some(

@@ -133,7 +133,8 @@ pub struct Verifier {
 
 impl Verifier {
     pub fn parse(text: &str) -> Result<Verifier, NoteError> {
-        let mut parts = text.trim().split('+');
+        // The key data is base64 and may hold '+'; a name may not.
+        let mut parts = text.trim().splitn(3, '+');
         let (Some(name), Some(id), Some(key), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {

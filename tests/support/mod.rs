@@ -58,6 +58,22 @@ impl Host {
     }
 
     pub fn try_start(data_dir: &Path, extra: &[&str]) -> Result<Host, String> {
+        Self::try_start_env(data_dir, extra, &[])
+    }
+
+    /// Starts a host whose clock is the real one plus the seconds written in
+    /// `clock_file` (debug builds honour `COFFER_TEST_CLOCK_FILE`).
+    pub fn start_with_clock(data_dir: &Path, extra: &[&str], clock_file: &Path) -> Host {
+        let clock = clock_file.to_str().unwrap();
+        Self::try_start_env(data_dir, extra, &[("COFFER_TEST_CLOCK_FILE", clock)])
+            .unwrap_or_else(|e| panic!("start coffer: {e}"))
+    }
+
+    pub fn try_start_env(
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Host, String> {
         let log = data_dir.with_extension(format!(
             "log-{}",
             std::time::SystemTime::now()
@@ -73,6 +89,7 @@ impl Host {
             .args(["--listen", "127.0.0.1:0"])
             .args(extra)
             .env_remove("COFFER_MASTER_KEY")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log_file)
             .spawn()
