@@ -174,7 +174,15 @@ fn grant_cases_each_refused_or_allowed_in_the_data_path() {
     let contacts = records(&t, "contacts");
     let one = format!("{contacts}/{contact}");
     // (case, method, path, grant, body, expected status)
-    let cases: Vec<(&str, &str, String, Option<&str>, Option<&[u8]>, u16)> = vec![
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        String,
+        Option<&'a str>,
+        Option<&'a [u8]>,
+        u16,
+    );
+    let cases: Vec<Case> = vec![
         ("no grant", "GET", one.clone(), None, None, 403),
         ("pending", "GET", one.clone(), Some(&pending), None, 403),
         ("denied", "GET", one.clone(), Some(&denied), None, 403),
@@ -346,7 +354,7 @@ fn grant_cases_each_refused_or_allowed_in_the_data_path() {
     assert_eq!(r.status, 403, "{}", r.text());
     assert!(r.error().contains("closed (expired)"), "{}", r.error());
     // A pending request expires too (24 h by default), and never reopens.
-    std::fs::write(&clock, &(25 * 3600).to_string()).unwrap();
+    std::fs::write(&clock, (25 * 3600).to_string()).unwrap();
     assert_eq!(decide(&host, &admin, &pending, "approve").status, 409);
     let r = host.call(
         "GET",
