@@ -124,9 +124,39 @@ impl Conn {
         (status, response)
     }
 
+    /// Like `request`, with extra headers.
+    pub fn request_with(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, Vec<u8>) {
+        self.send_with(method, path, token, headers, body);
+        let mut response = Vec::new();
+        let status = self.read_response(&mut response);
+        (status, response)
+    }
+
     fn send(&mut self, method: &str, path: &str, token: &str, body: &[u8]) {
+        self.send_with(method, path, token, &[], body)
+    }
+
+    fn send_with(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) {
+        let extra: String = headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\r\n"))
+            .collect();
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             self.addr,
             body.len()
         );

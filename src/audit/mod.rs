@@ -185,38 +185,66 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
-/// One record of the entries file: its offset and its entry's bytes.
-pub type Record = (u64, Vec<u8>);
+/// The fields of an entry the log's structure rests on, parsed without
+/// building the rest (which is skipped, though still checked to be JSON).
+#[derive(Debug, Deserialize)]
+pub struct EntryHead<'a> {
+    pub seq: u64,
+    #[serde(borrow)]
+    pub prev: &'a str,
+    #[serde(borrow, default)]
+    pub tenant: Option<&'a str>,
+    #[serde(default)]
+    pub tenant_prev: Option<u64>,
+}
 
-/// Reads every record of an entries file: (offset, bytes). A torn record at
-/// the end (a crash mid-append, never acknowledged) ends the list; its offset
-/// is returned as the length to keep.
-pub fn read_records(path: &Path) -> Result<(Vec<Record>, u64), AuditError> {
-    let mut bytes = Vec::new();
-    match std::fs::File::open(path) {
-        Ok(mut file) => {
-            file.read_to_end(&mut bytes)
-                .map_err(|e| AuditError::Unavailable(format!("read {}: {e}", path.display())))?;
+/// Streams the records of an entries file: calls `each(offset, bytes)` in
+/// order. Returns the length up to the last whole record (a torn record at
+/// the end — a crash mid-append, never acknowledged — is not passed on).
+pub fn scan_records(
+    path: &Path,
+    mut each: impl FnMut(u64, &[u8]) -> Result<(), String>,
+) -> Result<u64, String> {
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(format!("open {}: {e}", path.display())),
+    };
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut buffer = Vec::with_capacity(4096);
+    let mut offset = 0u64;
+    loop {
+        let mut len = [0u8; 4];
+        match read_full(&mut reader, &mut len) {
+            Ok(true) => {}
+            Ok(false) => return Ok(offset),
+            Err(e) => return Err(format!("read {}: {e}", path.display())),
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(AuditError::Unavailable(format!(
-                "open {}: {e}",
-                path.display()
-            )))
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_ENTRY {
+            return Ok(offset);
+        }
+        buffer.resize(len, 0);
+        match read_full(&mut reader, &mut buffer) {
+            Ok(true) => {}
+            Ok(false) => return Ok(offset),
+            Err(e) => return Err(format!("read {}: {e}", path.display())),
+        }
+        each(offset, &buffer)?;
+        offset += 4 + len as u64;
+    }
+}
+
+/// Fills `buf`; false when the file ends first.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<bool> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..])? {
+            0 => return Ok(false),
+            n => filled += n,
         }
     }
-    let mut records = Vec::new();
-    let mut at = 0usize;
-    while at + 4 <= bytes.len() {
-        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
-        if len > MAX_ENTRY || at + 4 + len > bytes.len() {
-            break;
-        }
-        records.push((at as u64, bytes[at + 4..at + 4 + len].to_vec()));
-        at += 4 + len;
-    }
-    Ok((records, at as u64))
+    Ok(true)
 }
 
 impl AuditLog {
@@ -246,7 +274,41 @@ impl AuditLog {
         )
         .context("write audit public key")?;
         let path = dir.join(ENTRIES);
-        let (records, keep) = read_records(&path)?;
+        let mut state = State {
+            tree: Tree::new(),
+            offsets: Vec::new(),
+            by_tenant: HashMap::new(),
+            pending: Vec::new(),
+            written: 0,
+            last: None,
+            tenant_last: HashMap::new(),
+            failed: None,
+            signed: 0,
+        };
+        let keep = scan_records(&path, |offset, bytes| {
+            let at = state.tree.len();
+            let head: EntryHead = serde_json::from_slice(bytes).map_err(|e| {
+                format!("audit entry {at} is not valid: {e}; run coffer audit verify --data-dir")
+            })?;
+            let expected_prev = state.last.map(|h| crypto::encode_hex(&h)).unwrap_or_default();
+            if head.seq != at || head.prev != expected_prev {
+                return Err(format!(
+                    "audit entry {at} does not follow entry {}: the log was altered; run coffer audit verify --data-dir",
+                    at.saturating_sub(1)
+                ));
+            }
+            let leaf = merkle::leaf_hash(bytes);
+            state.tree.push(leaf);
+            state.offsets.push(offset);
+            if let Some(tenant) = head.tenant.and_then(TenantId::parse) {
+                state.by_tenant.entry(tenant.clone()).or_default().push(at);
+                state.tenant_last.insert(tenant, at);
+            }
+            state.last = Some(leaf);
+            Ok(())
+        })
+        .map_err(|e| anyhow::anyhow!(e))?;
+        state.written = keep;
         let on_disk = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         if keep < on_disk {
             // A torn last record: never acknowledged, never in a checkpoint.
@@ -257,48 +319,6 @@ impl AuditLog {
                 bytes = on_disk - keep,
                 "removed a torn audit record left by a crash"
             );
-        }
-        let mut state = State {
-            tree: Tree::new(),
-            offsets: Vec::new(),
-            by_tenant: HashMap::new(),
-            pending: Vec::new(),
-            written: keep,
-            last: None,
-            tenant_last: HashMap::new(),
-            failed: None,
-            signed: 0,
-        };
-        for (offset, bytes) in records {
-            let entry: Entry = serde_json::from_slice(&bytes).map_err(|e| {
-                anyhow::anyhow!(
-                    "audit entry {} is not valid: {e}; run coffer audit verify",
-                    state.tree.len()
-                )
-            })?;
-            let expected_prev = state
-                .last
-                .map(|h| crypto::encode_hex(&h))
-                .unwrap_or_default();
-            if entry.seq != state.tree.len() || entry.prev != expected_prev {
-                anyhow::bail!(
-                    "audit entry {} does not follow entry {}: the log was altered; run coffer audit verify --data-dir",
-                    state.tree.len(),
-                    state.tree.len().saturating_sub(1)
-                );
-            }
-            let leaf = merkle::leaf_hash(&bytes);
-            state.tree.push(leaf);
-            state.offsets.push(offset);
-            if let Some(tenant) = entry.tenant.as_deref().and_then(TenantId::parse) {
-                state
-                    .by_tenant
-                    .entry(tenant.clone())
-                    .or_default()
-                    .push(entry.seq);
-                state.tenant_last.insert(tenant, entry.seq);
-            }
-            state.last = Some(leaf);
         }
         state.signed = latest_checkpoint_size(&dir);
         Ok(AuditLog {

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::merkle::{self, Hash, Tree};
 use super::note::Verifier;
-use super::{read_records, Entry, CHECKPOINTS, ENTRIES};
+use super::{scan_records, Entry, EntryHead, CHECKPOINTS, ENTRIES};
 use crate::crypto::{decode_hex, encode_hex};
 
 #[derive(Debug, Serialize)]
@@ -28,22 +28,39 @@ pub fn verify_log(
     more: &[(String, String)],
 ) -> Result<LogReport, String> {
     let path = audit_dir.join(ENTRIES);
-    let (records, kept) = read_records(&path).map_err(|e| e.to_string())?;
     let length = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     let mut tree = Tree::new();
     let mut previous: Option<Hash> = None;
-    for (i, (offset, bytes)) in records.iter().enumerate() {
-        let i = i as u64;
-        let entry: Entry = serde_json::from_slice(bytes)
-            .map_err(|e| format!("entry {i} (byte {offset}) is not a valid entry: {e}"))?;
-        if entry.seq != i {
+    let mut hex = String::with_capacity(64);
+    let kept = scan_records(&path, |offset, bytes| {
+        let i = tree.len();
+        // The host writes `{"seq":N,"at":T,"prev":"…"` first; read those
+        // directly, and parse the JSON only when they are not there.
+        let head = match fast_head(bytes) {
+            Some(head) => head,
+            None => {
+                let head: EntryHead = serde_json::from_slice(bytes)
+                    .map_err(|e| format!("entry {i} (byte {offset}) is not a valid entry: {e}"))?;
+                (head.seq, head.prev.to_string())
+            }
+        };
+        let head = EntryHead {
+            seq: head.0,
+            prev: &head.1,
+            tenant: None,
+            tenant_prev: None,
+        };
+        if head.seq != i {
             return Err(format!(
                 "entry {i} (byte {offset}) says it is entry {}: entries were removed, reordered or inserted at {i}",
-                entry.seq
+                head.seq
             ));
         }
-        let expected = previous.map(|h| encode_hex(&h)).unwrap_or_default();
-        if entry.prev != expected {
+        hex.clear();
+        if let Some(h) = &previous {
+            hex.push_str(&encode_hex(h));
+        }
+        if head.prev != hex {
             return Err(format!(
                 "entry {} was altered: entry {i} (byte {offset}) records another hash for it",
                 i.saturating_sub(1)
@@ -52,7 +69,8 @@ pub fn verify_log(
         let leaf = merkle::leaf_hash(bytes);
         tree.push(leaf);
         previous = Some(leaf);
-    }
+        Ok(())
+    })?;
     if kept < length {
         return Err(format!(
             "the log ends inside a record at byte {kept} (after entry {}): truncated or damaged",
@@ -111,6 +129,20 @@ pub fn verify_log(
         checkpoints: notes.len(),
         newest_checkpoint: covered,
     })
+}
+
+/// `{"seq":N,"at":T,"prev":"HEX"` at the start of an entry, as the host
+/// writes it: (seq, prev).
+fn fast_head(bytes: &[u8]) -> Option<(u64, String)> {
+    let rest = bytes.strip_prefix(b"{\"seq\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let seq: u64 = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    let rest = rest[digits..].strip_prefix(b",\"at\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let rest = rest[digits..].strip_prefix(b",\"prev\":\"")?;
+    let end = rest.iter().position(|b| *b == b'"')?;
+    let prev = std::str::from_utf8(&rest[..end]).ok()?;
+    Some((seq, prev.to_string()))
 }
 
 /// A tenant's proof bundle (`GET /v1/tenants/{id}/audit-proof`).
