@@ -8,7 +8,8 @@
 //!
 //! ```text
 //! cli ─► api ─► upgrade ─► backup ─► replication ─┐
-//!            ─► auth, access, lifecycle, keys ──────┴─► storage, schema ─► crypto, ids
+//!            ─► auth, access, grants, lifecycle ─► audit ┴─► storage, schema ─► crypto, ids
+//!            ─► keys
 //!        config (read by cli and api)
 //! ```
 //!
@@ -22,7 +23,13 @@
 //!   shred and re-wrap.
 //! - [`keys`] — master keys on disk (0600 files), rotation ordering.
 //! - [`lifecycle`] — active → deactivated → destroyed, and the sweeper.
-//! - [`access`] — the data path's gate: the only way to a tenant's records.
+//! - [`access`] — the data path's gate: the only way to a tenant's records
+//!   (the tenant's admins, or a support engineer's live grant in scope).
+//! - [`grants`] — break-glass grants as a state machine (pending → active →
+//!   closed), with emergency approval by two operators.
+//! - [`audit`] — the tamper-evident audit log: RFC 9162 Merkle tree, C2SP
+//!   signed checkpoints (also written to every region), group-committed
+//!   durable appends, proofs, and the offline verifiers.
 //! - [`auth`] — bearer tokens → principals; the deny-by-default policy table.
 //! - [`api`] — **the only user of hyper**: routes, status mapping, server loop.
 //! - [`backup`] — the archive format, streamed exports, STREAM-sealed DR backups
@@ -37,8 +44,6 @@
 //!   restore|verify`, `coffer tenant move`; start-up glue and a small HTTP client
 //!   for the tooling.
 //!
-//! Room for what comes next: `audit` (hash-chained log) beside `access` and
-//! `lifecycle`.
 //!
 //! ## Invariants
 //!
@@ -48,8 +53,10 @@
 //! 2. DEKs exist on disk only wrapped by a master key; master keys live in 0600
 //!    files outside the tenant directories. Destroying a tenant deletes its wrapped
 //!    DEK first (crypto-shred), then its directory.
-//! 3. Only a tenant's own admins reach its records: checked by `auth`'s table and
-//!    again by `access::open`, which nothing else can bypass.
+//! 3. Only a tenant's own admins, and support engineers through a live grant of
+//!    their own, reach its records: checked by `auth`'s table and again by
+//!    `access::open` (which reads the grant on every request), which nothing
+//!    else can bypass.
 //! 4. A 2xx on a write means the write is flushed to disk (group commit).
 //! 5. Key material never appears in `Debug` output or logs; query strings and
 //!    record values are never logged.
@@ -63,6 +70,8 @@
 //!    reused, an existing object that differs is never overwritten, and a
 //!    region counts as holding a backup only after its objects were read back
 //!    and matched the manifest's size and SHA-256.
+//! 9. Fail closed: an audited action happens only after its audit entry is
+//!    durable; a read through a grant returns data only after its entry is.
 
 #![forbid(unsafe_code)]
 
