@@ -599,11 +599,14 @@ pub const SCHEDULES_TREE: &str = "backup_schedules";
 impl Backups {
     /// Runs a backup for every active tenant whose last successful backup is
     /// older than its interval (its own, or `default_secs`). Returns how many ran.
+    /// `before` is asked first for each (the audit entry); a `false` skips
+    /// the tenant until the next round.
     pub fn run_due(
         &self,
         storage: &Storage,
         schemas: &Registry,
         default_secs: Option<u64>,
+        before: &dyn Fn(&TenantId) -> bool,
     ) -> usize {
         let jobs: Vec<BackupJob> = storage.catalog.list_json(JOBS_TREE).unwrap_or_default();
         let now = unix_now();
@@ -631,6 +634,9 @@ impl Backups {
             }
             let span = tracing::info_span!("scheduled_backup", tenant_id = %tenant.id);
             let _enter = span.enter();
+            if !before(&tenant.id) {
+                continue;
+            }
             match self.enqueue(storage, &tenant.id, "scheduled") {
                 Ok(job) => {
                     let done = self.run(storage, schemas, job, self.retention_secs);

@@ -584,6 +584,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let sweeper = tokio::spawn(lifecycle::run_sweeper(storage.clone(), audit.clone(), config.sweep_interval));
         let scheduler = {
             let (storage, schemas, backups) = (storage.clone(), schemas.clone(), backups.clone());
+            let audit = audit.clone();
             let default = config.backup_interval.map(|d| d.as_secs());
             tokio::spawn(async move {
                 // Checked every minute (or more often when the host default is
@@ -595,7 +596,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 loop {
                     ticker.tick().await;
                     let (storage, schemas, backups) = (storage.clone(), schemas.clone(), backups.clone());
-                    let _ = tokio::task::spawn_blocking(move || backups.run_due(&storage, &schemas, default)).await;
+                    let audit = audit.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        let before = |tenant: &crate::ids::TenantId| {
+                            let event = crate::audit::Event::new("backup.started", crate::audit::Actor::host())
+                                .tenant(tenant)
+                                .detail("kind", "scheduled");
+                            match audit.append(event) {
+                                Ok(_) => true,
+                                Err(error) => {
+                                    tracing::error!(%error, "cannot audit a scheduled backup; skipped this round");
+                                    false
+                                }
+                            }
+                        };
+                        backups.run_due(&storage, &schemas, default, &before)
+                    })
+                    .await;
                 }
             })
         };
@@ -778,6 +795,19 @@ fn audit_verify(
 fn rotate(host: HostArgs, pace_ms: u64) -> anyhow::Result<()> {
     let config = Config::resolve(overrides(host))?;
     let (storage, _) = open_host(&config)?;
+    // Audited like the online rotation: no durable entry, no rotation.
+    let audit = crate::audit::AuditLog::open(&config.data_dir, config.region.as_str())
+        .context("open the audit log")?;
+    audit
+        .append(crate::audit::Event::new(
+            "keys.rotated",
+            crate::audit::Actor {
+                role: "operator".into(),
+                token: None,
+            },
+        ))
+        .map_err(|e| anyhow::anyhow!("{e}; the key was not rotated"))?;
+    audit.checkpoint().map_err(|e| anyhow::anyhow!("{e}"))?;
     let bar = progress::count("re-wrapping tenant keys", false);
     let report = keys::rotate(&storage, &config.key_source, |done, total| {
         bar.set_length(total as u64);
