@@ -118,10 +118,7 @@ impl Conn {
         token: &str,
         body: &[u8],
     ) -> (u16, Vec<u8>) {
-        self.send(method, path, token, body);
-        let mut response = Vec::new();
-        let status = self.read_response(&mut response);
-        (status, response)
+        self.request_with(method, path, token, &[], body)
     }
 
     /// Like `request`, with extra headers.

@@ -28,6 +28,14 @@ fn host(dir: &TempDir, name: &str, clock: &Path) -> Host {
     )
 }
 
+/// A host in `dir/data` whose clock the test moves by writing `dir/clock`.
+fn host_with_clock(dir: &TempDir) -> (PathBuf, Host) {
+    let clock = dir.path().join("clock");
+    std::fs::write(&clock, "0").unwrap();
+    let host = host(dir, "data", &clock);
+    (clock, host)
+}
+
 fn mint(host: &Host, role: &str, name: &str) -> String {
     let r = host.json(
         "POST",
@@ -94,9 +102,7 @@ fn count(host: &Host, tenant: &str, admin: &str, collection: &str) -> usize {
 #[test]
 fn grant_cases_each_refused_or_allowed_in_the_data_path() {
     let dir = TempDir::new("grants");
-    let clock = dir.path().join("clock");
-    std::fs::write(&clock, "0").unwrap();
-    let host = host(&dir, "data", &clock);
+    let (clock, host) = host_with_clock(&dir);
     let (t, admin) = host.create_tenant("acme", "crm");
     let (other, other_admin) = host.create_tenant("other", "crm");
     let canary = "CANARY-grant-9d1e";
@@ -368,9 +374,7 @@ fn grant_cases_each_refused_or_allowed_in_the_data_path() {
 #[test]
 fn revoke_stops_the_next_request_and_every_access_is_in_the_tenants_log() {
     let dir = TempDir::new("revoke");
-    let clock = dir.path().join("clock");
-    std::fs::write(&clock, "0").unwrap();
-    let host = host(&dir, "data", &clock);
+    let (_clock, host) = host_with_clock(&dir);
     let (t, admin) = host.create_tenant("acme", "crm");
     let r = host.json(
         "POST",
@@ -515,9 +519,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// A host with some history, stopped cleanly (its last checkpoint signed).
 fn history(dir: &TempDir) -> (PathBuf, String) {
-    let clock = dir.path().join("clock");
-    std::fs::write(&clock, "0").unwrap();
-    let host = host(dir, "data", &clock);
+    let (_clock, host) = host_with_clock(dir);
     let (t, admin) = host.create_tenant("acme", "crm");
     let support = mint(&host, "support", "alice");
     for _ in 0..3 {
@@ -726,9 +728,7 @@ fn a_rewritten_host_log_is_caught_against_the_checkpoints_in_the_regions() {
 #[test]
 fn the_audited_action_does_not_happen_when_the_audit_log_cannot_be_written() {
     let dir = TempDir::new("failclosed");
-    let clock = dir.path().join("clock");
-    std::fs::write(&clock, "0").unwrap();
-    let host = host(&dir, "data", &clock);
+    let (_clock, host) = host_with_clock(&dir);
     let (t, admin) = host.create_tenant("acme", "crm");
     let canary = "CANARY-failclosed-41aa";
     let r = host.json(
@@ -841,9 +841,7 @@ fn bundle_when_covering(host: &Host, t: &str, admin: &str, query: &str, entries:
 fn tenants_verify_their_proof_bundles_offline() {
     use base64::Engine;
     let dir = TempDir::new("bundle");
-    let clock = dir.path().join("clock");
-    std::fs::write(&clock, "0").unwrap();
-    let host = host(&dir, "data", &clock);
+    let (_clock, host) = host_with_clock(&dir);
     let (t, admin) = host.create_tenant("acme", "crm");
     let (other, _) = host.create_tenant("other", "crm");
     let support = mint(&host, "support", "alice");
