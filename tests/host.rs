@@ -342,6 +342,12 @@ fn isolation_matrix() {
             None,
             vec![("operator", 200), ("backup-agent", 200)],
         ),
+        (
+            "GET",
+            format!("/v1/tenants/{mine}/access-log"),
+            None,
+            vec![("admin", 200)],
+        ),
         // Finishing a move that never began is a conflict for those allowed to try.
         (
             "POST",
