@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::merkle::{self, Hash, Tree};
 use super::note::Verifier;
 use super::{scan_records, Entry, EntryHead, CHECKPOINTS, ENTRIES};
-use crate::crypto::{decode_hex, encode_hex};
+use crate::crypto::decode_hex;
 
 #[derive(Debug, Serialize)]
 pub struct LogReport {
@@ -29,47 +29,61 @@ pub fn verify_log(
 ) -> Result<LogReport, String> {
     let path = audit_dir.join(ENTRIES);
     let length = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    let mut tree = Tree::new();
-    let mut previous: Option<Hash> = None;
-    let mut hex = String::with_capacity(64);
-    let kept = scan_records(&path, |offset, bytes| {
-        let i = tree.len();
-        // The host writes `{"seq":N,"at":T,"prev":"…"` first; read those
-        // directly, and parse the JSON only when they are not there.
-        let head = match fast_head(bytes) {
-            Some(head) => head,
-            None => {
-                let head: EntryHead = serde_json::from_slice(bytes)
-                    .map_err(|e| format!("entry {i} (byte {offset}) is not a valid entry: {e}"))?;
-                (head.seq, head.prev.to_string())
+    // Two stages on two cores: this thread reads the file and hashes each
+    // entry (and reads its seq and prev); the other checks the chain and
+    // builds the tree. Batches of 4096 entries, at most 4 in flight.
+    let (kept, tree) = std::thread::scope(|scope| -> Result<(u64, Tree), String> {
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<Checked>>(4);
+        let checker = scope.spawn(move || -> Result<Tree, String> {
+            let mut tree = Tree::new();
+            let mut previous: Option<Hash> = None;
+            for batch in receiver {
+                for item in batch {
+                    let i = tree.len();
+                    let (seq, prev) = item.head.map_err(|e| {
+                        format!("entry {i} (byte {}) is not a valid entry: {e}", item.offset)
+                    })?;
+                    if seq != i {
+                        return Err(format!(
+                            "entry {i} (byte {}) says it is entry {seq}: entries were removed, reordered or inserted at {i}",
+                            item.offset
+                        ));
+                    }
+                    if prev != previous {
+                        return Err(format!(
+                            "entry {} was altered: entry {i} (byte {}) records another hash for it",
+                            i.saturating_sub(1),
+                            item.offset
+                        ));
+                    }
+                    tree.push(item.leaf);
+                    previous = Some(item.leaf);
+                }
             }
-        };
-        let head = EntryHead {
-            seq: head.0,
-            prev: &head.1,
-            tenant: None,
-            tenant_prev: None,
-        };
-        if head.seq != i {
-            return Err(format!(
-                "entry {i} (byte {offset}) says it is entry {}: entries were removed, reordered or inserted at {i}",
-                head.seq
-            ));
+            Ok(tree)
+        });
+        let mut batch = Vec::with_capacity(4096);
+        let scanned = scan_records(&path, |offset, bytes| {
+            batch.push(Checked {
+                offset,
+                head: head_of(bytes),
+                leaf: merkle::leaf_hash(bytes),
+            });
+            if batch.len() == 4096 {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(4096));
+                // A closed channel: the checker stopped at an error, and says which.
+                sender.send(full).map_err(|_| String::new())?;
+            }
+            Ok(())
+        });
+        if !batch.is_empty() {
+            let _ = sender.send(batch);
         }
-        hex.clear();
-        if let Some(h) = &previous {
-            hex.push_str(&encode_hex(h));
-        }
-        if head.prev != hex {
-            return Err(format!(
-                "entry {} was altered: entry {i} (byte {offset}) records another hash for it",
-                i.saturating_sub(1)
-            ));
-        }
-        let leaf = merkle::leaf_hash(bytes);
-        tree.push(leaf);
-        previous = Some(leaf);
-        Ok(())
+        drop(sender);
+        let tree = checker
+            .join()
+            .map_err(|_| "the checker thread failed".to_string())??;
+        Ok((scanned?, tree))
     })?;
     if kept < length {
         return Err(format!(
@@ -131,9 +145,54 @@ pub fn verify_log(
     })
 }
 
+/// One entry as the reading stage saw it.
+struct Checked {
+    offset: u64,
+    /// (seq, prev) or why the entry does not parse.
+    head: Result<(u64, Option<Hash>), String>,
+    leaf: Hash,
+}
+
+/// The entry's `seq` and `prev` (None for an empty prev), read directly when
+/// the host's layout is there, else parsed.
+fn head_of(bytes: &[u8]) -> Result<(u64, Option<Hash>), String> {
+    let parsed;
+    let (seq, prev) = match fast_head(bytes) {
+        Some(head) => head,
+        None => {
+            parsed = serde_json::from_slice::<EntryHead>(bytes).map_err(|e| e.to_string())?;
+            (parsed.seq, parsed.prev)
+        }
+    };
+    if prev.is_empty() {
+        return Ok((seq, None));
+    }
+    let hash = decode_prev(prev).ok_or_else(|| "prev is not a SHA-256 in hex".to_string())?;
+    Ok((seq, Some(hash)))
+}
+
+fn decode_prev(hex: &str) -> Option<Hash> {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        }
+    }
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        out[i] = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(out)
+}
+
 /// `{"seq":N,"at":T,"prev":"HEX"` at the start of an entry, as the host
 /// writes it: (seq, prev).
-fn fast_head(bytes: &[u8]) -> Option<(u64, String)> {
+fn fast_head(bytes: &[u8]) -> Option<(u64, &str)> {
     let rest = bytes.strip_prefix(b"{\"seq\":")?;
     let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
     let seq: u64 = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
@@ -142,7 +201,7 @@ fn fast_head(bytes: &[u8]) -> Option<(u64, String)> {
     let rest = rest[digits..].strip_prefix(b",\"prev\":\"")?;
     let end = rest.iter().position(|b| *b == b'"')?;
     let prev = std::str::from_utf8(&rest[..end]).ok()?;
-    Some((seq, prev.to_string()))
+    Some((seq, prev))
 }
 
 /// A tenant's proof bundle (`GET /v1/tenants/{id}/audit-proof`).
