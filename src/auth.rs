@@ -99,6 +99,8 @@ pub enum Action<'a> {
     HandleAccessRequest,
     /// The tenant's access log and audit proofs.
     ReadAuditTrail(&'a TenantId),
+    /// Ask for, or approve, an admin recovery (two operators).
+    AdminRecovery,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +134,9 @@ pub fn authorize(principal: &Principal, action: &Action<'_>) -> Result<(), Denie
         // Requesters, tenant admins and operators; `grants` decides per request.
         (Action::HandleAccessRequest, role) => matches!(role, Support | TenantAdmin | Operator),
         (Action::ReadAuditTrail(t), _) => own(t),
+        // The one way staff obtain a tenant-admin token: two operators, audited,
+        // shown in the tenant's access log (`grants::Recovery`).
+        (Action::AdminRecovery, role) => role == Operator,
 
         // Records: only the tenant's own admins. Operators, backup agents and
         // support engineers without a grant never reach tenant data.

@@ -324,3 +324,54 @@ mod tests {
         assert!(!g.live_for(&support, 1006));
     }
 }
+
+pub const RECOVERIES_TREE: &str = "admin_recoveries";
+
+/// An operator-driven admin recovery, for a tenant that lost every admin
+/// token: asked by one operator, carried out when a second, different
+/// operator approves; the new admin token is shown once, to that second
+/// operator, to hand to the tenant. Audited, and shown in the tenant's access
+/// log. Pending requests expire like grant requests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Recovery {
+    pub format: u32,
+    pub id: String,
+    pub tenant: TenantId,
+    /// Token id of the operator who asked.
+    pub requested_by: String,
+    pub reason: String,
+    pub ticket: String,
+    pub requested_at: u64,
+    pub pending_until: u64,
+    #[serde(default)]
+    pub approved_by: Option<String>,
+    #[serde(default)]
+    pub completed_at: Option<u64>,
+}
+
+impl Recovery {
+    pub fn state_at(&self, now: u64) -> &'static str {
+        match (self.completed_at, now >= self.pending_until) {
+            (Some(_), _) => "completed",
+            (None, true) => "expired",
+            (None, false) => "pending",
+        }
+    }
+
+    /// The second operator's approval.
+    pub fn approve(&mut self, by: &Principal, now: u64) -> Result<(), GrantError> {
+        if by.role != Role::Operator {
+            return Err(GrantError::OperatorsOnly);
+        }
+        match self.state_at(now) {
+            "pending" => {}
+            other => return Err(GrantError::NotPending(other)),
+        }
+        if by.token_id == self.requested_by {
+            return Err(GrantError::SelfApproval);
+        }
+        self.approved_by = Some(by.token_id.clone());
+        self.completed_at = Some(now);
+        Ok(())
+    }
+}

@@ -14,7 +14,7 @@ use crate::audit::verify::{Bundle, BundleEntry, Consistency};
 use crate::audit::{Actor, Entry, Event};
 use crate::auth::{Principal, Role};
 use crate::crypto::encode_hex;
-use crate::grants::{Grant, GrantError, GrantState, Scope, GRANTS_TREE};
+use crate::grants::{Grant, GrantError, GrantState, Recovery, Scope, GRANTS_TREE, RECOVERIES_TREE};
 use crate::ids::{rfc3339, unix_now, TenantId};
 use crate::storage::TenantState;
 
@@ -292,6 +292,122 @@ pub async fn decide(
     Ok(json_response(StatusCode::OK, &grant_json(&grant, now)))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecoveryRequest {
+    reason: String,
+    ticket: String,
+}
+
+fn recovery_json(r: &Recovery, now: u64) -> Value {
+    json!({
+        "id": r.id,
+        "tenant": r.tenant.as_str(),
+        "state": r.state_at(now),
+        "requested_by": r.requested_by,
+        "approved_by": r.approved_by,
+        "reason": r.reason,
+        "ticket": r.ticket,
+        "requested_at": rfc3339(r.requested_at),
+        "completed_at": r.completed_at.map(rfc3339),
+    })
+}
+
+/// `POST /v1/tenants/{id}/admin-recovery`: an operator asks to mint a new
+/// admin token for a tenant that lost every one; a second operator approves.
+pub async fn request_recovery(
+    state: &Arc<AppState>,
+    principal: &Principal,
+    tenant: TenantId,
+    body: &bytes::Bytes,
+) -> Result<Response<Body>, ApiError> {
+    let request: RecoveryRequest = parse_json(body)?;
+    let record = known_tenant(&state.storage, &tenant)?;
+    if record.state != TenantState::Active {
+        return Err(ApiError::Conflict(format!(
+            "tenant is {}: no admin is recovered for it",
+            record.state.as_str()
+        )));
+    }
+    let now = unix_now();
+    let recovery = Recovery {
+        format: 1,
+        id: encode_hex(&crate::crypto::random_bytes::<16>().map_err(ApiError::internal)?),
+        tenant: tenant.clone(),
+        requested_by: principal.token_id.clone(),
+        reason: text_field("reason", &request.reason)?,
+        ticket: text_field("ticket", &request.ticket)?,
+        requested_at: now,
+        pending_until: now + state.config.access.pending_expiry.as_secs(),
+        approved_by: None,
+        completed_at: None,
+    };
+    audit(
+        state,
+        Event::new("admin-recovery.requested", actor(principal))
+            .tenant(&tenant)
+            .grant(&recovery.id)
+            .sensitive("reason", &recovery.reason)
+            .sensitive("ticket", &recovery.ticket),
+    )
+    .await?;
+    let stored = recovery.clone();
+    let storage = state.storage.clone();
+    blocking(move || {
+        storage
+            .catalog
+            .put_json(RECOVERIES_TREE, &stored.id, &stored)
+    })
+    .await??;
+    tracing::warn!(recovery_id = %recovery.id, tenant_id = %tenant, "admin recovery requested");
+    Ok(json_response(
+        StatusCode::CREATED,
+        &recovery_json(&recovery, now),
+    ))
+}
+
+/// `POST /v1/admin-recoveries/{id}/approve`: the second operator; answers
+/// with the new admin token, once.
+pub async fn approve_recovery(
+    state: &Arc<AppState>,
+    principal: &Principal,
+    id: String,
+) -> Result<Response<Body>, ApiError> {
+    let _guard = state.grant_lock.lock().await;
+    let mut recovery: Recovery = state
+        .storage
+        .catalog
+        .get_json(RECOVERIES_TREE, &id)?
+        .ok_or_else(|| ApiError::NotFound("no such admin recovery".into()))?;
+    let now = unix_now();
+    recovery.approve(principal, now)?;
+    audit(
+        state,
+        Event::new("admin-recovery.completed", actor(principal))
+            .tenant(&recovery.tenant)
+            .grant(&recovery.id)
+            .detail("requested_by", recovery.requested_by.as_str()),
+    )
+    .await?;
+    let (stored, storage) = (recovery.clone(), state.storage.clone());
+    let secret = blocking(move || -> Result<String, ApiError> {
+        storage
+            .catalog
+            .put_json(RECOVERIES_TREE, &stored.id, &stored)?;
+        let (_, secret) = storage.issue_token(
+            Role::TenantAdmin,
+            Some(stored.tenant.clone()),
+            "recovered admin",
+        )?;
+        Ok(secret)
+    })
+    .await??;
+    tracing::warn!(recovery_id = %recovery.id, tenant_id = %recovery.tenant, "admin recovered by two operators");
+    let mut body = recovery_json(&recovery, now);
+    body["admin_token"] = Value::from(secret);
+    Ok(json_response(StatusCode::OK, &body))
+}
+
 /// `GET /v1/tenants/{id}/access-log`: every grant of the tenant and every
 /// access made through one (reading it is itself audited).
 pub async fn access_log(
@@ -316,6 +432,14 @@ pub async fn access_log(
             .filter(|g| g.tenant == tenant)
             .collect();
         grants.sort_by_key(|g| g.requested_at);
+        let mut recoveries: Vec<Recovery> = inner
+            .storage
+            .catalog
+            .list_json::<Recovery>(RECOVERIES_TREE)?
+            .into_iter()
+            .filter(|r| r.tenant == tenant)
+            .collect();
+        recoveries.sort_by_key(|r| r.requested_at);
         let seqs = inner.audit.entries_of(&tenant);
         let entries = inner
             .audit
@@ -324,7 +448,7 @@ pub async fn access_log(
         let mut events = Vec::new();
         for bytes in entries {
             let entry: Entry = serde_json::from_slice(&bytes).map_err(ApiError::internal)?;
-            if !entry.kind.starts_with("grant.") {
+            if !(entry.kind.starts_with("grant.") || entry.kind.starts_with("admin-recovery.")) {
                 continue;
             }
             events.push(json!({
@@ -339,6 +463,7 @@ pub async fn access_log(
         Ok(json!({
             "tenant": tenant.as_str(),
             "grants": grants.iter().map(|g| grant_json(g, now)).collect::<Vec<_>>(),
+            "admin_recoveries": recoveries.iter().map(|r| recovery_json(r, now)).collect::<Vec<_>>(),
             "events": events,
         }))
     })

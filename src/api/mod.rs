@@ -515,6 +515,14 @@ async fn dispatch_endpoint(
             allow(principal, Action::HandleAccessRequest)?;
             grants::decide(state, principal, id, decision).await
         }
+        Endpoint::RequestAdminRecovery(id) => {
+            allow(principal, Action::AdminRecovery)?;
+            grants::request_recovery(state, principal, id, &body).await
+        }
+        Endpoint::ApproveAdminRecovery(id) => {
+            allow(principal, Action::AdminRecovery)?;
+            grants::approve_recovery(state, principal, id).await
+        }
         Endpoint::AccessLog(id) => {
             allow(principal, Action::ReadAuditTrail(&id))?;
             grants::access_log(state, principal, id).await

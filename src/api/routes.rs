@@ -48,6 +48,8 @@ pub enum Endpoint {
     AccessLog(TenantId),
     AuditProof(TenantId),
     AuditPublicKey,
+    RequestAdminRecovery(TenantId),
+    ApproveAdminRecovery(String),
     ListRegions,
     RegionTenants(String),
 }
@@ -136,6 +138,12 @@ impl Endpoint {
             (&M::GET, ["v1", "tenants", id, "access-log"]) => Endpoint::AccessLog(tenant(id)?),
             (&M::GET, ["v1", "tenants", id, "audit-proof"]) => Endpoint::AuditProof(tenant(id)?),
             (&M::GET, ["v1", "audit", "public-key"]) => Endpoint::AuditPublicKey,
+            (&M::POST, ["v1", "tenants", id, "admin-recovery"]) => {
+                Endpoint::RequestAdminRecovery(tenant(id)?)
+            }
+            (&M::POST, ["v1", "admin-recoveries", r, "approve"]) => {
+                Endpoint::ApproveAdminRecovery(grant(r)?)
+            }
             (&M::POST, ["v1", "tenants", id, "move"]) => {
                 Endpoint::MoveTenant(tenant(id)?, MoveStep::Begin)
             }
@@ -186,6 +194,8 @@ impl Endpoint {
                 ]
                 | ["v1", "tenants", _, "access-log" | "audit-proof"]
                 | ["v1", "audit", "public-key"]
+                | ["v1", "tenants", _, "admin-recovery"]
+                | ["v1", "admin-recoveries", _, "approve"]
                 | ["v1", "tenants", _, "move"]
                 | ["v1", "tenants", _, "move", "complete" | "abort"]
                 | ["v1", "regions", _, "tenants"]
@@ -216,6 +226,7 @@ impl Endpoint {
             | Endpoint::Copies(t)
             | Endpoint::MoveTenant(t, _)
             | Endpoint::AccessLog(t)
+            | Endpoint::RequestAdminRecovery(t)
             | Endpoint::AuditProof(t) => Some(t),
             Endpoint::Health
             | Endpoint::CreateTenant
@@ -228,7 +239,8 @@ impl Endpoint {
             | Endpoint::RequestAccess
             | Endpoint::ReadAccessRequest(_)
             | Endpoint::DecideAccessRequest(..)
-            | Endpoint::AuditPublicKey => None,
+            | Endpoint::AuditPublicKey
+            | Endpoint::ApproveAdminRecovery(_) => None,
         }
     }
 }

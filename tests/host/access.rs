@@ -945,3 +945,98 @@ fn tenants_verify_their_proof_bundles_offline() {
     ]);
     assert!(!ok, "{text}");
 }
+
+#[test]
+fn an_admin_is_recovered_only_by_two_operators_and_the_tenant_sees_it() {
+    let dir = TempDir::new("recovery");
+    let (_clock, host) = host_with_clock(&dir);
+    let (t, admin) = host.create_tenant("acme", "crm");
+    let r = host.json(
+        "POST",
+        &records(&t, "contacts"),
+        Some(&admin),
+        json!({"name": "Ada"}),
+    );
+    assert_eq!(r.status, 201);
+    let support = mint(&host, "support", "alice");
+    let op2 = mint(&host, "operator", "second operator");
+    let body = json!({"reason": "the customer lost every admin token", "ticket": "SUP-77"});
+    // Only operators ask; reason and ticket are required.
+    for token in [&admin, &support] {
+        let r = host.json(
+            "POST",
+            &format!("/v1/tenants/{t}/admin-recovery"),
+            Some(token),
+            body.clone(),
+        );
+        assert_eq!(r.status, 403, "{}", r.text());
+    }
+    let r = host.json(
+        "POST",
+        &format!("/v1/tenants/{t}/admin-recovery"),
+        Some(&host.operator),
+        json!({"reason": " ", "ticket": "x"}),
+    );
+    assert_eq!(r.status, 422);
+    let r = host.json(
+        "POST",
+        &format!("/v1/tenants/{t}/admin-recovery"),
+        Some(&host.operator),
+        body,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.value()["state"], "pending");
+    assert!(r.value().get("admin_token").is_none());
+    let id = r.value()["id"].as_str().unwrap().to_string();
+    let approve = |token: &str| {
+        host.call(
+            "POST",
+            &format!("/v1/admin-recoveries/{id}/approve"),
+            Some(token),
+            None,
+        )
+    };
+    // Not by the operator who asked, nor by anyone but an operator.
+    assert_eq!(approve(&host.operator).status, 403);
+    assert_eq!(approve(&admin).status, 403);
+    assert_eq!(approve(&support).status, 403);
+    let done = approve(&op2);
+    assert_eq!(done.status, 200, "{}", done.text());
+    assert_eq!(done.value()["state"], "completed");
+    let token = done.value()["admin_token"].as_str().unwrap().to_string();
+    assert_eq!(approve(&op2).status, 409, "a recovery is carried out once");
+    // The new token is the tenant's admin; the tenant sees the recovery.
+    let r = host.call("GET", &records(&t, "contacts"), Some(&token), None);
+    assert_eq!(r.status, 200);
+    let log = host
+        .call(
+            "GET",
+            &format!("/v1/tenants/{t}/access-log"),
+            Some(&token),
+            None,
+        )
+        .value();
+    assert_eq!(log["admin_recoveries"][0]["state"], "completed", "{log}");
+    assert_eq!(
+        log["admin_recoveries"][0]["reason"],
+        "the customer lost every admin token"
+    );
+    let kinds: Vec<&str> = log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"admin-recovery.requested") && kinds.contains(&"admin-recovery.completed"),
+        "{kinds:?}"
+    );
+    // Operators still cannot mint tenant-admin tokens directly.
+    let r = host.json(
+        "POST",
+        "/v1/tokens",
+        Some(&host.operator),
+        json!({"role": "tenant-admin", "name": "x"}),
+    );
+    assert_eq!(r.status, 403);
+}
