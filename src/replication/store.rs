@@ -202,12 +202,15 @@ impl RegionStore {
     }
 
     /// Uploads a local file: one PUT when small, else a multipart upload (an
-    /// interrupted one is never visible as an object).
+    /// interrupted one is never visible as an object). Returns the bytes sent
+    /// and the ETag an S3 store computes for them (MD5 of the object, or of
+    /// the parts' MD5s with `-N` for N parts).
     pub async fn upload_file(
         &self,
         path: &Path,
         file: &std::path::Path,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<(u64, String), StoreError> {
+        use md5::Digest;
         use tokio::io::AsyncReadExt;
         let io =
             |e: std::io::Error| StoreError::Unavailable(format!("read {}: {e}", file.display()));
@@ -217,9 +220,13 @@ impl RegionStore {
             let mut bytes = Vec::with_capacity(size as usize);
             source.read_to_end(&mut bytes).await.map_err(io)?;
             let written = bytes.len() as u64;
+            let etag = crate::crypto::encode_hex(&md5::Md5::digest(&bytes));
             self.put_small(path, Bytes::from(bytes)).await?;
-            return Ok(written);
+            return Ok((written, etag));
         }
+        let mut parts: Vec<u8> = Vec::new();
+        let mut part = md5::Md5::new();
+        let mut in_part = 0usize;
         let upload = self.store.put_multipart(path).await?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
         let mut buffer = vec![0u8; 1 << 20];
@@ -241,9 +248,38 @@ impl RegionStore {
             }
             writer.write(&buffer[..n]);
             written += n as u64;
+            // The parts are cut every PART_BYTES, as WriteMultipart cuts them.
+            let mut rest = &buffer[..n];
+            while !rest.is_empty() {
+                let take = rest.len().min(PART_BYTES - in_part);
+                part.update(&rest[..take]);
+                in_part += take;
+                rest = &rest[take..];
+                if in_part == PART_BYTES {
+                    parts.extend_from_slice(&std::mem::take(&mut part).finalize());
+                    in_part = 0;
+                }
+            }
+        }
+        if in_part > 0 {
+            parts.extend_from_slice(&part.finalize());
         }
         writer.finish().await?;
-        Ok(written)
+        let count = parts.len() / 16;
+        let etag = format!(
+            "{}-{count}",
+            crate::crypto::encode_hex(&md5::Md5::digest(&parts))
+        );
+        Ok((written, etag))
+    }
+
+    /// The store's ETag of an object, without quotes.
+    pub async fn etag(&self, path: &Path) -> Result<Option<String>, StoreError> {
+        match self.store.head(path).await {
+            Ok(meta) => Ok(meta.e_tag.map(|t| t.trim_matches('"').to_string())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(other) => Err(other.into()),
+        }
     }
 
     /// Reads an object whole (manifests).
