@@ -36,7 +36,7 @@
 //!   sealed into the host's spool, verification, restores into staged tenants.
 //! - [`replication`] — **the only user of object_store**: one store per backup
 //!   region (S3, GCS, Azure, directories), per-region replica states, the
-//!   replicator (upload, read-back verification, backoff, catch-up), retention
+//!   replicator (upload, verification, backoff, catch-up), retention
 //!   and erasure tombstones, reads for restores from any region.
 //! - [`upgrade`] — the schema upgrade service (backup first, migrate, swap).
 //! - [`config`] — TOML file + flags → one checked `Config`.
@@ -68,8 +68,9 @@
 //!    only after the whole archive checked out.
 //! 8. Backup objects are written once: a name (tenant, backup id) is never
 //!    reused, an existing object that differs is never overwritten, and a
-//!    region counts as holding a backup only after its objects were read back
-//!    and matched the manifest's size and SHA-256.
+//!    region counts as holding a backup only after the store vouched for its
+//!    objects (an ETag equal to the MD5 of what was sent, or a read-back that
+//!    matched the manifest's size and SHA-256).
 //! 9. Fail closed: an audited action happens only after its audit entry is
 //!    durable; a read through a grant returns data only after its entry is.
 
