@@ -623,6 +623,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 spool: backups.spool.clone(),
                 parallel: 6,
                 retention_sweep: config.sweep_interval,
+                etags: Default::default(),
             }
             .run(),
         );

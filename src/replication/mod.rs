@@ -481,7 +481,14 @@ pub struct Replicator {
     /// At most this many (backup, region) transfers at once.
     pub parallel: usize,
     pub retention_sweep: Duration,
+    /// Expected ETags of spooled archives, by backup (shared by the regions).
+    pub etags: EtagCache,
 }
+
+/// Per backup: the ETag once computed, and when the entry was made.
+pub type EtagCache = Mutex<
+    std::collections::HashMap<String, (Arc<tokio::sync::OnceCell<String>>, std::time::Instant)>,
+>;
 
 impl Replicator {
     pub async fn run(self) {
@@ -668,8 +675,8 @@ impl Replicator {
                 }
                 None => {
                     let file = self.spool.archive_path(tenant, backup);
-                    let (_, etag) = region.upload_file(&archive, &file).await?;
-                    uploaded_etag = Some(etag);
+                    region.upload_file(&archive, &file).await?;
+                    uploaded_etag = Some(self.expected_etag(backup, file).await?);
                 }
             }
             match region.get_bytes(&manifest).await {
@@ -716,6 +723,37 @@ impl Replicator {
             return Err(StoreError::Conflict(format!("{manifest} was altered")));
         }
         Ok(())
+    }
+
+    /// The S3 ETag of a spooled archive, computed once per backup however
+    /// many regions it goes to.
+    async fn expected_etag(
+        &self,
+        backup: &str,
+        file: std::path::PathBuf,
+    ) -> Result<String, StoreError> {
+        let cell = {
+            let mut etags = self.etags.lock().expect("etag cache");
+            etags.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(3600));
+            etags
+                .entry(backup.to_string())
+                .or_insert_with(|| {
+                    (
+                        Arc::new(tokio::sync::OnceCell::new()),
+                        std::time::Instant::now(),
+                    )
+                })
+                .0
+                .clone()
+        };
+        cell.get_or_try_init(|| async move {
+            tokio::task::spawn_blocking(move || store::s3_etag_of(&file))
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?
+                .map_err(|e| StoreError::Unavailable(format!("read the spooled archive: {e}")))
+        })
+        .await
+        .cloned()
     }
 
     async fn any_manifest(&self, tenant: &str, backup: &str) -> Option<StoredBackup> {
