@@ -210,7 +210,7 @@ fn replicate(root: &Path, garage: &Path, config: &Path, mib: u64) {
         3.0 * mb / curl3.as_secs_f64()
     );
     println!(
-        "replication to three regions after sealing (upload + read-back verification): {:.2} s = {:.2}x one curl upload, {:.2}x one upload by our client, {:.2}x three curl PUTs at once",
+        "replication to three regions after sealing (upload + verification): {:.2} s = {:.2}x one curl upload, {:.2}x one upload by our client, {:.2}x three curl PUTs at once",
         (all - sealed).as_secs_f64(),
         (all - sealed).as_secs_f64() / curl.as_secs_f64(),
         (all - sealed).as_secs_f64() / ours.as_secs_f64(),

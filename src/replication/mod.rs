@@ -674,9 +674,14 @@ impl Replicator {
                     )))
                 }
                 None => {
+                    // The expected ETag is computed while the bytes go out.
                     let file = self.spool.archive_path(tenant, backup);
-                    region.upload_file(&archive, &file).await?;
-                    uploaded_etag = Some(self.expected_etag(backup, file).await?);
+                    let (sent, etag) = tokio::join!(
+                        region.upload_file(&archive, &file),
+                        self.expected_etag(backup, file.clone())
+                    );
+                    sent?;
+                    uploaded_etag = Some(etag?);
                 }
             }
             match region.get_bytes(&manifest).await {
