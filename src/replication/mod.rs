@@ -48,6 +48,10 @@ use crate::storage::{Storage, StorageError};
 pub use store::{RegionStore, StoreError};
 
 pub const REPLICAS_TREE: &str = "replicas";
+/// Keys of the replicas with work left (not verified): what the replicator
+/// and the lag report walk, so their cost does not grow with every backup
+/// ever verified.
+pub const DUE_TREE: &str = "replicas_due";
 /// Tenants whose backups an operator erased: backups finishing later are
 /// erased too (key: tenant id).
 pub const ERASED_TREE: &str = "erased_tenants";
@@ -124,6 +128,18 @@ impl Replica {
             body["deleting_because"] = why.clone().into();
         }
         body
+    }
+}
+
+/// Stores a replica's state, and whether it still has work left.
+fn put_replica(storage: &Storage, replica: &Replica) -> Result<(), StorageError> {
+    storage
+        .catalog
+        .put_json(REPLICAS_TREE, &replica.key(), replica)?;
+    if replica.state == ReplicaState::Verified {
+        storage.catalog.remove_json(DUE_TREE, &replica.key())
+    } else {
+        storage.catalog.put_json(DUE_TREE, &replica.key(), &true)
     }
 }
 
@@ -232,19 +248,27 @@ impl Replication {
                 verified_at: None,
                 deleting_because: erased.then(|| "erased".to_string()),
             };
-            storage
-                .catalog
-                .put_json(REPLICAS_TREE, &replica.key(), &replica)?;
+            put_replica(storage, &replica)?;
         }
         self.wake.notify_one();
         Ok(())
     }
 
-    pub fn replicas(&self, storage: &Storage) -> Vec<Replica> {
+    /// Replicas with work left: pending, replicated, failed or deleting.
+    pub fn unfinished(&self, storage: &Storage) -> Vec<Replica> {
         storage
             .catalog
-            .list_json::<Replica>(REPLICAS_TREE)
+            .keys(DUE_TREE)
             .unwrap_or_default()
+            .iter()
+            .filter_map(|key| {
+                storage
+                    .catalog
+                    .get_json::<Replica>(REPLICAS_TREE, key)
+                    .ok()
+                    .flatten()
+            })
+            .collect()
     }
 
     pub fn replicas_of(&self, storage: &Storage, backup: &str) -> Vec<Replica> {
@@ -286,9 +310,7 @@ impl Replication {
             replica.attempts = 0;
             replica.next_attempt_ms = 0;
             replica.last_error = None;
-            storage
-                .catalog
-                .put_json(REPLICAS_TREE, &replica.key(), replica)?;
+            put_replica(storage, replica)?;
         }
         self.wake.notify_one();
         Ok(())
@@ -354,7 +376,7 @@ impl Replication {
 
     /// Per region: replicas not yet verified and the oldest of them.
     pub fn lag(&self, storage: &Storage) -> Vec<RegionLag> {
-        let replicas = self.replicas(storage);
+        let replicas = self.unfinished(storage);
         let now = unix_now();
         self.regions
             .iter()
@@ -508,7 +530,7 @@ impl Replicator {
                     tracing::info!(backups = swept, "retention ended: backups tombstoned");
                 }
             }
-            let replicas = this.replication.replicas(&this.storage);
+            let replicas = this.replication.unfinished(&this.storage);
             let now = now_ms();
             let mut next_due: Option<u64> = None;
             for replica in replicas {
@@ -631,10 +653,7 @@ impl Replicator {
             }
             // Deleted meanwhile: nothing to record.
             None => Ok(()),
-            Some(_) => self
-                .storage
-                .catalog
-                .put_json(REPLICAS_TREE, &replica.key(), replica),
+            Some(_) => put_replica(&self.storage, replica),
         }
     }
 

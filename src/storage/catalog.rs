@@ -326,6 +326,16 @@ impl Catalog {
             .collect()
     }
 
+    /// The keys of a named tree, in order.
+    pub fn keys(&self, tree: &str) -> Result<Vec<String>, StorageError> {
+        self.db
+            .open_tree(tree)?
+            .iter()
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
+            .collect()
+    }
+
     pub fn remove_json(&self, tree: &str, key: &str) -> Result<(), StorageError> {
         self.db.open_tree(tree)?.remove(key)?;
         self.db.flush()?;
