@@ -1,17 +1,24 @@
-//! The archive format, version 1 (see `ops/archive-format.md`).
+//! The archive format, version 2 (see `ops/archive-format.md`).
 //!
 //! A tar stream (ustar headers) compressed with zstd. Members, in this order:
 //!
-//! 1. `manifest.json` — [`Manifest`]: format and version, tenant, schema, the
+//! 1. `schema.json` — the tenant's schema version as this host knew it (its
+//!    `name` and `version` say which one).
+//! 2. `collections/<name>.ndjson` — one per collection of the schema, in name
+//!    order, one record per line: a JSON object with `"id"` and its fields,
+//!    ids strictly ascending (so a reader finds a repeated id in O(1) memory).
+//! 3. `manifest.json` — [`Manifest`]: format and version, tenant, schema, the
 //!    consistency point, per-collection record counts, and the size and SHA-256
-//!    of every other member. First, so that a streaming reader knows what every
-//!    later member must hash to before it reads it.
-//! 2. `schema.json` — the tenant's schema version as this host knew it.
-//! 3. `collections/<name>.ndjson` — one per collection of the schema, in name
-//!    order, one record per line: a JSON object with `"id"` and its fields.
+//!    of every other member. Last, so that the writer hashes as it writes, in
+//!    one pass; a streaming reader hashes every member as it reads and checks
+//!    them all against the manifest, and nothing it read counts until then.
 //!
 //! Nothing else: a reader refuses other members, links, devices, directories,
-//! duplicates, and any member whose size or hash differs from the manifest.
+//! duplicates, anything after the manifest, and any member whose size or hash
+//! differs from the manifest.
+//!
+//! Version 1 (written until 2026-11-23, still read) is the same with
+//! `manifest.json` first and ids in any order.
 
 use std::collections::BTreeMap;
 
@@ -19,8 +26,10 @@ use serde::{Deserialize, Serialize};
 
 /// The `format` field of every Coffer archive manifest.
 pub const ARCHIVE_FORMAT: &str = "coffer-archive";
-/// The archive layout version this code writes and reads. Never change its meaning.
-pub const ARCHIVE_VERSION: u32 = 1;
+/// The archive layout version this code writes. Never change a version's meaning.
+pub const ARCHIVE_VERSION: u32 = 2;
+/// The first version, manifest first; still read.
+pub const ARCHIVE_VERSION_1: u32 = 1;
 pub const MANIFEST_PATH: &str = "manifest.json";
 pub const SCHEMA_PATH: &str = "schema.json";
 /// zstd level for archives: level 3 is zstd's default speed/ratio balance.

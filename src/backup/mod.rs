@@ -32,7 +32,7 @@ use crate::schema::{Registry, Schema};
 use crate::storage::{
     InheritedAdmin, NewTenant, StagedTenant, Storage, StorageError, TenantRecord,
 };
-use format::{Limits, Manifest};
+use format::Limits;
 use import::ArchiveSink;
 use store::{LocalStore, StoredBackup};
 
@@ -409,7 +409,7 @@ pub fn restore_archive(
 ) -> Result<Restored, BackupError> {
     let mut sink = StagingSink {
         storage,
-        name: Some(name),
+        name,
         keep_id,
         region,
         staged: None,
@@ -439,7 +439,7 @@ pub fn restore_archive(
 
 struct StagingSink<'a> {
     storage: &'a Storage,
-    name: Option<String>,
+    name: String,
     keep_id: Option<TenantId>,
     region: Region,
     staged: Option<StagedTenant>,
@@ -447,13 +447,10 @@ struct StagingSink<'a> {
 }
 
 impl ArchiveSink for StagingSink<'_> {
-    fn begin(&mut self, manifest: &Manifest, schema: &Schema) -> Result<(), BackupError> {
+    fn begin(&mut self, schema: &Schema) -> Result<(), BackupError> {
         let staged = self.storage.stage_tenant(NewTenant {
             id: self.keep_id.take(),
-            name: self
-                .name
-                .take()
-                .unwrap_or_else(|| manifest.tenant.name.clone()),
+            name: std::mem::take(&mut self.name),
             region: self.region.clone(),
             schema: schema.name.clone(),
             schema_version: schema.version,

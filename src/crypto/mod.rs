@@ -24,6 +24,8 @@ pub const SEALED_FORMAT_V1: u8 = 0x01;
 /// Length of every key this module handles (AES-256, HMAC-SHA256 keys).
 pub const KEY_LEN: usize = 32;
 const TAG_LEN: usize = 16;
+/// Bytes a sealed value adds to its plaintext (version, nonce, tag).
+pub const SEALED_OVERHEAD: usize = 1 + NONCE_LEN + TAG_LEN;
 
 /// Why a cryptographic operation failed. Opening failures are deliberately one
 /// opaque variant: the caller learns "this did not open", never why (no oracle).
@@ -132,6 +134,39 @@ impl TenantCipher {
 
     pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
         open_with(&self.aead, aad, sealed)
+    }
+
+    /// Opens `sealed` onto the end of `out` (decrypted in place there, no other
+    /// copy). On failure `out` is as it was.
+    pub fn open_append(
+        &self,
+        aad: &[u8],
+        sealed: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
+        if sealed.len() < SEALED_OVERHEAD || sealed[0] != SEALED_FORMAT_V1 {
+            return Err(CryptoError::Open);
+        }
+        let nonce: [u8; NONCE_LEN] = sealed[1..1 + NONCE_LEN]
+            .try_into()
+            .map_err(|_| CryptoError::Open)?;
+        let start = out.len();
+        out.extend_from_slice(&sealed[1 + NONCE_LEN..]);
+        match self.aead.open_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut out[start..],
+        ) {
+            Ok(plain) => {
+                let plain_len = plain.len();
+                out.truncate(start + plain_len);
+                Ok(())
+            }
+            Err(_) => {
+                out.truncate(start);
+                Err(CryptoError::Open)
+            }
+        }
     }
 
     /// The blind index of one field value: HMAC-SHA256 under the tenant's index
@@ -382,7 +417,7 @@ fn seal_with(key: &LessSafeKey, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>,
 }
 
 fn open_with(key: &LessSafeKey, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
-    if sealed.len() < 1 + NONCE_LEN + TAG_LEN || sealed[0] != SEALED_FORMAT_V1 {
+    if sealed.len() < SEALED_OVERHEAD || sealed[0] != SEALED_FORMAT_V1 {
         return Err(CryptoError::Open);
     }
     let nonce: [u8; NONCE_LEN] = sealed[1..1 + NONCE_LEN]
@@ -524,6 +559,32 @@ mod tests {
         for len in 0..sealed.len() {
             assert_eq!(cipher.open(&aad, &sealed[..len]), Err(CryptoError::Open));
         }
+    }
+
+    #[test]
+    fn open_append_adds_the_plaintext_or_leaves_the_buffer_alone() {
+        let cipher = TenantCipher::new(&SecretKey::generate().unwrap());
+        let aad = record_aad("t", "c", "r");
+        let sealed = cipher.seal(&aad, b"payload").unwrap();
+        assert_eq!(sealed.len(), b"payload".len() + SEALED_OVERHEAD);
+        let mut out = b"before:".to_vec();
+        cipher.open_append(&aad, &sealed, &mut out).unwrap();
+        assert_eq!(out, b"before:payload");
+        let mut damaged = sealed.clone();
+        damaged[20] ^= 1;
+        for bad in [&damaged[..], &sealed[..10], &sealed[..sealed.len() - 1]] {
+            assert_eq!(
+                cipher.open_append(&aad, bad, &mut out),
+                Err(CryptoError::Open)
+            );
+            assert_eq!(out, b"before:payload");
+        }
+        let wrong_place = record_aad("t", "c", "other");
+        assert_eq!(
+            cipher.open_append(&wrong_place, &sealed, &mut out),
+            Err(CryptoError::Open)
+        );
+        assert_eq!(out, b"before:payload");
     }
 
     #[test]

@@ -454,32 +454,44 @@ impl TenantDb {
             .map_err(|_| StorageError::Damaged(format!("record {id} in {collection}")))
     }
 
-    /// The NDJSON line of a record (`{"id":…,fields…}` and a newline), built from
-    /// the decrypted bytes without parsing them: they are the JSON object this
-    /// module sealed (authenticated, so trusted to be one).
-    fn open_line(
+    /// Appends the NDJSON line of a record (`{"id":…,fields…}` and a newline) to
+    /// `out`, decrypting in place there, without parsing: the plaintext is the
+    /// JSON object this module sealed (authenticated, so trusted to be one). Its
+    /// length is [`line_len`] of the sealed value's, known without decrypting.
+    fn append_line(
         &self,
         collection: &str,
         id: &RecordId,
         sealed: &[u8],
-    ) -> Result<Vec<u8>, StorageError> {
+        out: &mut Vec<u8>,
+    ) -> Result<(), StorageError> {
         let damaged = || StorageError::Damaged(format!("record {id} in {collection}"));
-        let plain = self.open_plain(collection, id, sealed)?;
-        if plain.len() < 2 || plain[0] != b'{' || plain[plain.len() - 1] != b'}' {
+        let start = out.len();
+        out.extend_from_slice(b"{\"id\":\"");
+        out.extend_from_slice(id.as_str().as_bytes());
+        out.push(b'"');
+        let plain_at = out.len();
+        let opened = self.cipher.open_append(
+            &record_aad(self.tenant.as_str(), collection, id.as_str()),
+            sealed,
+            out,
+        );
+        let plain = &out[plain_at..];
+        if opened.is_err() || plain.len() < 2 || plain[0] != b'{' || plain[plain.len() - 1] != b'}'
+        {
+            out.truncate(start);
             return Err(damaged());
         }
-        let mut line = Vec::with_capacity(plain.len() + 48);
-        line.extend_from_slice(b"{\"id\":\"");
-        line.extend_from_slice(id.as_str().as_bytes());
-        line.push(b'"');
-        if plain.len() > 2 {
-            line.push(b',');
-            line.extend_from_slice(&plain[1..]);
+        if plain.len() == 2 {
+            // `{}`: no fields, the line is `{"id":"…"}`.
+            out.truncate(plain_at);
+            out.push(b'}');
         } else {
-            line.push(b'}');
+            // The object's `{` becomes the comma after the id.
+            out[plain_at] = b',';
         }
-        line.push(b'\n');
-        Ok(line)
+        out.push(b'\n');
+        Ok(())
     }
 
     /// Refuses every write from now on (under the write lock, so no write is half
@@ -543,8 +555,8 @@ impl TenantDb {
     }
 }
 
-/// A raw (key, sealed value) pair.
-type RawEntry = (Vec<u8>, Vec<u8>);
+/// A raw (key, sealed value) pair, sharing sled's buffers (no copy).
+type RawEntry = (sled::IVec, sled::IVec);
 
 /// A point-in-time view of one tenant, for exports and backups.
 ///
@@ -553,13 +565,14 @@ type RawEntry = (Vec<u8>, Vec<u8>);
 /// pre-image of every record it changes (or an "absent" marker for a record that
 /// did not exist) into the snapshot's own sled tree, *before* it changes the
 /// record. The snapshot reads the live records in chunks of [`SNAPSHOT_CHUNK`]
-/// and then the pre-images of the same key range, and lets pre-images win: any
-/// change the live read could see left its pre-image first. So every read of the
-/// snapshot sees the tenant as it was when the snapshot was taken, however long
-/// the export runs and however often it reads (exports read twice: sizes and
-/// hashes first, then bytes). Writers never wait for the snapshot's reads: an
-/// earlier version read each chunk under the write lock, and one cold chunk of a
-/// 1 GiB tenant held writers for 8 s.
+/// and then the pre-images of the same key range, and lets pre-images win: a
+/// change the live read saw left its pre-image before it, so the pre-image read
+/// that follows finds it; a change it did not see needs none. So every read of
+/// the snapshot sees the tenant as it was when the snapshot was taken, however
+/// long the export runs and however often it reads (an export reads twice: the
+/// lengths of the records, then their bytes). Writers never wait for the
+/// snapshot's reads: an earlier version read each chunk under the write lock,
+/// and one cold chunk of a 1 GiB tenant held writers for 8 s.
 pub struct Snapshot {
     db: Arc<TenantDb>,
     id: u64,
@@ -587,28 +600,39 @@ impl Snapshot {
         }
     }
 
+    /// How many records one collection holds as of the snapshot, and the bytes
+    /// of their NDJSON lines, from the sealed values' lengths (nothing is
+    /// decrypted): an archive's tar header needs a member's size before its bytes.
+    pub fn line_stats(&self, collection: &str) -> Result<(u64, u64), StorageError> {
+        let mut records = self.records(collection);
+        let (mut count, mut bytes) = (0u64, 0u64);
+        while let Some(entry) = records.next_raw() {
+            let (key, sealed) = entry?;
+            let id_len = key.len() - records.prefix.len();
+            bytes += line_len(id_len, sealed.len())
+                .ok_or_else(|| StorageError::Damaged(format!("a sealed record in {collection}")))?;
+            count += 1;
+        }
+        Ok((count, bytes))
+    }
+
     /// One chunk of (key, sealed value) as of the snapshot, after `cursor`.
     fn chunk(
         &self,
         prefix: &[u8],
         cursor: Option<&[u8]>,
-    ) -> Result<(Vec<RawEntry>, Option<Vec<u8>>), StorageError> {
+    ) -> Result<(Vec<RawEntry>, Option<sled::IVec>), StorageError> {
         let start = match cursor {
             Some(c) => Bound::Excluded(c.to_vec()),
             None => Bound::Included(prefix.to_vec()),
         };
-        let _state = self
-            .db
-            .write_lock
-            .lock()
-            .expect("tenant write lock poisoned");
         let mut live = Vec::with_capacity(SNAPSHOT_CHUNK);
         for item in self.db.data.range((start.clone(), Bound::Unbounded)) {
             let (key, value) = item?;
             if !key.starts_with(prefix) {
                 break;
             }
-            live.push((key.to_vec(), value.to_vec()));
+            live.push((key, value));
             if live.len() == SNAPSHOT_CHUNK {
                 break;
             }
@@ -616,30 +640,51 @@ impl Snapshot {
         // The chunk covers keys up to its last live key, or the rest of the
         // collection when the live records ran out.
         let end = (live.len() == SNAPSHOT_CHUNK).then(|| live[live.len() - 1].0.clone());
-        let mut merged: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> =
-            live.into_iter().map(|(k, v)| (k, Some(v))).collect();
         let upper = match &end {
-            Some(end) => Bound::Included(end.clone()),
+            Some(end) => Bound::Included(end.to_vec()),
             None => Bound::Unbounded,
         };
+        let mut pre_images = Vec::new();
         for item in self.tree.range((start, upper)) {
             let (key, pre_image) = item?;
             if !key.starts_with(prefix) {
                 break;
             }
-            let value = match pre_image.split_first() {
-                Some((&PRE_IMAGE_VALUE, sealed)) => Some(sealed.to_vec()),
-                Some((&PRE_IMAGE_ABSENT, _)) => None,
+            let value = match pre_image.first() {
+                Some(&PRE_IMAGE_VALUE) => Some(pre_image.subslice(1, pre_image.len() - 1)),
+                Some(&PRE_IMAGE_ABSENT) => None,
                 _ => return Err(StorageError::Damaged("a snapshot pre-image".into())),
             };
-            merged.insert(key.to_vec(), value);
+            pre_images.push((key, value));
         }
+        if pre_images.is_empty() {
+            // Nothing changed in this range since the snapshot: the live read is it.
+            return Ok((live, end));
+        }
+        let mut merged: std::collections::BTreeMap<sled::IVec, Option<sled::IVec>> =
+            live.into_iter().map(|(k, v)| (k, Some(v))).collect();
+        merged.extend(pre_images);
         let records = merged
             .into_iter()
             .filter_map(|(k, v)| v.map(|v| (k, v)))
             .collect();
         Ok((records, end))
     }
+}
+
+/// The length of a record's NDJSON line (see `TenantDb::append_line`) from the
+/// lengths of its id and its sealed value; `None` if the value is too short to
+/// hold a sealed JSON object.
+fn line_len(id_len: usize, sealed_len: usize) -> Option<u64> {
+    let plain_len = sealed_len.checked_sub(crate::crypto::SEALED_OVERHEAD)?;
+    // `{"id":"` id `"` then `,` fields `}` (the object's own `{` replaced), or
+    // `}` for an empty object; then the newline.
+    let body = match plain_len {
+        0 | 1 => return None,
+        2 => 1,
+        n => n,
+    };
+    Some((7 + id_len + 1 + body + 1) as u64)
 }
 
 impl Drop for Snapshot {
@@ -662,22 +707,23 @@ pub struct SnapshotRecords<'a> {
     snapshot: &'a Snapshot,
     collection: String,
     prefix: Vec<u8>,
-    cursor: Option<Vec<u8>>,
+    cursor: Option<sled::IVec>,
     done: bool,
     pending: std::collections::VecDeque<RawEntry>,
 }
 
 impl SnapshotRecords<'_> {
-    /// The next record as an NDJSON line, without parsing it (exports).
-    pub fn next_line(&mut self) -> Option<Result<Vec<u8>, StorageError>> {
+    /// Appends the next record's NDJSON line to `out` (exports); `None` at the end.
+    pub fn append_line(&mut self, out: &mut Vec<u8>) -> Option<Result<(), StorageError>> {
         let (key, sealed) = match self.next_raw()? {
             Ok(entry) => entry,
             Err(e) => return Some(Err(e)),
         };
-        Some(
-            record_id_from(&key[self.prefix.len()..])
-                .and_then(|id| self.snapshot.db.open_line(&self.collection, &id, &sealed)),
-        )
+        Some(record_id_from(&key[self.prefix.len()..]).and_then(|id| {
+            self.snapshot
+                .db
+                .append_line(&self.collection, &id, &sealed, out)
+        }))
     }
 
     fn next_raw(&mut self) -> Option<Result<RawEntry, StorageError>> {
@@ -876,6 +922,70 @@ mod tests {
             .iter()
             .all(|n| !n.starts_with(b"snapshot-")));
         drop(db);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn export_lines_match_the_lengths_known_without_decrypting() {
+        let (db, people, dir) = open_temp("lines");
+        let db = Arc::new(db);
+        let mut expected = std::collections::BTreeMap::new();
+        for (i, value) in [
+            json!({}),
+            json!({"email": "a@x"}),
+            json!({"email": "é \" \\ \n ✓"}),
+            json!({"email": "x".repeat(5000)}),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let id = db
+                .insert("people", &people, &fields(value.clone()))
+                .unwrap();
+            let mut line = value.as_object().unwrap().clone();
+            line.insert("id".into(), json!(id.as_str()));
+            expected.insert(id, (i, Value::Object(line)));
+        }
+        let snapshot = db.snapshot().unwrap();
+        // Changes after the snapshot must not show in its lines or lengths.
+        let first = expected.keys().next().unwrap().clone();
+        db.delete("people", &people, &first).unwrap();
+        db.insert("people", &people, &fields(json!({"email": "later"})))
+            .unwrap();
+        let (count, bytes) = snapshot.line_stats("people").unwrap();
+        let mut out = Vec::new();
+        let mut records = snapshot.records("people");
+        while let Some(result) = records.append_line(&mut out) {
+            result.unwrap();
+        }
+        assert_eq!(count, 4);
+        assert_eq!(bytes, out.len() as u64);
+        let lines: Vec<Value> = out
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        let want: Vec<Value> = expected.values().map(|(_, v)| v.clone()).collect();
+        assert_eq!(lines, want);
+        // A damaged value is an error, and the buffer keeps only whole lines.
+        drop(snapshot);
+        let victim = expected.keys().nth(1).unwrap().clone();
+        let mut raw = db.raw_record("people", &victim).unwrap().unwrap();
+        raw[20] ^= 1;
+        db.put_raw_record("people", &victim, &raw).unwrap();
+        let snapshot = db.snapshot().unwrap();
+        let mut out = Vec::new();
+        let mut records = snapshot.records("people");
+        let mut failures = 0;
+        while let Some(result) = records.append_line(&mut out) {
+            failures += usize::from(result.is_err());
+        }
+        assert_eq!(failures, 1);
+        assert!(out
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .all(|l| { serde_json::from_slice::<Value>(l).is_ok() }));
+        drop((snapshot, db));
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -661,12 +661,17 @@ fn verify_and_import_refuse_every_kind_of_damage() {
     let (t, a) = populated_tenant(&host, "Damage Co");
     let good = export(&host, &t, &a);
     let members = unpack(&good);
-    let manifest: Value = serde_json::from_slice(&members[0].1).unwrap();
+    // Format 2: schema.json first, manifest.json last.
+    assert_eq!(members[0].0, "schema.json");
+    let last = members.len() - 1;
+    assert_eq!(members[last].0, "manifest.json");
+    let manifest: Value = serde_json::from_slice(&members[last].1).unwrap();
+    assert_eq!(manifest["format_version"], 2);
     let with_manifest = |edit: &dyn Fn(&mut Value)| {
         let mut m = manifest.clone();
         edit(&mut m);
         let mut out = members.clone();
-        out[0].1 = serde_json::to_vec(&m).unwrap();
+        out[last].1 = serde_json::to_vec(&m).unwrap();
         repack(&out)
     };
     let contacts = members
@@ -684,24 +689,42 @@ fn verify_and_import_refuse_every_kind_of_damage() {
                     member["sha256"] = json!(sha256_hex(&new));
                 }
             }
-            out[0].1 = serde_json::to_vec(&m).unwrap();
+            out[last].1 = serde_json::to_vec(&m).unwrap();
         }
         repack(&out)
     };
     let first_contact = String::from_utf8(members[contacts].1.clone()).unwrap();
     let first_line = first_contact.lines().next().unwrap().to_string();
+    let mut reversed: Vec<&str> = first_contact.lines().collect();
+    reversed.reverse();
+    let reversed = reversed
+        .iter()
+        .map(|l| format!("{l}\n"))
+        .collect::<String>();
     let mut flipped = good.clone();
     let middle = flipped.len() / 2;
     flipped[middle] ^= 0x20;
     let mut without = members.clone();
     without.remove(contacts);
     let mut extra = members.clone();
-    extra.push(("collections/evil.ndjson".into(), b"{}\n".to_vec()));
+    extra.insert(last, ("collections/evil.ndjson".into(), b"{}\n".to_vec()));
     let mut twice = members.clone();
-    twice.push(members[contacts].clone());
-    let mut schema_last = members.clone();
-    let schema = schema_last.remove(1);
-    schema_last.push(schema);
+    twice.insert(last, members[contacts].clone());
+    let mut after = members.clone();
+    after.push(("notes.txt".into(), b"hello".to_vec()));
+    let mut no_manifest = members.clone();
+    no_manifest.pop();
+    let mut schema_late = members.clone();
+    let schema = schema_late.remove(0);
+    schema_late.insert(last - 1, schema);
+    let mut other_schema: Value = serde_json::from_slice(&members[0].1).unwrap();
+    other_schema["name"] = json!("nope");
+    let mut unknown_schema = members.clone();
+    unknown_schema[0].1 = serde_json::to_vec(&other_schema).unwrap();
+    let mut edited_schema: Value = serde_json::from_slice(&members[0].1).unwrap();
+    edited_schema["collections"]["contacts"]["description"] = json!("mine now");
+    let mut altered_schema = members.clone();
+    altered_schema[0].1 = serde_json::to_vec(&edited_schema).unwrap();
 
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         (
@@ -716,9 +739,25 @@ fn verify_and_import_refuse_every_kind_of_damage() {
         ("extra member", repack(&extra), "unexpected member"),
         ("member twice", repack(&twice), "twice"),
         (
+            "member after the manifest",
+            repack(&after),
+            "after manifest.json",
+        ),
+        (
+            "manifest missing",
+            repack(&no_manifest),
+            "manifest.json is missing",
+        ),
+        (
             "schema after collections",
-            repack(&schema_last),
+            repack(&schema_late),
             "schema.json must come before",
+        ),
+        ("unknown schema", repack(&unknown_schema), "unknown schema"),
+        (
+            "schema altered",
+            repack(&altered_schema),
+            "schema.json differs",
         ),
         (
             "manifest count lies",
@@ -736,14 +775,24 @@ fn verify_and_import_refuse_every_kind_of_damage() {
             "the manifest says 3",
         ),
         (
-            "unknown schema",
+            "manifest names another schema",
             with_manifest(&|m| m["schema"]["name"] = json!("nope")),
-            "unknown schema",
+            "names schema nope",
         ),
         (
             "future format",
             with_manifest(&|m| m["format_version"] = json!(9)),
             "unsupported archive format",
+        ),
+        (
+            "format 1 manifest at the end",
+            with_manifest(&|m| m["format_version"] = json!(1)),
+            "sits where format 2 puts it",
+        ),
+        (
+            "ids out of order",
+            with_contacts(reversed.into_bytes(), true),
+            "out of order",
         ),
         (
             "record violates schema",
@@ -817,6 +866,38 @@ fn verify_and_import_refuse_every_kind_of_damage() {
     );
     let tenant_dirs = std::fs::read_dir(data.join("tenants")).unwrap().count();
     assert_eq!(tenant_dirs, before);
+
+    // Archives written in format 1 (manifest first, before 2026-11-23) still
+    // verify and restore, with every record.
+    let mut v1_manifest = manifest.clone();
+    v1_manifest["format_version"] = json!(1);
+    let mut v1 = vec![(
+        "manifest.json".to_string(),
+        serde_json::to_vec(&v1_manifest).unwrap(),
+    )];
+    v1.extend(members[..last].iter().cloned());
+    let v1 = repack(&v1);
+    let file = dir.path().join("format-1.tar.zst");
+    std::fs::write(&file, &v1).unwrap();
+    let out = Command::new(BIN)
+        .args(["backup", "verify"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("52 records"));
+    let r = import(&host, "format-1", &v1);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let copy = r.value()["id"].as_str().unwrap().to_string();
+    let copy_admin = r.value()["admin_token"].as_str().unwrap().to_string();
+    assert_eq!(
+        all_records(&host, &copy, &copy_admin, CRM),
+        all_records(&host, &t, &a, CRM)
+    );
 }
 
 #[test]
@@ -840,32 +921,23 @@ fn hostile_archives_are_refused_with_bounded_resources() {
         json!({"name": "x"}),
     );
     let good = unpack(&export(&host, &t, &a));
-    let manifest = good[0].1.clone();
-    // A manifest that agrees with the hostile member's size, so that the reader
-    // gets as far as decompressing it.
-    let claiming = |path: &str, size: usize| {
-        let mut m: Value = serde_json::from_slice(&manifest).unwrap();
-        for member in m["members"].as_array_mut().unwrap() {
-            if member["path"] == path {
-                member["size"] = json!(size);
-            }
-        }
-        serde_json::to_vec(&m).unwrap()
-    };
-    let bomb = vec![0u8; 50_000_000];
-    let bomb_manifest = claiming("collections/contacts.ndjson", bomb.len());
+    let schema = good[0].1.clone();
+    assert_eq!(good[0].0, "schema.json");
+    // Zeros compress about 10,000:1. Under the decompressed cap (8 MB here) but
+    // with no newline: the line limit stops it. Over the cap: the header does.
+    let bomb = vec![0u8; 7_000_000];
+    let big_bomb = vec![0u8; 50_000_000];
     let huge_line = format!(
         "{{\"id\":\"{}\",\"name\":\"{}\"}}\n",
         "a".repeat(32),
         "x".repeat(3_000_000)
     )
     .into_bytes();
-    let huge_manifest = claiming("collections/activities.ndjson", huge_line.len());
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
         (
             "path traversal",
             pack(&[
-                ("manifest.json", &manifest, Kind::File),
+                ("schema.json", &schema, Kind::File),
                 ("../../evil", b"x", Kind::File),
             ]),
             422,
@@ -874,7 +946,7 @@ fn hostile_archives_are_refused_with_bounded_resources() {
         (
             "absolute path",
             pack(&[
-                ("manifest.json", &manifest, Kind::File),
+                ("schema.json", &schema, Kind::File),
                 ("/etc/cron.d/evil", b"x", Kind::File),
             ]),
             422,
@@ -882,18 +954,19 @@ fn hostile_archives_are_refused_with_bounded_resources() {
         ),
         (
             "symlink",
-            pack(&[
-                ("manifest.json", &manifest, Kind::File),
-                ("schema.json", b"", Kind::Symlink("/etc/passwd")),
-            ]),
+            pack(&[("schema.json", b"", Kind::Symlink("/etc/passwd"))]),
             422,
             "symbolic link",
         ),
         (
             "hard link",
             pack(&[
-                ("manifest.json", &manifest, Kind::File),
-                ("schema.json", b"", Kind::HardLink("/etc/shadow")),
+                ("schema.json", &schema, Kind::File),
+                (
+                    "collections/contacts.ndjson",
+                    b"",
+                    Kind::HardLink("/etc/shadow"),
+                ),
             ]),
             422,
             "hard link",
@@ -901,47 +974,72 @@ fn hostile_archives_are_refused_with_bounded_resources() {
         (
             "device",
             pack(&[
-                ("manifest.json", &manifest, Kind::File),
-                ("schema.json", b"", Kind::Device),
+                ("schema.json", &schema, Kind::File),
+                ("collections/contacts.ndjson", b"", Kind::Device),
             ]),
             422,
             "device",
         ),
         (
             "manifest is a link",
-            pack(&[("manifest.json", b"", Kind::Symlink("/etc/passwd"))]),
+            pack(&[
+                ("schema.json", &schema, Kind::File),
+                ("manifest.json", b"", Kind::Symlink("/etc/passwd")),
+            ]),
             422,
             "symbolic link",
         ),
         (
-            "manifest not first",
-            pack(&[("schema.json", b"{}", Kind::File)]),
+            "something else first",
+            pack(&[("notes.txt", b"{}", Kind::File)]),
             422,
-            "first member must be manifest.json",
+            "first member must be schema.json",
         ),
         (
             "zstd bomb of zeros",
             pack(&[
-                ("manifest.json", &bomb_manifest, Kind::File),
-                ("schema.json", &good[1].1, Kind::File),
+                ("schema.json", &schema, Kind::File),
                 ("collections/contacts.ndjson", &bomb, Kind::File),
             ]),
             422,
             "longer than",
         ),
         (
+            "member declared beyond the cap",
+            pack(&[
+                ("schema.json", &schema, Kind::File),
+                ("collections/contacts.ndjson", &big_bomb, Kind::File),
+            ]),
+            422,
+            "beyond the limit",
+        ),
+        (
             "enormous record",
             pack(&[
-                ("manifest.json", &huge_manifest, Kind::File),
-                ("schema.json", &good[1].1, Kind::File),
+                ("schema.json", &schema, Kind::File),
                 ("collections/activities.ndjson", &huge_line, Kind::File),
             ]),
             422,
             "longer than",
         ),
         (
-            "huge manifest",
+            "huge manifest (format 1, first)",
             pack(&[("manifest.json", &vec![b' '; 6_000_000], Kind::File)]),
+            422,
+            "larger than",
+        ),
+        (
+            "huge manifest (last)",
+            pack(&[
+                ("schema.json", &schema, Kind::File),
+                ("manifest.json", &vec![b' '; 6_000_000], Kind::File),
+            ]),
+            422,
+            "larger than",
+        ),
+        (
+            "huge schema",
+            pack(&[("schema.json", &vec![b' '; 6_000_000], Kind::File)]),
             422,
             "larger than",
         ),
@@ -973,17 +1071,15 @@ fn hostile_archives_are_refused_with_bounded_resources() {
     assert!(!Path::new("/etc/cron.d/evil").exists());
 
     // A bomb of valid records: tiny compressed, far past the decompressed cap.
-    let lines: Vec<u8> = (0..400_000u64)
+    let lines: Vec<u8> = (0..250_000u64)
         .flat_map(|i| format!("{{\"id\":\"{i:032x}\",\"name\":\"x\"}}\n").into_bytes())
         .collect();
+    // Each member under the cap (so no header refuses it), together over it.
+    let half = &lines[..lines.len() / 2];
     let valid_bomb = pack(&[
-        (
-            "manifest.json",
-            &claiming("collections/contacts.ndjson", lines.len()),
-            Kind::File,
-        ),
-        ("schema.json", &good[1].1, Kind::File),
-        ("collections/contacts.ndjson", &lines, Kind::File),
+        ("schema.json", &schema, Kind::File),
+        ("collections/companies.ndjson", half, Kind::File),
+        ("collections/contacts.ndjson", half, Kind::File),
     ]);
     assert!(valid_bomb.len() < lines.len() / 10);
     let file = dir.path().join("bomb.tar.zst");
@@ -1303,7 +1399,8 @@ fn age_encrypted_export_opens_with_the_age_tool_and_tar() {
         .unwrap();
     let names = String::from_utf8_lossy(&listing.stdout);
     assert!(
-        names.lines().next() == Some("manifest.json")
+        names.lines().next() == Some("schema.json")
+            && names.lines().last() == Some("manifest.json")
             && names.contains("collections/contacts.ndjson"),
         "{names}"
     );
