@@ -1,18 +1,19 @@
 //! Writing an archive from a tenant snapshot, streamed: memory stays bounded by
 //! a few blocks and zstd's window, whatever the tenant's size.
 //!
-//! Format 2 puts the manifest last, so the records are decrypted, hashed and
-//! compressed in one pass. tar still needs each member's size in its header,
-//! before its bytes: [`Snapshot::line_stats`] gives it from the sealed values'
-//! lengths (a read of the snapshot without decryption or hashing), and the
-//! writer checks that the bytes came out exactly that long. The snapshot makes
-//! both reads see the same records. (Format 1 put the manifest first and needed
-//! a full hashing pass before writing a byte: 0.54x of `tar | zstd`.)
+//! Format 2 puts the manifest last, so the records are read, decrypted, hashed
+//! and compressed in one pass. tar still needs each member's size in its
+//! header, before its bytes: [`Snapshot::line_stats`] gives them (kept by the
+//! writers from the sealed values' lengths; the first snapshot after the
+//! tenant's database is opened counts them, reading lengths only), and the
+//! writer checks that the bytes came out exactly that long. (Format 1 put the
+//! manifest first and read the tenant twice: 0.54x of `tar | zstd`.)
 //!
-//! Each collection is a two-stage pipeline: a producer thread reads and
-//! decrypts the snapshot into 64 KiB blocks of NDJSON and hashes them, and the
-//! caller's thread tars and compresses them, so the two cores work at once. At
-//! most eight blocks are in flight.
+//! A two-stage pipeline: a producer thread reads and decrypts the snapshot into
+//! 64 KiB blocks of NDJSON, and the caller's thread hashes, tars and compresses
+//! them, so the two cores work at once (reading sled is the slower stage, so
+//! the hashing sits with zstd: 15% faster than in the producer). At most eight
+//! blocks are in flight, and they are reused.
 //!
 //! [`Snapshot::line_stats`]: crate::storage::Snapshot::line_stats
 
@@ -78,10 +79,13 @@ fn write_archive_in<'s, W: Write>(
     let mut counts = std::collections::BTreeMap::new();
     let mut records = 0;
     let mut ndjson_bytes = 0;
-    for name in schema.collections.keys() {
+    let stats = snapshot.line_stats()?;
+    let names: Vec<String> = schema.collections.keys().cloned().collect();
+    let producer = Producer::start(scope, snapshot, names.clone());
+    for name in &names {
         let path = collection_path(name);
-        let (count, size) = snapshot.line_stats(name)?;
-        let mut reader = NdjsonReader::start(scope, snapshot, name);
+        let (count, size) = stats.get(name).copied().unwrap_or((0, 0));
+        let mut reader = producer.next_collection();
         append(&mut tar, &path, size, mtime, &mut reader)?;
         let mut rest = [0u8; 1];
         let longer = reader.read(&mut rest).map_err(BackupError::from_io)? > 0;
@@ -166,73 +170,83 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     encode_hex(ring::digest::digest(&SHA256, bytes).as_ref())
 }
 
-/// The NDJSON bytes of one collection of a snapshot, as a `Read`, produced and
-/// hashed by a scoped thread (see the module doc).
-struct NdjsonReader {
+/// The thread that reads and decrypts the snapshot's collections in order (see the module doc). One per export, and its blocks are recycled:
+/// a thread and fresh buffers per collection left glibc's arenas holding tens
+/// of MiB after each export.
+struct Producer {
     blocks: std::sync::mpsc::Receiver<Block>,
-    current: Vec<u8>,
-    position: usize,
-    count: u64,
-    bytes: u64,
-    /// The SHA-256 (hex) of every byte, once the producer finished.
-    digest: Option<String>,
+    recycle: std::sync::mpsc::SyncSender<Vec<u8>>,
 }
 
 enum Block {
     /// NDJSON bytes and how many records they hold.
     Lines(Vec<u8>, u64),
-    /// The end, with the SHA-256 of all the blocks sent.
-    Done(String),
+    /// The end of a collection.
+    Done,
     Failed(crate::storage::StorageError),
 }
 
 const BLOCK_BYTES: usize = 64 * 1024;
+/// Blocks in flight between the two threads.
+const BLOCKS: usize = 8;
 
-impl NdjsonReader {
+impl Producer {
     fn start<'s>(
         scope: &'s std::thread::Scope<'s, '_>,
         snapshot: &'s Snapshot,
-        collection: &str,
+        collections: Vec<String>,
     ) -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel(8);
-        let collection = collection.to_string();
+        let (tx, blocks) = std::sync::mpsc::sync_channel(BLOCKS);
+        let (recycle, recycled) = std::sync::mpsc::sync_channel::<Vec<u8>>(BLOCKS + 2);
         let span = tracing::Span::current();
         scope.spawn(move || {
             let _enter = span.enter();
-            let mut records = snapshot.records(&collection);
-            let mut hasher = Context::new(&SHA256);
-            let mut block = Vec::with_capacity(BLOCK_BYTES + 4096);
-            let mut lines = 0u64;
-            loop {
-                let more = match records.append_line(&mut block) {
-                    Some(Ok(())) => {
-                        lines += 1;
-                        true
+            let fresh = || {
+                recycled
+                    .try_recv()
+                    .unwrap_or_else(|_| Vec::with_capacity(BLOCK_BYTES + 4096))
+            };
+            for collection in collections {
+                let mut records = snapshot.records(&collection);
+                let mut block = fresh();
+                let mut lines = 0u64;
+                loop {
+                    let more = match records.append_line(&mut block) {
+                        Some(Ok(())) => {
+                            lines += 1;
+                            true
+                        }
+                        Some(Err(error)) => {
+                            let _ = tx.send(Block::Failed(error));
+                            return;
+                        }
+                        None => false,
+                    };
+                    if block.len() >= BLOCK_BYTES || (!more && !block.is_empty()) {
+                        let full = std::mem::replace(&mut block, fresh());
+                        // A closed channel means the consumer stopped: stop too.
+                        if tx.send(Block::Lines(full, lines)).is_err() {
+                            return;
+                        }
+                        lines = 0;
                     }
-                    Some(Err(error)) => {
-                        let _ = tx.send(Block::Failed(error));
-                        return;
+                    if !more {
+                        if tx.send(Block::Done).is_err() {
+                            return;
+                        }
+                        break;
                     }
-                    None => false,
-                };
-                if block.len() >= BLOCK_BYTES || (!more && !block.is_empty()) {
-                    hasher.update(&block);
-                    let full =
-                        std::mem::replace(&mut block, Vec::with_capacity(BLOCK_BYTES + 4096));
-                    // A closed channel means the consumer stopped: stop too.
-                    if tx.send(Block::Lines(full, lines)).is_err() {
-                        return;
-                    }
-                    lines = 0;
-                }
-                if !more {
-                    let _ = tx.send(Block::Done(encode_hex(hasher.finish().as_ref())));
-                    return;
                 }
             }
         });
+        Producer { blocks, recycle }
+    }
+
+    /// The next collection's bytes, as a `Read` that ends with the collection.
+    fn next_collection(&self) -> NdjsonReader<'_> {
         NdjsonReader {
-            blocks: rx,
+            producer: self,
+            hasher: Some(Context::new(&SHA256)),
             current: Vec::new(),
             position: 0,
             count: 0,
@@ -242,18 +256,39 @@ impl NdjsonReader {
     }
 }
 
-impl Read for NdjsonReader {
+/// One collection's NDJSON from the [`Producer`].
+struct NdjsonReader<'p> {
+    producer: &'p Producer,
+    /// Hashes what is read (on the compressing thread, which has time to spare
+    /// while the producer reads sled); taken for the digest at the end.
+    hasher: Option<Context>,
+    current: Vec<u8>,
+    position: usize,
+    count: u64,
+    bytes: u64,
+    /// The SHA-256 (hex) of every byte, once the producer finished the collection.
+    digest: Option<String>,
+}
+
+impl Read for NdjsonReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.position == self.current.len() {
             if self.digest.is_some() {
                 return Ok(0);
             }
-            match self.blocks.recv() {
+            match self.producer.blocks.recv() {
                 Err(_) => return Err(io::Error::other("the export's reader stopped")),
                 Ok(Block::Failed(error)) => return Err(io::Error::other(error)),
-                Ok(Block::Done(digest)) => self.digest = Some(digest),
+                Ok(Block::Done) => {
+                    let hasher = self.hasher.take().expect("one end per collection");
+                    self.digest = Some(encode_hex(hasher.finish().as_ref()));
+                }
                 Ok(Block::Lines(block, lines)) => {
-                    self.current = block;
+                    let mut used = std::mem::replace(&mut self.current, block);
+                    used.clear();
+                    if used.capacity() > 0 {
+                        let _ = self.producer.recycle.try_send(used);
+                    }
                     self.position = 0;
                     self.count += lines;
                 }
@@ -261,6 +296,9 @@ impl Read for NdjsonReader {
         }
         let n = (self.current.len() - self.position).min(buf.len());
         buf[..n].copy_from_slice(&self.current[self.position..self.position + n]);
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(&buf[..n]);
+        }
         self.position += n;
         self.bytes += n as u64;
         Ok(n)

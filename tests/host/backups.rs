@@ -218,6 +218,17 @@ fn repack(members: &[(String, Vec<u8>)]) -> Vec<u8> {
     pack(&list)
 }
 
+/// The highest resident set size a process has had (VmHWM), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     coffer::crypto::encode_hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
@@ -1095,16 +1106,7 @@ fn hostile_archives_are_refused_with_bounded_resources() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let rss = std::fs::read_to_string(format!("/proc/{}/status", host.pid())).unwrap();
-    let peak_kib: u64 = rss
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let peak_kib = peak_rss_kib(host.pid());
     assert!(
         peak_kib < 200 * 1024,
         "the host's peak RSS reached {peak_kib} KiB on hostile archives"
@@ -1546,4 +1548,157 @@ fn backup_tooling_cli_exports_lists_and_restores_against_a_running_host() {
     let out = cli(&["list", "--tenant", &t], &loose);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("0600"));
+}
+
+/// Fills a tenant of about `mib` MiB of 1 KiB contacts through the storage
+/// layer (before the host starts; loaded as a restore loads), with the keys
+/// the host will load. Returns (tenant id, admin token, records).
+fn populate_offline(data: &Path, mib: u64) -> (String, String, u64) {
+    use coffer::storage::{NewTenant, Storage};
+    std::fs::create_dir_all(data).unwrap();
+    let keyring = coffer::keys::load(data, &coffer::keys::KeySource::DataDir).unwrap();
+    let storage = Storage::open(data, keyring, 8, 64 << 20).unwrap();
+    let schemas = coffer::schema::Registry::embedded().unwrap();
+    let contacts = schemas
+        .get("crm", 2)
+        .unwrap()
+        .collection("contacts")
+        .unwrap()
+        .clone();
+    let (tenant, admin) = storage
+        .create_tenant(NewTenant {
+            id: None,
+            name: "Large".into(),
+            region: coffer::ids::Region::parse("local").unwrap(),
+            schema: "crm".into(),
+            schema_version: 2,
+        })
+        .unwrap();
+    let db = storage.tenant_db(&tenant).unwrap();
+    let records = mib * 1024;
+    let workers: Vec<_> = (0..16u64)
+        .map(|w| {
+            let (db, contacts) = (db.clone(), contacts.clone());
+            std::thread::spawn(move || {
+                for i in (w..records).step_by(16) {
+                    let fields = json!({
+                        "name": format!("Contact {i}"),
+                        "email": format!("contact{i}@example.com"),
+                        "notes": format!("{i} ").repeat(900 / format!("{i} ").len()),
+                    });
+                    db.load_with_id(
+                        "contacts",
+                        &contacts,
+                        &coffer::ids::RecordId::generate().unwrap(),
+                        fields.as_object().unwrap(),
+                    )
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    db.flush().unwrap();
+    (tenant.id.to_string(), admin, records)
+}
+
+/// An export of a ~1 GiB tenant (`COFFER_TEST_LARGE_MIB` to change the size)
+/// comes out whole, checked as a streaming reader checks it (each member's
+/// SHA-256 and every count against the manifest at the end), while the host's
+/// peak RSS stays far below the tenant's size: the export streams, it does not
+/// hold the tenant. (The aim of 64 MiB flat is not met: sled keeps pages of a
+/// tenant it has read; see benches/RESULTS.md.)
+#[test]
+fn a_one_gib_tenant_exports_whole_in_bounded_memory() {
+    let mib: u64 = std::env::var("COFFER_TEST_LARGE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let dir = TempDir::new("large-export");
+    let data = dir.path().join("data");
+    // The host sets up its data directory (keys, operator token) first.
+    Host::start(&data, &[]).stop();
+    let (tenant, admin, records) = populate_offline(&data, mib);
+    let host = Host::start(&data, &["--backup-interval", "0s"]);
+    let started_kib = peak_rss_kib(host.pid());
+    let r = host.call(
+        "GET",
+        &format!("{}?limit=1", records_path(&tenant, "contacts")),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let opened_kib = peak_rss_kib(host.pid());
+    let r = host.call(
+        "GET",
+        &format!("/v1/tenants/{tenant}/export"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let peak_kib = peak_rss_kib(host.pid());
+    eprintln!(
+        "host peak RSS: started {} MiB, tenant opened {} MiB, after the export {} MiB",
+        started_kib / 1024,
+        opened_kib / 1024,
+        peak_kib / 1024
+    );
+
+    let mut tar = tar::Archive::new(zstd::stream::read::Decoder::new(&r.body[..]).unwrap());
+    let mut seen = std::collections::BTreeMap::new();
+    let mut manifest = None;
+    let mut lines = 0u64;
+    let mut ndjson_bytes = 0u64;
+    for entry in tar.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = String::from_utf8(entry.path_bytes().to_vec()).unwrap();
+        let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut buffer = vec![0u8; 1 << 16];
+        let (mut size, mut newlines) = (0u64, 0u64);
+        loop {
+            let n = entry.read(&mut buffer).unwrap();
+            if n == 0 {
+                break;
+            }
+            if path == "manifest.json" {
+                manifest
+                    .get_or_insert_with(Vec::new)
+                    .extend_from_slice(&buffer[..n]);
+            }
+            hasher.update(&buffer[..n]);
+            newlines += buffer[..n].iter().filter(|b| **b == b'\n').count() as u64;
+            size += n as u64;
+        }
+        if path.starts_with("collections/") {
+            lines += newlines;
+            ndjson_bytes += size;
+        }
+        let digest = coffer::crypto::encode_hex(hasher.finish().as_ref());
+        seen.insert(path, (size, digest));
+    }
+    let manifest: Value = serde_json::from_slice(&manifest.expect("a manifest")).unwrap();
+    assert_eq!(manifest["counts"]["contacts"], records);
+    assert_eq!(lines, records);
+    let members = manifest["members"].as_array().unwrap();
+    assert_eq!(members.len() + 1, seen.len());
+    for member in members {
+        let (size, digest) = &seen[member["path"].as_str().unwrap()];
+        assert_eq!(member["size"], *size);
+        assert_eq!(member["sha256"], digest.as_str());
+    }
+    assert!(
+        ndjson_bytes > (mib << 20) * 9 / 10,
+        "{ndjson_bytes} bytes of NDJSON"
+    );
+    eprintln!(
+        "exported {records} records, {ndjson_bytes} bytes of NDJSON; host peak RSS {} MiB",
+        peak_kib / 1024
+    );
+    assert!(
+        peak_kib * 1024 < ndjson_bytes / 2,
+        "the host's peak RSS ({peak_kib} KiB) reached half the tenant ({ndjson_bytes} bytes)"
+    );
+    host.stop();
 }
