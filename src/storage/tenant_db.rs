@@ -935,6 +935,20 @@ mod tests {
         value.as_object().unwrap().clone()
     }
 
+    /// `n` people, emails `0@x` … in order of insertion.
+    fn insert_people(db: &TenantDb, people: &Collection, n: usize) -> Vec<RecordId> {
+        (0..n)
+            .map(|i| {
+                db.insert(
+                    "people",
+                    people,
+                    &fields(json!({"email": format!("{i}@x")})),
+                )
+                .unwrap()
+            })
+            .collect()
+    }
+
     #[test]
     fn stale_index_entries_left_by_a_crash_are_skipped_and_cleared() {
         let (db, people, dir) = open_temp("stale");
@@ -968,16 +982,7 @@ mod tests {
     fn a_snapshot_sees_the_past_while_writers_change_everything() {
         let (db, people, dir) = open_temp("snapshot");
         let db = Arc::new(db);
-        let ids: Vec<RecordId> = (0..700)
-            .map(|i| {
-                db.insert(
-                    "people",
-                    &people,
-                    &fields(json!({"email": format!("{i}@x")})),
-                )
-                .unwrap()
-            })
-            .collect();
+        let ids = insert_people(&db, &people, 700);
         let snapshot = db.snapshot().unwrap();
         // Change a third, delete a third, add as many again: across every chunk.
         for (i, id) in ids.iter().enumerate() {
@@ -1109,16 +1114,7 @@ mod tests {
             }
             (snapshot, (count, out.len() as u64))
         };
-        let mut ids: Vec<RecordId> = (0..300)
-            .map(|i| {
-                db.insert(
-                    "people",
-                    &people,
-                    &fields(json!({"email": format!("{i}@x")})),
-                )
-                .unwrap()
-            })
-            .collect();
+        let mut ids = insert_people(&db, &people, 300);
         // The first snapshot counts, while writes go on between its start and
         // its count; those are booked and added.
         let (first, _) = lines_now(&db);

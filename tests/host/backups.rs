@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{contains, files_under, Host, TempDir, BIN};
+use crate::support::{contains, files_under, run_ok, Host, TempDir, BIN};
 
 pub fn records_path(tenant: &str, collection: &str) -> String {
     format!("/v1/tenants/{tenant}/collections/{collection}/records")
@@ -890,16 +890,7 @@ fn verify_and_import_refuse_every_kind_of_damage() {
     let v1 = repack(&v1);
     let file = dir.path().join("format-1.tar.zst");
     std::fs::write(&file, &v1).unwrap();
-    let out = Command::new(BIN)
-        .args(["backup", "verify"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(Command::new(BIN).args(["backup", "verify"]).arg(&file));
     assert!(String::from_utf8_lossy(&out.stdout).contains("52 records"));
     let r = import(&host, "format-1", &v1);
     assert_eq!(r.status, 201, "{}", r.text());

@@ -327,6 +327,18 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
 }
 
 /// Every regular file under `dir`, recursively.
+/// Runs a command that must succeed; its output (stderr shown if it failed).
+pub fn run_ok(command: &mut Command) -> std::process::Output {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        command,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
