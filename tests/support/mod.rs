@@ -94,20 +94,26 @@ impl Host {
             .stderr(log_file)
             .spawn()
             .map_err(|e| e.to_string())?;
+        // From here on, a failure stops the child: no host outlives its test.
+        let fail = |mut child: Child, why: String| {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(why)
+        };
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
+        if let Err(e) = BufReader::new(stdout).read_line(&mut line) {
+            return fail(child, e.to_string());
+        }
         let Some(addr) = line.trim().strip_prefix("coffer listening on http://") else {
             let status = child.wait().map_err(|e| e.to_string())?;
             let log_text = std::fs::read_to_string(&log).unwrap_or_default();
             return Err(format!("exited {status}: {log_text}"));
         };
-        let operator = std::fs::read_to_string(data_dir.join("operator.token"))
-            .map_err(|e| e.to_string())?
-            .trim()
-            .to_string();
+        let operator = match std::fs::read_to_string(data_dir.join("operator.token")) {
+            Ok(token) => token.trim().to_string(),
+            Err(e) => return fail(child, format!("read operator.token: {e}")),
+        };
         Ok(Host {
             child: Some(child),
             addr: addr.parse().unwrap(),
