@@ -198,20 +198,11 @@ impl Reading<'_> {
                 }
                 Some((size, sha256))
             }
-            _ => {
-                if path != SCHEMA_PATH
-                    && !collection_of(path).is_some_and(|c| {
-                        self.schema
-                            .as_ref()
-                            .is_none_or(|s| s.collections.contains_key(c))
-                    })
-                {
-                    return Err(bad(format!(
-                        "unexpected member {path:?} (not part of this archive's schema)"
-                    )));
-                }
-                None
+            // Format 2: the schema decides (below), nothing else is allowed.
+            _ if path != SCHEMA_PATH && collection_of(path).is_none() => {
+                return Err(bad(format!("unexpected member {path:?}")));
             }
+            _ => None,
         };
         let mut hashing = HashingReader {
             inner: entry,
@@ -228,7 +219,11 @@ impl Reading<'_> {
             let collection = collection_of(path).expect("checked above").to_string();
             let spec = schema
                 .collection(&collection)
-                .ok_or_else(|| bad(format!("unexpected member {path:?} (not in the schema)")))?
+                .ok_or_else(|| {
+                    bad(format!(
+                        "unexpected member {path:?} (not part of this archive's schema)"
+                    ))
+                })?
                 .clone();
             let ordered = self.layout == Some(Layout::ManifestLast);
             let count = read_records(

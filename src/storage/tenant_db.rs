@@ -657,10 +657,14 @@ impl Snapshot {
 
     /// The records of one collection as of the snapshot, in id order.
     pub fn records(&self, collection: &str) -> SnapshotRecords<'_> {
+        self.scan(collection, collection_prefix(collection))
+    }
+
+    fn scan(&self, collection: &str, prefix: Vec<u8>) -> SnapshotRecords<'_> {
         SnapshotRecords {
             snapshot: self,
             collection: collection.to_string(),
-            prefix: collection_prefix(collection),
+            prefix,
             cursor: None,
             done: false,
             pending: std::collections::VecDeque::new(),
@@ -678,14 +682,8 @@ impl Snapshot {
             return Ok(stats.clone());
         }
         let mut stats = LineStats::new();
-        let mut records = SnapshotRecords {
-            snapshot: self,
-            collection: String::new(),
-            prefix: b"r".to_vec(),
-            cursor: None,
-            done: false,
-            pending: std::collections::VecDeque::new(),
-        };
+        // Every record of every collection: the keys that start with `r`.
+        let mut records = self.scan("", b"r".to_vec());
         while let Some(entry) = records.next_raw() {
             let (key, sealed) = entry?;
             let damaged = || StorageError::Damaged("a record key or sealed length".into());
