@@ -38,6 +38,7 @@ fn event(tenant: &TenantId, i: u64) -> Event {
         Actor {
             role: "support".into(),
             token: Some("0123456789abcdef0123456789abcdef".into()),
+            identity: None,
         },
     )
     .tenant(tenant)
@@ -189,6 +190,7 @@ fn big_log(root: &std::path::Path, n: u64) {
             actor: Actor {
                 role: "support".into(),
                 token: Some("0123456789abcdef0123456789abcdef".into()),
+                identity: None,
             },
             grant: Some("fedcba9876543210fedcba9876543210".into()),
             details: event(&tenants[t], seq).details,

@@ -5,7 +5,7 @@
 //! compile until someone decides who may take it. Reaching a tenant's records is
 //! decided again, below this table, by `access` (the data path's own check).
 
-use crate::ids::TenantId;
+use crate::ids::{unix_now, TenantId};
 pub use crate::storage::Role;
 use crate::storage::{Storage, StorageError, TokenRecord};
 
@@ -18,6 +18,11 @@ pub struct Principal {
     /// Restored copies of `tenant` this admin token also reaches.
     pub also: Vec<TenantId>,
     pub name: String,
+    /// Staff: the identity (person) the token belongs to.
+    pub identity: Option<String>,
+    /// Staff: who created this person's identity and who minted this token.
+    /// Neither counts as a second person for an emergency this one files.
+    pub sponsors: Vec<String>,
     /// The grant named by `X-Coffer-Grant` (support engineers); checked by
     /// `access::open` against the grant itself.
     pub grant: Option<String>,
@@ -31,12 +36,23 @@ impl From<TokenRecord> for Principal {
             tenant: token.tenant,
             also: token.also,
             name: token.name,
+            identity: token.identity,
+            sponsors: token.created_by.into_iter().collect(),
             grant: None,
         }
     }
 }
 
 impl Principal {
+    /// The person behind the token: a staff identity, or for a tenant admin
+    /// the token itself (`token:<id>`). Two-person rules compare these.
+    pub fn person(&self) -> String {
+        match &self.identity {
+            Some(identity) => identity.clone(),
+            None => format!("token:{}", self.token_id),
+        }
+    }
+
     /// True for a tenant admin whose token is bound to exactly this tenant.
     pub fn is_admin_of(&self, tenant: &TenantId) -> bool {
         self.role == Role::TenantAdmin
@@ -50,11 +66,18 @@ pub enum AuthError {
     Missing,
     #[error("invalid bearer token")]
     Invalid,
+    #[error("this token was revoked")]
+    Revoked,
+    #[error("this token has expired")]
+    Expired,
+    #[error("this token's operator identity waits for approval by a different operator (POST /v1/tokens/{{id}}/approve)")]
+    AwaitingApproval,
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
 
-/// Resolves an `Authorization` header value to a principal.
+/// Resolves an `Authorization` header value to a principal: a live token
+/// (not revoked, not expired) whose staff identity, if any, is approved.
 pub fn authenticate(storage: &Storage, header: Option<&str>) -> Result<Principal, AuthError> {
     let header = header.ok_or(AuthError::Missing)?;
     let token = header
@@ -62,10 +85,35 @@ pub fn authenticate(storage: &Storage, header: Option<&str>) -> Result<Principal
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or(AuthError::Invalid)?;
-    storage
-        .authenticate(token)?
-        .map(Principal::from)
-        .ok_or(AuthError::Invalid)
+    let record = storage.authenticate(token)?.ok_or(AuthError::Invalid)?;
+    let now = unix_now();
+    match record.state_at(now) {
+        "revoked" => return Err(AuthError::Revoked),
+        "expired" => return Err(AuthError::Expired),
+        _ => {}
+    }
+    let mut sponsors = Vec::new();
+    if let Some(name) = &record.identity {
+        // A staff token without its identity on file is not trusted.
+        let identity = storage.catalog.identity(name).ok_or(AuthError::Invalid)?;
+        if identity.pending {
+            return Err(AuthError::AwaitingApproval);
+        }
+        if identity.role != record.role {
+            return Err(AuthError::Invalid);
+        }
+        sponsors.push(identity.created_by);
+    } else if record.role != Role::TenantAdmin {
+        return Err(AuthError::Invalid);
+    }
+    storage.catalog.note_token_used(&record.id, now);
+    let mut principal = Principal::from(record);
+    for sponsor in sponsors {
+        if !principal.sponsors.contains(&sponsor) {
+            principal.sponsors.push(sponsor);
+        }
+    }
+    Ok(principal)
 }
 
 /// Everything a caller can ask of the control API, with the tenant it concerns.
@@ -101,6 +149,16 @@ pub enum Action<'a> {
     ReadAuditTrail(&'a TenantId),
     /// Ask for, or approve, an admin recovery (two operators).
     AdminRecovery,
+    /// Cancel a pending admin recovery (the tenant's admins; the handler
+    /// checks which tenant).
+    CancelAdminRecovery,
+    /// List and revoke tokens: a tenant admin its tenant's admin tokens, an
+    /// operator staff tokens (the handler filters); approve a new operator
+    /// identity (operators; a different person, checked by `tokens`).
+    ManageTokens,
+    ApproveOperator,
+    /// Approve a move an operator started (the tenant's admins only).
+    ApproveMove(&'a TenantId),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +195,10 @@ pub fn authorize(principal: &Principal, action: &Action<'_>) -> Result<(), Denie
         // The one way staff obtain a tenant-admin token: two operators, audited,
         // shown in the tenant's access log (`grants::Recovery`).
         (Action::AdminRecovery, role) => role == Operator,
+        (Action::CancelAdminRecovery, role) => role == TenantAdmin,
+        (Action::ManageTokens, role) => matches!(role, Operator | TenantAdmin),
+        (Action::ApproveOperator, role) => role == Operator,
+        (Action::ApproveMove(t), _) => own(t),
 
         // Records: only the tenant's own admins. Operators, backup agents and
         // support engineers without a grant never reach tenant data.
@@ -186,6 +248,8 @@ mod tests {
             tenant: tenant.cloned(),
             also: Vec::new(),
             name: "n".into(),
+            identity: None,
+            sponsors: Vec::new(),
             grant: None,
         }
     }

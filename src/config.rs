@@ -33,6 +33,10 @@
 //! max_minutes = 240                          # longest tenant-approved grant
 //! max_emergency_minutes = 60                 # longest emergency grant (two operators)
 //! pending_expiry = "24h"                     # undecided requests close
+//! admin_recovery_wait = "72h"                # the tenant's veto window on an admin recovery
+//!
+//! [hosts]                                    # the fleet: one host per region; moves
+//! us = "https://coffer.us.example.com"       # go only to these, redirects point only here
 //!
 //! [audit]
 //! checkpoint_interval = "2s"                 # signed checkpoints while entries arrive
@@ -89,6 +93,8 @@ pub struct Config {
     pub access: AccessPolicy,
     /// How often the audit log signs a checkpoint (when it grew).
     pub checkpoint_interval: Duration,
+    /// The fleet's hosts by region (`[hosts]`): the only move targets.
+    pub hosts: std::collections::BTreeMap<Region, String>,
 }
 
 /// Host policy for break-glass grants.
@@ -100,6 +106,9 @@ pub struct AccessPolicy {
     pub max_emergency_minutes: u64,
     /// A request nobody decided closes after this long.
     pub pending_expiry: Duration,
+    /// An admin recovery is carried out no sooner than this after it was
+    /// asked for; until then the tenant can cancel it.
+    pub admin_recovery_wait: Duration,
 }
 
 /// Settings given on the command line; each wins over the file.
@@ -138,6 +147,8 @@ struct RawConfig {
     access: RawAccess,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    hosts: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -146,6 +157,7 @@ struct RawAccess {
     max_minutes: Option<u64>,
     max_emergency_minutes: Option<u64>,
     pending_expiry: Option<String>,
+    admin_recovery_wait: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -339,7 +351,13 @@ impl Config {
                     raw.access.pending_expiry,
                     "24h",
                 )?,
+                admin_recovery_wait: duration(
+                    "access.admin_recovery_wait",
+                    raw.access.admin_recovery_wait,
+                    "72h",
+                )?,
             },
+            hosts: fleet_hosts(&raw.hosts)?,
             checkpoint_interval: duration(
                 "audit.checkpoint_interval",
                 raw.audit.checkpoint_interval,
@@ -368,6 +386,26 @@ impl Config {
             request_timeout: duration("request_timeout", raw.api.request_timeout, "30s")?,
         })
     }
+}
+
+/// `[hosts]`: region → the control API's base URL of that region's host.
+fn fleet_hosts(
+    raw: &std::collections::BTreeMap<String, String>,
+) -> anyhow::Result<std::collections::BTreeMap<Region, String>> {
+    let mut hosts = std::collections::BTreeMap::new();
+    for (name, url) in raw {
+        let region =
+            Region::parse(name).with_context(|| format!("[hosts] {name:?}: not a region label"))?;
+        let parsed = url::Url::parse(url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+            .filter(|u| u.path() == "/" && u.query().is_none() && u.fragment().is_none())
+            .with_context(|| {
+                format!("[hosts] {name} = {url:?}: give the host's http(s)://host[:port], no path")
+            })?;
+        hosts.insert(region, parsed.as_str().trim_end_matches('/').to_string());
+    }
+    Ok(hosts)
 }
 
 /// The backup regions: `--backup-store DIR` (one directory, named after the

@@ -50,7 +50,8 @@ pub enum ClosedBecause {
 #[serde(tag = "state", rename_all = "lowercase")]
 pub enum GrantState {
     Pending {
-        /// Token ids of the approvals so far (emergency: operators).
+        /// The people (identities; `token:<id>` for tenant admins) who
+        /// approved so far (emergency: operators).
         approvals: Vec<String>,
     },
     Active {
@@ -84,6 +85,12 @@ pub struct Grant {
     /// The requesting support engineer's token id and name.
     pub requester: String,
     pub requester_name: String,
+    /// The requester's identity, and who created it or minted its token:
+    /// none of them counts as a second person for this request.
+    #[serde(default)]
+    pub requester_identity: Option<String>,
+    #[serde(default)]
+    pub requester_sponsors: Vec<String>,
     pub scope: Scope,
     /// Collections the grant reaches; `None`: all.
     #[serde(default)]
@@ -103,11 +110,13 @@ pub struct Grant {
 pub enum GrantError {
     #[error("nobody approves their own request")]
     SelfApproval,
+    #[error("an operator who created the engineer's identity or minted its token is not a second person for its emergency")]
+    Sponsor,
     #[error("only the tenant's admins decide this request")]
     NotTheTenantsAdmin,
     #[error("an emergency request is decided by operators")]
     OperatorsOnly,
-    #[error("this approver already decided")]
+    #[error("this person already approved; a second, different person must")]
     AlreadyDecided,
     #[error("the request is {0}, not pending")]
     NotPending(&'static str),
@@ -157,17 +166,19 @@ impl Grant {
         let GrantState::Pending { approvals } = self.state_at(now) else {
             return Err(GrantError::NotPending(self.state_at(now).name()));
         };
-        if by.token_id == self.requester {
-            return Err(GrantError::SelfApproval);
-        }
-        if approvals.contains(&by.token_id) {
+        self.check_not_the_requester(by)?;
+        let person = by.person();
+        if approvals.contains(&person) {
             return Err(GrantError::AlreadyDecided);
         }
         let mut approvals = approvals;
-        approvals.push(by.token_id.clone());
+        approvals.push(person.clone());
         let needed = if self.emergency {
             if by.role != Role::Operator {
                 return Err(GrantError::OperatorsOnly);
+            }
+            if self.requester_sponsors.contains(&person) {
+                return Err(GrantError::Sponsor);
             }
             2
         } else {
@@ -194,10 +205,8 @@ impl Grant {
         let GrantState::Pending { approvals } = state else {
             return Err(GrantError::NotPending(state.name()));
         };
-        if by.token_id == self.requester {
-            return Err(GrantError::SelfApproval);
-        }
-        if approvals.contains(&by.token_id) {
+        self.check_not_the_requester(by)?;
+        if approvals.contains(&by.person()) {
             return Err(GrantError::AlreadyDecided);
         }
         let allowed = by.is_admin_of(&self.tenant) || (self.emergency && by.role == Role::Operator);
@@ -239,11 +248,22 @@ impl Grant {
         Ok(())
     }
 
+    fn check_not_the_requester(&self, by: &Principal) -> Result<(), GrantError> {
+        let same_person = match &self.requester_identity {
+            Some(identity) => by.identity.as_ref() == Some(identity),
+            None => false,
+        };
+        if same_person || by.token_id == self.requester {
+            return Err(GrantError::SelfApproval);
+        }
+        Ok(())
+    }
+
     fn close(&mut self, because: ClosedBecause, by: &Principal, now: u64) {
         self.state = GrantState::Closed {
             because,
             at: now,
-            by: Some(by.token_id.clone()),
+            by: Some(by.person()),
         };
     }
 }
@@ -259,6 +279,8 @@ mod tests {
             tenant: tenant.cloned(),
             also: Vec::new(),
             name: token.into(),
+            identity: (role != Role::TenantAdmin).then(|| token.to_string()),
+            sponsors: Vec::new(),
             grant: None,
         }
     }
@@ -270,6 +292,8 @@ mod tests {
             tenant: tenant.clone(),
             requester: "support-1".into(),
             requester_name: "alice".into(),
+            requester_identity: Some("support-1".into()),
+            requester_sponsors: vec!["op-1".into()],
             scope: Scope::Read,
             collections: None,
             duration_minutes: 30,
@@ -311,13 +335,20 @@ mod tests {
         let op2 = principal("op-2", Role::Operator, None);
         let admin = principal("admin-1", Role::TenantAdmin, Some(&t));
         let support = principal("support-1", Role::Support, None);
+        let op3 = principal("op-3", Role::Operator, None);
         let mut g = grant(&t, true);
         assert_eq!(g.approve(&admin, 1001), Err(GrantError::OperatorsOnly));
-        g.approve(&op1, 1001).unwrap();
+        // op-1 created the engineer: not a second person for its emergency.
+        assert_eq!(g.approve(&op1, 1001), Err(GrantError::Sponsor));
+        g.approve(&op2, 1001).unwrap();
         assert_eq!(g.state.name(), "pending");
-        assert_eq!(g.approve(&op1, 1002), Err(GrantError::AlreadyDecided));
+        assert_eq!(g.approve(&op2, 1002), Err(GrantError::AlreadyDecided));
+        // A second token of the same person is the same person.
+        let mut op2_again = principal("op-2-second-token", Role::Operator, None);
+        op2_again.identity = Some("op-2".into());
+        assert_eq!(g.approve(&op2_again, 1002), Err(GrantError::AlreadyDecided));
         assert!(!g.live_for(&support, 1002));
-        g.approve(&op2, 1003).unwrap();
+        g.approve(&op3, 1003).unwrap();
         assert!(g.live_for(&support, 1004));
         // The tenant may end it.
         g.revoke(&admin, 1005).unwrap();
@@ -328,50 +359,107 @@ mod tests {
 pub const RECOVERIES_TREE: &str = "admin_recoveries";
 
 /// An operator-driven admin recovery, for a tenant that lost every admin
-/// token: asked by one operator, carried out when a second, different
-/// operator approves; the new admin token is shown once, to that second
-/// operator, to hand to the tenant. Audited, and shown in the tenant's access
-/// log. Pending requests expire like grant requests.
+/// token. Asked by one operator; shown in the tenant's access log at once;
+/// any live admin token of the tenant can cancel it during the waiting
+/// period; carried out only after the wait, when a second, different
+/// operator identity approves. The new admin token is shown once, to that
+/// second operator, to hand to the tenant.
+///
+/// ```text
+/// waiting ──wait over──▶ ready ──approve (2nd operator)──▶ completed
+///    └──── cancel (tenant admin) ─┴── expiry ──▶ cancelled / expired
+/// ```
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Recovery {
     pub format: u32,
     pub id: String,
     pub tenant: TenantId,
-    /// Token id of the operator who asked.
+    /// The identity of the operator who asked.
     pub requested_by: String,
     pub reason: String,
     pub ticket: String,
     pub requested_at: u64,
+    /// Before this, nobody can carry it out; the tenant can cancel.
+    #[serde(default)]
+    pub ready_at: u64,
+    /// After this, an uncompleted request is expired.
     pub pending_until: u64,
     #[serde(default)]
     pub approved_by: Option<String>,
     #[serde(default)]
     pub completed_at: Option<u64>,
+    #[serde(default)]
+    pub cancelled: Option<Cancellation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancellation {
+    pub at: u64,
+    /// `token:<id>` of the tenant admin who cancelled.
+    pub by: String,
 }
 
 impl Recovery {
     pub fn state_at(&self, now: u64) -> &'static str {
-        match (self.completed_at, now >= self.pending_until) {
-            (Some(_), _) => "completed",
-            (None, true) => "expired",
-            (None, false) => "pending",
+        if self.completed_at.is_some() {
+            "completed"
+        } else if self.cancelled.is_some() {
+            "cancelled"
+        } else if now >= self.pending_until {
+            "expired"
+        } else if now < self.ready_at {
+            "waiting"
+        } else {
+            "ready"
         }
     }
 
-    /// The second operator's approval.
-    pub fn approve(&mut self, by: &Principal, now: u64) -> Result<(), GrantError> {
+    /// The second operator's approval, after the waiting period.
+    pub fn approve(&mut self, by: &Principal, now: u64) -> Result<(), RecoveryError> {
         if by.role != Role::Operator {
-            return Err(GrantError::OperatorsOnly);
+            return Err(RecoveryError::OperatorsOnly);
+        }
+        if by.person() == self.requested_by {
+            return Err(RecoveryError::SamePerson);
         }
         match self.state_at(now) {
-            "pending" => {}
-            other => return Err(GrantError::NotPending(other)),
+            "ready" => {}
+            "waiting" => return Err(RecoveryError::Waiting(self.ready_at)),
+            other => return Err(RecoveryError::NotOpen(other)),
         }
-        if by.token_id == self.requested_by {
-            return Err(GrantError::SelfApproval);
-        }
-        self.approved_by = Some(by.token_id.clone());
+        self.approved_by = Some(by.person());
         self.completed_at = Some(now);
         Ok(())
     }
+
+    /// The tenant says no: any live admin token of the tenant, any time
+    /// before it is carried out.
+    pub fn cancel(&mut self, by: &Principal, now: u64) -> Result<(), RecoveryError> {
+        if !by.is_admin_of(&self.tenant) {
+            return Err(RecoveryError::NotTheTenantsAdmin);
+        }
+        match self.state_at(now) {
+            "waiting" | "ready" => {}
+            other => return Err(RecoveryError::NotOpen(other)),
+        }
+        self.cancelled = Some(Cancellation {
+            at: now,
+            by: by.person(),
+        });
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RecoveryError {
+    #[error("only operators carry out an admin recovery")]
+    OperatorsOnly,
+    #[error("the operator who asked for the recovery cannot also approve it: a second, different operator identity must")]
+    SamePerson,
+    #[error("the waiting period runs until {}: the tenant may still cancel; approve after that", crate::ids::rfc3339(*.0))]
+    Waiting(u64),
+    #[error("the admin recovery is {0}")]
+    NotOpen(&'static str),
+    #[error("only the tenant's admins cancel its admin recoveries")]
+    NotTheTenantsAdmin,
 }

@@ -26,6 +26,10 @@ pub enum LifecycleError {
     NotMoving(&'static str),
     #[error("tenant is already destroyed")]
     Destroyed,
+    #[error("no move waits for the tenant's approval")]
+    NoProposedMove,
+    #[error("a move to region {0} already waits for the tenant's approval; abort it first")]
+    AlreadyProposed(String),
     #[error(transparent)]
     Storage(StorageError),
 }
@@ -84,18 +88,65 @@ pub fn begin_move(
         TenantState::Active => {
             tenant.state = TenantState::Moving;
             tenant.moved_to = Some(to.clone());
+            tenant.proposed_move = None;
             Ok(())
         }
         other => Err(LifecycleError::NotActive(other.as_str())),
     })?
 }
 
-/// The move failed or was called off: the tenant takes writes here again.
+/// An operator proposes a move: nothing changes for the tenant until its
+/// admin approves ([`approve_move`]) or aborts it.
+pub fn propose_move(
+    storage: &Storage,
+    id: &TenantId,
+    to: MovedTo,
+) -> Result<TenantRecord, LifecycleError> {
+    storage.update_tenant(id, |tenant| match (tenant.state, &tenant.proposed_move) {
+        (TenantState::Active, None) => {
+            tenant.proposed_move = Some(to.clone());
+            Ok(())
+        }
+        (TenantState::Active, Some(existing)) => {
+            Err(LifecycleError::AlreadyProposed(existing.region.to_string()))
+        }
+        (other, _) => Err(LifecycleError::NotActive(other.as_str())),
+    })?
+}
+
+/// The tenant's admin agrees to the proposed move: it begins (writes pause).
+pub fn approve_move(
+    storage: &Storage,
+    id: &TenantId,
+    approved_by: String,
+) -> Result<TenantRecord, LifecycleError> {
+    storage.update_tenant(id, |tenant| {
+        if tenant.state != TenantState::Active {
+            return Err(LifecycleError::NotActive(tenant.state.as_str()));
+        }
+        let mut to = tenant
+            .proposed_move
+            .take()
+            .ok_or(LifecycleError::NoProposedMove)?;
+        to.approved_by = Some(approved_by.clone());
+        to.at = unix_now();
+        tenant.state = TenantState::Moving;
+        tenant.moved_to = Some(to);
+        Ok(())
+    })?
+}
+
+/// The move failed or was called off (by the tenant's admin or an
+/// operator): the tenant takes writes here again, and a proposal is dropped.
 pub fn abort_move(storage: &Storage, id: &TenantId) -> Result<TenantRecord, LifecycleError> {
     storage.update_tenant(id, |tenant| match tenant.state {
         TenantState::Moving => {
             tenant.state = TenantState::Active;
             tenant.moved_to = None;
+            Ok(())
+        }
+        TenantState::Active if tenant.proposed_move.is_some() => {
+            tenant.proposed_move = None;
             Ok(())
         }
         other => Err(LifecycleError::NotMoving(other.as_str())),
@@ -130,6 +181,58 @@ pub fn destroy(storage: &Storage, id: &TenantId) -> Result<TenantRecord, Lifecyc
         .ok_or(LifecycleError::Destroyed)
 }
 
+/// Every tenant made from `source`'s backups or exports on this host (not
+/// a move's copy of itself), in any state.
+pub fn copies_of(storage: &Storage, source: &TenantId) -> Vec<TenantRecord> {
+    storage
+        .catalog
+        .tenants()
+        .into_iter()
+        .filter(|t| &t.id != source && t.copy_of.as_ref().is_some_and(|c| &c.tenant == source))
+        .collect()
+}
+
+/// A copy that goes with its source: one staff made (an operator's or a
+/// backup agent's restore, an operator's import). Copies the tenant's own
+/// admin made deliberately stay.
+pub fn removed_with_source(copy: &TenantRecord) -> bool {
+    copy.copy_of
+        .as_ref()
+        .is_some_and(|c| c.made_by_role != crate::storage::Role::TenantAdmin)
+}
+
+/// The whole-database removal reaches every copy staff made: each live one
+/// is destroyed (audited for the source and for the copy first; a copy whose
+/// entry cannot be made durable is left for the next sweep). Returns the
+/// copies destroyed.
+pub fn destroy_staff_copies(storage: &Storage, log: &AuditLog, source: &TenantId) -> Vec<TenantId> {
+    let mut destroyed = Vec::new();
+    for copy in copies_of(storage, source) {
+        if copy.state == TenantState::Destroyed || !removed_with_source(&copy) {
+            continue;
+        }
+        let audited = [source, &copy.id].iter().all(|tenant| {
+            let event = Event::new("tenant.copy-destroyed", Actor::host())
+                .tenant(tenant)
+                .detail("source", source.as_str())
+                .detail("copy", copy.id.as_str());
+            log.append(event).is_ok()
+        });
+        if !audited {
+            tracing::error!(copy = %copy.id, "cannot audit a copy's destruction; will retry");
+            continue;
+        }
+        match storage.destroy_tenant(&copy.id, |t| t.state != TenantState::Destroyed) {
+            Ok(Some(_)) => destroyed.push(copy.id.clone()),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::error!(%error, copy = %copy.id, "destroy a staff-made copy; will retry")
+            }
+        }
+    }
+    destroyed
+}
+
 /// Due for destruction: deactivated past its grace period, or moved away
 /// past the purge delay.
 fn is_due(t: &TenantRecord, now: u64) -> bool {
@@ -151,6 +254,23 @@ pub fn sweep(storage: &Storage, log: &AuditLog) -> usize {
         .map(|t| t.id)
         .collect();
     let mut destroyed = 0;
+    // Copies staff made of a tenant that is gone go too (also retried here
+    // when a purge could not finish them).
+    let orphaned: Vec<TenantId> = storage
+        .catalog
+        .tenants()
+        .into_iter()
+        .filter(|t| t.state == TenantState::Destroyed)
+        .map(|t| t.id)
+        .filter(|id| {
+            copies_of(storage, id)
+                .iter()
+                .any(|c| c.state != TenantState::Destroyed && removed_with_source(c))
+        })
+        .collect();
+    for id in orphaned {
+        destroyed += destroy_staff_copies(storage, log, &id).len();
+    }
     for id in due {
         let span = tracing::info_span!("sweep", tenant_id = %id);
         let _enter = span.enter();
@@ -168,6 +288,7 @@ pub fn sweep(storage: &Storage, log: &AuditLog) -> usize {
             Ok(Some(_)) => {
                 tracing::info!("grace period over: tenant destroyed");
                 destroyed += 1;
+                destroyed += destroy_staff_copies(storage, log, &id).len();
             }
             Err(error) => tracing::error!(%error, "destroy tenant after grace period; will retry"),
         }

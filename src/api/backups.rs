@@ -10,16 +10,18 @@ use hyper::{Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::grants::actor;
 use super::stream::{body_reader, channel};
 use super::{
     blocking, json_response, known_tenant, parse_json, tenant_json, ApiError, AppState, Body,
 };
+use crate::audit::Event;
 use crate::auth::{Principal, Role};
 use crate::backup::{self, BackupError, BackupJob, JobState, JOBS_TREE};
 use crate::crypto::age::AgeRecipient;
-use crate::ids::{rfc3339, BackupId, TenantId};
+use crate::ids::{rfc3339, unix_now, BackupId, TenantId};
 use crate::replication::{Replica, Replication};
-use crate::storage::TenantState;
+use crate::storage::{CopyOf, TenantState};
 
 impl From<BackupError> for ApiError {
     fn from(e: BackupError) -> Self {
@@ -326,6 +328,23 @@ pub async fn copies(state: &Arc<AppState>, id: TenantId) -> Result<Response<Body
             .map(|s| s.backup_id)
             .collect();
         let live = tenant.state != TenantState::Destroyed;
+        // Every tenant restored or imported from this one, and what its
+        // removal does to each.
+        let copies: Vec<Value> = crate::lifecycle::copies_of(&inner.storage, &id)
+            .iter()
+            .map(|copy| {
+                let mut entry = super::copy_json(copy.copy_of.as_ref().expect("a copy"));
+                entry["id"] = json!(copy.id.as_str());
+                entry["name"] = json!(copy.name);
+                entry["state"] = json!(copy.state.as_str());
+                entry["on_removal"] = json!(if crate::lifecycle::removed_with_source(copy) {
+                    "destroyed with this tenant (made by staff)"
+                } else {
+                    "kept (made by the tenant's own admin)"
+                });
+                entry
+            })
+            .collect();
         Ok(json!({
             "tenant": id.as_str(),
             "hosting_region": tenant.region.as_str(),
@@ -345,6 +364,7 @@ pub async fn copies(state: &Arc<AppState>, id: TenantId) -> Result<Response<Body
             })).collect::<Vec<_>>(),
             "backups_erased": erased,
             "copies_remaining": backups.len(),
+            "copies": copies,
         }))
     })
     .await??;
@@ -464,7 +484,30 @@ pub async fn restore(
         }
     }
     let mint = principal.role == Role::TenantAdmin && principal.is_admin_of(&id);
-    let keep_id = request.keep_id.then(|| id.clone());
+    // The new tenant's id is chosen first, so that the audit entry (written
+    // before anything is restored) names both tenants.
+    let new_id = if request.keep_id {
+        id.clone()
+    } else {
+        TenantId::generate().map_err(ApiError::internal)?
+    };
+    let copy_of = CopyOf {
+        tenant: id.clone(),
+        backup: Some(backup.to_string()),
+        kind: if request.keep_id { "move" } else { "restore" }.into(),
+        made_by: principal.person(),
+        made_by_role: principal.role,
+        at: unix_now(),
+    };
+    super::audit(
+        state,
+        Event::new("backup.restored", actor(principal))
+            .tenant(&id)
+            .detail("backup", backup.as_str())
+            .detail("new_tenant", new_id.as_str())
+            .detail("kind", copy_of.kind.as_str()),
+    )
+    .await?;
     let inner = state.clone();
     let restored = blocking(move || {
         inner.backups.restore(
@@ -474,8 +517,9 @@ pub async fn restore(
             backup.as_str(),
             request.region.as_deref(),
             name,
-            keep_id,
+            Some(new_id),
             mint,
+            Some(copy_of),
         )
     })
     .await??;
@@ -492,6 +536,7 @@ pub async fn restore(
 /// `POST /v1/tenants/import?name=N`: a new tenant from a portable export.
 pub async fn import(
     state: &Arc<AppState>,
+    principal: &Principal,
     query: Vec<(String, String)>,
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
@@ -501,6 +546,16 @@ pub async fn import(
         .map(|(_, v)| super::checked_name(v))
         .transpose()?
         .ok_or_else(|| ApiError::BadRequest("give the new tenant a name: ?name=".into()))?;
+    // Recorded as a copy of the tenant the export came from, when that
+    // tenant lives here (the manifest names it).
+    let copy = CopyOf {
+        tenant: TenantId::parse(&"0".repeat(32)).expect("a valid placeholder id"),
+        backup: None,
+        kind: "import".into(),
+        made_by: principal.person(),
+        made_by_role: principal.role,
+        at: unix_now(),
+    };
     let limit = state.config.max_import_bytes;
     let reader = body_reader(body, limit);
     let exceeded = reader.exceeded.clone();
@@ -516,6 +571,7 @@ pub async fn import(
             inner.backups.limits,
             &[],
             true,
+            Some(copy),
         )
     })
     .await?;

@@ -14,7 +14,9 @@ use crate::audit::verify::{Bundle, BundleEntry, Consistency};
 use crate::audit::{Actor, Entry, Event};
 use crate::auth::{Principal, Role};
 use crate::crypto::encode_hex;
-use crate::grants::{Grant, GrantError, GrantState, Recovery, Scope, GRANTS_TREE, RECOVERIES_TREE};
+use crate::grants::{
+    Grant, GrantError, GrantState, Recovery, RecoveryError, Scope, GRANTS_TREE, RECOVERIES_TREE,
+};
 use crate::ids::{rfc3339, unix_now, TenantId};
 use crate::storage::TenantState;
 
@@ -22,6 +24,7 @@ pub fn actor(principal: &Principal) -> Actor {
     Actor {
         role: principal.role.as_str().to_string(),
         token: Some(principal.token_id.clone()),
+        identity: principal.identity.clone(),
     }
 }
 
@@ -32,6 +35,19 @@ impl From<GrantError> for ApiError {
                 ApiError::Conflict(e.to_string())
             }
             _ => ApiError::Forbidden(e.to_string()),
+        }
+    }
+}
+
+impl From<RecoveryError> for ApiError {
+    fn from(e: RecoveryError) -> Self {
+        match e {
+            RecoveryError::Waiting(_) | RecoveryError::NotOpen(_) => {
+                ApiError::Conflict(e.to_string())
+            }
+            RecoveryError::OperatorsOnly
+            | RecoveryError::SamePerson
+            | RecoveryError::NotTheTenantsAdmin => ApiError::Forbidden(e.to_string()),
         }
     }
 }
@@ -175,6 +191,8 @@ pub async fn request(
         tenant: tenant.id.clone(),
         requester: principal.token_id.clone(),
         requester_name: principal.name.clone(),
+        requester_identity: principal.identity.clone(),
+        requester_sponsors: principal.sponsors.clone(),
         scope,
         collections: request.collections,
         duration_minutes: request.duration_minutes,
@@ -309,7 +327,10 @@ fn recovery_json(r: &Recovery, now: u64) -> Value {
         "reason": r.reason,
         "ticket": r.ticket,
         "requested_at": rfc3339(r.requested_at),
+        "ready_at": rfc3339(r.ready_at),
+        "expires_at": rfc3339(r.pending_until),
         "completed_at": r.completed_at.map(rfc3339),
+        "cancelled": r.cancelled.as_ref().map(|c| json!({"at": rfc3339(c.at), "by": c.by})),
     })
 }
 
@@ -330,23 +351,27 @@ pub async fn request_recovery(
         )));
     }
     let now = unix_now();
+    let ready_at = now + state.config.access.admin_recovery_wait.as_secs();
     let recovery = Recovery {
         format: 1,
         id: encode_hex(&crate::crypto::random_bytes::<16>().map_err(ApiError::internal)?),
         tenant: tenant.clone(),
-        requested_by: principal.token_id.clone(),
+        requested_by: principal.person(),
         reason: text_field("reason", &request.reason)?,
         ticket: text_field("ticket", &request.ticket)?,
         requested_at: now,
-        pending_until: now + state.config.access.pending_expiry.as_secs(),
+        ready_at,
+        pending_until: ready_at + state.config.access.pending_expiry.as_secs(),
         approved_by: None,
         completed_at: None,
+        cancelled: None,
     };
     audit(
         state,
         Event::new("admin-recovery.requested", actor(principal))
             .tenant(&tenant)
             .grant(&recovery.id)
+            .detail("ready_at", rfc3339(ready_at))
             .sensitive("reason", &recovery.reason)
             .sensitive("ticket", &recovery.ticket),
     )
@@ -366,21 +391,32 @@ pub async fn request_recovery(
     ))
 }
 
-/// `POST /v1/admin-recoveries/{id}/approve`: the second operator; answers
-/// with the new admin token, once.
+fn load_recovery(state: &AppState, id: &str) -> Result<Recovery, ApiError> {
+    state
+        .storage
+        .catalog
+        .get_json(RECOVERIES_TREE, id)?
+        .ok_or_else(|| ApiError::NotFound("no such admin recovery".into()))
+}
+
+/// `POST /v1/admin-recoveries/{id}/approve`: a second operator identity,
+/// after the waiting period; answers with the new admin token, once.
 pub async fn approve_recovery(
     state: &Arc<AppState>,
     principal: &Principal,
     id: String,
 ) -> Result<Response<Body>, ApiError> {
     let _guard = state.grant_lock.lock().await;
-    let mut recovery: Recovery = state
-        .storage
-        .catalog
-        .get_json(RECOVERIES_TREE, &id)?
-        .ok_or_else(|| ApiError::NotFound("no such admin recovery".into()))?;
+    let mut recovery = load_recovery(state, &id)?;
     let now = unix_now();
     recovery.approve(principal, now)?;
+    let tenant = known_tenant(&state.storage, &recovery.tenant)?;
+    if tenant.state != TenantState::Active {
+        return Err(ApiError::Conflict(format!(
+            "tenant is {}: no admin is recovered for it",
+            tenant.state.as_str()
+        )));
+    }
     audit(
         state,
         Event::new("admin-recovery.completed", actor(principal))
@@ -390,15 +426,16 @@ pub async fn approve_recovery(
     )
     .await?;
     let (stored, storage) = (recovery.clone(), state.storage.clone());
+    let by = principal.person();
     let secret = blocking(move || -> Result<String, ApiError> {
         storage
             .catalog
             .put_json(RECOVERIES_TREE, &stored.id, &stored)?;
-        let (_, secret) = storage.issue_token(
-            Role::TenantAdmin,
-            Some(stored.tenant.clone()),
+        let (_, secret) = storage.issue_token(crate::storage::NewToken::admin(
+            &stored.tenant,
             "recovered admin",
-        )?;
+            &by,
+        ))?;
         Ok(secret)
     })
     .await??;
@@ -406,6 +443,60 @@ pub async fn approve_recovery(
     let mut body = recovery_json(&recovery, now);
     body["admin_token"] = Value::from(secret);
     Ok(json_response(StatusCode::OK, &body))
+}
+
+/// `POST /v1/admin-recoveries/{id}/cancel`: the tenant's admin ends a
+/// recovery before it is carried out.
+pub async fn cancel_recovery(
+    state: &Arc<AppState>,
+    principal: &Principal,
+    id: String,
+) -> Result<Response<Body>, ApiError> {
+    let _guard = state.grant_lock.lock().await;
+    let mut recovery = load_recovery(state, &id)?;
+    if !principal.is_admin_of(&recovery.tenant) {
+        return Err(ApiError::NotFound("no such admin recovery".into()));
+    }
+    let now = unix_now();
+    recovery.cancel(principal, now)?;
+    audit(
+        state,
+        Event::new("admin-recovery.cancelled", actor(principal))
+            .tenant(&recovery.tenant)
+            .grant(&recovery.id),
+    )
+    .await?;
+    let (stored, storage) = (recovery.clone(), state.storage.clone());
+    blocking(move || {
+        storage
+            .catalog
+            .put_json(RECOVERIES_TREE, &stored.id, &stored)
+    })
+    .await??;
+    tracing::warn!(recovery_id = %recovery.id, tenant_id = %recovery.tenant, "admin recovery cancelled by the tenant");
+    Ok(json_response(
+        StatusCode::OK,
+        &recovery_json(&recovery, now),
+    ))
+}
+
+/// Entries the tenant's access log shows: grants and accesses through them,
+/// admin recoveries, admin tokens minted and revoked, copies made of it,
+/// and moves.
+fn in_access_log(kind: &str) -> bool {
+    [
+        "grant.",
+        "admin-recovery.",
+        "token.",
+        "tenant.move",
+        "tenant.moved",
+    ]
+    .iter()
+    .any(|prefix| kind.starts_with(prefix))
+        || matches!(
+            kind,
+            "backup.restored" | "tenant.imported" | "tenant.copy-destroyed"
+        )
 }
 
 /// `GET /v1/tenants/{id}/access-log`: every grant of the tenant and every
@@ -448,7 +539,7 @@ pub async fn access_log(
         let mut events = Vec::new();
         for bytes in entries {
             let entry: Entry = serde_json::from_slice(&bytes).map_err(ApiError::internal)?;
-            if !(entry.kind.starts_with("grant.") || entry.kind.starts_with("admin-recovery.")) {
+            if !in_access_log(&entry.kind) {
                 continue;
             }
             events.push(json!({

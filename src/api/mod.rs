@@ -8,8 +8,10 @@
 
 mod backups;
 mod grants;
+mod moves;
 mod routes;
 mod stream;
+mod tokens;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -45,13 +47,6 @@ use crate::schema::Registry;
 use crate::storage::{NewTenant, Record, Storage, StorageError, TenantRecord, TenantState};
 
 pub type Body = BoxBody<Bytes, std::io::Error>;
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MoveRequest {
-    to_region: String,
-    to_url: String,
-}
 
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -209,7 +204,10 @@ impl ApiError {
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {
-            AuthError::Missing | AuthError::Invalid => ApiError::Unauthorized(e.to_string()),
+            AuthError::Missing | AuthError::Invalid | AuthError::Revoked | AuthError::Expired => {
+                ApiError::Unauthorized(e.to_string())
+            }
+            AuthError::AwaitingApproval => ApiError::Forbidden(e.to_string()),
             AuthError::Storage(inner) => ApiError::from(inner),
         }
     }
@@ -261,7 +259,9 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::NotFound => ApiError::NotFound(message),
             LifecycleError::NotActive(_)
             | LifecycleError::NotDeactivated(_)
-            | LifecycleError::NotMoving(_) => ApiError::Conflict(message),
+            | LifecycleError::NotMoving(_)
+            | LifecycleError::NoProposedMove
+            | LifecycleError::AlreadyProposed(_) => ApiError::Conflict(message),
             LifecycleError::Destroyed => ApiError::Gone(message),
             LifecycleError::Storage(inner) => ApiError::from(inner),
         }
@@ -346,12 +346,22 @@ async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Response<Bo
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
     let response = async {
+        let hosts = state.config.hosts.clone();
         match tokio::time::timeout(timeout, route(state, request)).await {
             Ok(Ok(response)) => response,
-            Ok(Err(ApiError::Moved { message, location })) => ApiError::Moved {
-                message,
-                location: format!("{}{path_and_query}", location.trim_end_matches('/')),
+            // Redirects only ever point at a host the config lists.
+            Ok(Err(ApiError::Moved { message, location }))
+                if hosts.values().any(|h| h == location.trim_end_matches('/')) =>
+            {
+                ApiError::Moved {
+                    message,
+                    location: format!("{}{path_and_query}", location.trim_end_matches('/')),
+                }
+                .into_response(request_id)
             }
+            Ok(Err(ApiError::Moved { .. })) => ApiError::Conflict(
+                "the tenant moved to a host this host's config no longer lists; ask the operator where it lives now".into(),
+            )
             .into_response(request_id),
             Ok(Err(error)) => error.into_response(request_id),
             Err(_) => ApiError::Unavailable("request timed out".into()).into_response(request_id),
@@ -404,6 +414,13 @@ async fn route(
                 .to_string(),
         ),
     };
+    let bearer = match &endpoint {
+        Endpoint::MoveTenant(_, MoveStep::Complete) => auth_header
+            .as_deref()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(|t| moves::Bearer(t.trim().to_string())),
+        _ => None,
+    };
     let mut principal = {
         let storage = state.storage.clone();
         blocking(move || auth::authenticate(&storage, auth_header.as_deref())).await??
@@ -439,9 +456,19 @@ async fn route(
                 state.config.max_import_bytes as usize,
             ));
         }
-        return backups::import(&state, query, request.into_body()).await;
+        return backups::import(&state, &principal, query, request.into_body()).await;
     }
     let body = read_body(request, state.config.max_body_bytes).await?;
+    if let Endpoint::MoveTenant(id, step) = endpoint {
+        allow(
+            &principal,
+            match step {
+                MoveStep::Approve => Action::ApproveMove(&id),
+                _ => Action::MoveTenant(&id),
+            },
+        )?;
+        return moves::step(&state, &principal, id, step, &body, bearer).await;
+    }
     dispatch(&state, &principal, endpoint, query, body).await
 }
 
@@ -522,6 +549,23 @@ async fn dispatch_endpoint(
         Endpoint::ApproveAdminRecovery(id) => {
             allow(principal, Action::AdminRecovery)?;
             grants::approve_recovery(state, principal, id).await
+        }
+        Endpoint::CancelAdminRecovery(id) => {
+            allow(principal, Action::CancelAdminRecovery)?;
+            grants::cancel_recovery(state, principal, id).await
+        }
+        Endpoint::MintToken => tokens::mint(state, principal, &body).await,
+        Endpoint::ListTokens => {
+            allow(principal, Action::ManageTokens)?;
+            tokens::list(state, principal).await
+        }
+        Endpoint::RevokeToken(id) => {
+            allow(principal, Action::ManageTokens)?;
+            tokens::revoke(state, principal, id).await
+        }
+        Endpoint::ApproveToken(id) => {
+            allow(principal, Action::ApproveOperator)?;
+            tokens::approve(state, principal, id).await
         }
         Endpoint::AccessLog(id) => {
             allow(principal, Action::ReadAuditTrail(&id))?;
@@ -642,13 +686,6 @@ async fn dispatch_endpoint(
         }
         Endpoint::RestoreBackup(id, backup) => {
             allow(principal, Action::RestoreBackup(&id))?;
-            audit(
-                state,
-                Event::new("backup.restored", grants::actor(principal))
-                    .tenant(&id)
-                    .detail("backup", backup.as_str()),
-            )
-            .await?;
             backups::restore(state, principal, id, backup, &body).await
         }
         Endpoint::CreateTenant => {
@@ -711,58 +748,7 @@ async fn dispatch_endpoint(
             tracing::info!("tenant reactivated");
             Ok(json_response(StatusCode::OK, &tenant_json(&tenant)))
         }
-        Endpoint::MoveTenant(id, step) => {
-            allow(principal, Action::MoveTenant(&id))?;
-            known_tenant(&storage, &id)?;
-            audit(
-                state,
-                Event::new(
-                    match step {
-                        MoveStep::Begin => "tenant.move-started",
-                        MoveStep::Complete => "tenant.moved",
-                        MoveStep::Abort => "tenant.move-aborted",
-                    },
-                    grants::actor(principal),
-                )
-                .tenant(&id),
-            )
-            .await?;
-            let tenant = match step {
-                MoveStep::Begin => {
-                    let request: MoveRequest = parse_json(&body)?;
-                    let region = Region::parse(&request.to_region).ok_or_else(|| {
-                        ApiError::Unprocessable("to_region is not a region name".into())
-                    })?;
-                    if region == state.config.region {
-                        return Err(ApiError::Unprocessable(format!(
-                            "the tenant already lives in region {region}"
-                        )));
-                    }
-                    let url = request.to_url.trim_end_matches('/').to_string();
-                    if !(url.starts_with("http://") || url.starts_with("https://"))
-                        || url.len() > 500
-                        || url.chars().any(|c| c.is_control() || c.is_whitespace())
-                    {
-                        return Err(ApiError::Unprocessable(
-                            "to_url must be the target host's http(s) address".into(),
-                        ));
-                    }
-                    let to = crate::storage::MovedTo {
-                        region,
-                        url,
-                        at: crate::ids::unix_now(),
-                    };
-                    blocking(move || lifecycle::begin_move(&storage, &id, to)).await??
-                }
-                MoveStep::Complete => {
-                    let delay = state.config.move_purge_delay;
-                    blocking(move || lifecycle::complete_move(&storage, &id, delay)).await??
-                }
-                MoveStep::Abort => blocking(move || lifecycle::abort_move(&storage, &id)).await??,
-            };
-            tracing::info!(step = ?step, state = tenant.state.as_str(), "tenant move");
-            Ok(json_response(StatusCode::OK, &tenant_json(&tenant)))
-        }
+        Endpoint::MoveTenant(..) => unreachable!("answered before dispatch"),
         Endpoint::PurgeTenant(id) => {
             allow(principal, Action::PurgeTenant(&id))?;
             let request: PurgeRequest = if body.is_empty() {
@@ -779,7 +765,8 @@ async fn dispatch_endpoint(
             )
             .await?;
             let replication = state.backups.replication.clone();
-            let (tenant, erasing) = blocking(move || -> Result<_, ApiError> {
+            let log = state.audit.clone();
+            let (tenant, erasing, copies) = blocking(move || -> Result<_, ApiError> {
                 let tenant = if existing.state == crate::storage::TenantState::Destroyed {
                     if !request.erase_backups {
                         return Err(ApiError::Gone("tenant is already destroyed".into()));
@@ -793,7 +780,9 @@ async fn dispatch_endpoint(
                 } else {
                     None
                 };
-                Ok((tenant, erasing))
+                // The whole database goes: every copy staff restored of it too.
+                let copies = lifecycle::destroy_staff_copies(&storage, &log, &id);
+                Ok((tenant, erasing, copies))
             })
             .await??;
             tracing::info!(erase_backups = request.erase_backups, "tenant purged");
@@ -805,6 +794,8 @@ async fn dispatch_endpoint(
                 );
                 body["backups_erasing"] = Value::from(count);
             }
+            body["copies_destroyed"] =
+                json!(copies.iter().map(TenantId::as_str).collect::<Vec<_>>());
             Ok(json_response(StatusCode::OK, &body))
         }
         Endpoint::CreateRecord(id, collection) => {
@@ -887,38 +878,6 @@ async fn dispatch_endpoint(
             })
             .await?
         }
-        Endpoint::MintToken => {
-            let request: MintTokenRequest = parse_json(&body)?;
-            let role = match request.role.as_str() {
-                "operator" => Role::Operator,
-                "support" => Role::Support,
-                "backup-agent" => Role::BackupAgent,
-                "tenant-admin" => Role::TenantAdmin,
-                other => {
-                    return Err(ApiError::Unprocessable(format!(
-                    "unknown role {other:?}: use support, backup-agent, operator or tenant-admin"
-                )))
-                }
-            };
-            allow(principal, Action::MintToken(role))?;
-            let name = checked_name(&request.name)?;
-            let tenant = (role == Role::TenantAdmin)
-                .then(|| principal.tenant.clone())
-                .flatten();
-            let mut event =
-                Event::new("token.minted", grants::actor(principal)).detail("role", role.as_str());
-            if let Some(tenant) = &tenant {
-                event = event.tenant(tenant);
-            }
-            audit(state, event).await?;
-            let (token, secret) =
-                blocking(move || storage.issue_token(role, tenant, &name)).await??;
-            tracing::info!(token_id = %token.id, role = role.as_str(), "token minted");
-            Ok(json_response(
-                StatusCode::CREATED,
-                &json!({"id": token.id.as_str(), "token": secret, "role": role.as_str(), "name": token.name}),
-            ))
-        }
         Endpoint::RotateMasterKey => {
             allow(principal, Action::RotateMasterKey)?;
             let source = state.config.key_source.clone();
@@ -967,13 +926,6 @@ struct CreateTenantRequest {
 #[serde(deny_unknown_fields)]
 struct UpgradeRequest {
     schema_version: u32,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MintTokenRequest {
-    role: String,
-    name: String,
 }
 
 fn checked_new_tenant(
@@ -1081,9 +1033,29 @@ pub(crate) fn tenant_json(tenant: &TenantRecord) -> Value {
         body["destroyed_at"] = Value::from(rfc3339(at));
     }
     if let Some(to) = &tenant.moved_to {
-        body["moved_to"] = json!({"region": to.region.as_str(), "url": to.url});
+        body["moved_to"] = json!({"region": to.region.as_str(), "url": to.url,
+                                  "requested_by": to.requested_by, "approved_by": to.approved_by});
+    }
+    if let Some(to) = &tenant.proposed_move {
+        body["proposed_move"] = json!({"region": to.region.as_str(), "url": to.url,
+                                       "requested_by": to.requested_by,
+                                       "state": "awaiting-tenant-approval"});
+    }
+    if let Some(copy) = &tenant.copy_of {
+        body["copy_of"] = copy_json(copy);
     }
     body
+}
+
+pub(crate) fn copy_json(copy: &crate::storage::CopyOf) -> Value {
+    json!({
+        "tenant": copy.tenant.as_str(),
+        "backup": copy.backup,
+        "kind": copy.kind,
+        "made_by": copy.made_by,
+        "made_by_role": copy.made_by_role.as_str(),
+        "at": rfc3339(copy.at),
+    })
 }
 
 fn record_json((id, fields): Record) -> Value {

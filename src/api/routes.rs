@@ -5,13 +5,15 @@ use hyper::Method;
 
 use super::grants::Decision;
 use super::ApiError;
-use crate::ids::{BackupId, RecordId, TenantId};
+use crate::ids::{BackupId, RecordId, TenantId, TokenId};
 use crate::schema::is_identifier;
 
 /// The steps of a region move, on the source host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MoveStep {
     Begin,
+    /// The tenant's admin agrees to a move an operator proposed.
+    Approve,
     Complete,
     Abort,
 }
@@ -31,6 +33,9 @@ pub enum Endpoint {
     ReplaceRecord(TenantId, String, RecordId),
     DeleteRecord(TenantId, String, RecordId),
     MintToken,
+    ListTokens,
+    RevokeToken(TokenId),
+    ApproveToken(TokenId),
     RotateMasterKey,
     ExportTenant(TenantId),
     StartBackup(TenantId),
@@ -50,6 +55,7 @@ pub enum Endpoint {
     AuditPublicKey,
     RequestAdminRecovery(TenantId),
     ApproveAdminRecovery(String),
+    CancelAdminRecovery(String),
     ListRegions,
     RegionTenants(String),
 }
@@ -79,6 +85,8 @@ impl Endpoint {
                 Err(ApiError::NotFound("no such access request".into()))
             }
         };
+        let token =
+            |s: &str| TokenId::parse(s).ok_or_else(|| ApiError::NotFound("no such token".into()));
         let record = |s: &str| {
             RecordId::parse(s).ok_or_else(|| ApiError::NotFound("record not found".into()))
         };
@@ -144,8 +152,14 @@ impl Endpoint {
             (&M::POST, ["v1", "admin-recoveries", r, "approve"]) => {
                 Endpoint::ApproveAdminRecovery(grant(r)?)
             }
+            (&M::POST, ["v1", "admin-recoveries", r, "cancel"]) => {
+                Endpoint::CancelAdminRecovery(grant(r)?)
+            }
             (&M::POST, ["v1", "tenants", id, "move"]) => {
                 Endpoint::MoveTenant(tenant(id)?, MoveStep::Begin)
+            }
+            (&M::POST, ["v1", "tenants", id, "move", "approve"]) => {
+                Endpoint::MoveTenant(tenant(id)?, MoveStep::Approve)
             }
             (&M::POST, ["v1", "tenants", id, "move", "complete"]) => {
                 Endpoint::MoveTenant(tenant(id)?, MoveStep::Complete)
@@ -156,6 +170,9 @@ impl Endpoint {
             (&M::GET, ["v1", "regions"]) => Endpoint::ListRegions,
             (&M::GET, ["v1", "regions", r, "tenants"]) => Endpoint::RegionTenants(r.to_string()),
             (&M::POST, ["v1", "tokens"]) => Endpoint::MintToken,
+            (&M::GET, ["v1", "tokens"]) => Endpoint::ListTokens,
+            (&M::DELETE, ["v1", "tokens", t]) => Endpoint::RevokeToken(token(t)?),
+            (&M::POST, ["v1", "tokens", t, "approve"]) => Endpoint::ApproveToken(token(t)?),
             (&M::POST, ["v1", "keys", "rotate"]) => Endpoint::RotateMasterKey,
             (_, segments) if Self::is_known_path(segments) => {
                 return Err(ApiError::MethodNotAllowed)
@@ -176,6 +193,8 @@ impl Endpoint {
                 | ["v1", "tenants", _, "collections", _, "records"]
                 | ["v1", "tenants", _, "collections", _, "records", _]
                 | ["v1", "tokens"]
+                | ["v1", "tokens", _]
+                | ["v1", "tokens", _, "approve"]
                 | ["v1", "keys", "rotate"]
                 | [
                     "v1",
@@ -195,9 +214,9 @@ impl Endpoint {
                 | ["v1", "tenants", _, "access-log" | "audit-proof"]
                 | ["v1", "audit", "public-key"]
                 | ["v1", "tenants", _, "admin-recovery"]
-                | ["v1", "admin-recoveries", _, "approve"]
+                | ["v1", "admin-recoveries", _, "approve" | "cancel"]
                 | ["v1", "tenants", _, "move"]
-                | ["v1", "tenants", _, "move", "complete" | "abort"]
+                | ["v1", "tenants", _, "move", "approve" | "complete" | "abort"]
                 | ["v1", "regions", _, "tenants"]
                 | ["v1", "tenants", _, "backups", _]
                 | ["v1", "tenants", _, "backups", _, "restore"]
@@ -232,6 +251,10 @@ impl Endpoint {
             | Endpoint::CreateTenant
             | Endpoint::ListTenants
             | Endpoint::MintToken
+            | Endpoint::ListTokens
+            | Endpoint::RevokeToken(_)
+            | Endpoint::ApproveToken(_)
+            | Endpoint::CancelAdminRecovery(_)
             | Endpoint::RotateMasterKey
             | Endpoint::ImportTenant
             | Endpoint::ListRegions

@@ -64,6 +64,10 @@ pub struct Actor {
     /// The token's id (never the token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// The person: a staff identity (tenant admins have none; their token
+    /// id stands for them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 impl Actor {
@@ -71,6 +75,7 @@ impl Actor {
         Actor {
             role: "host".into(),
             token: None,
+            identity: None,
         }
     }
 }

@@ -30,7 +30,7 @@ use crate::ids::{unix_now, RecordId, Region, TenantId};
 use crate::replication::{Replication, ReplicationError, StoreError};
 use crate::schema::{Registry, Schema};
 use crate::storage::{
-    InheritedAdmin, NewTenant, StagedTenant, Storage, StorageError, TenantRecord,
+    CopyOf, InheritedAdmin, NewTenant, StagedTenant, Storage, StorageError, TenantRecord,
 };
 use format::Limits;
 use import::ArchiveSink;
@@ -358,6 +358,7 @@ impl Backups {
         name: String,
         keep_id: Option<TenantId>,
         mint_token: bool,
+        copy_of: Option<CopyOf>,
     ) -> Result<Restored, BackupError> {
         let (envelope, reader) = self.open_stored(tenant, backup, region)?;
         restore_archive(
@@ -370,6 +371,7 @@ impl Backups {
             self.limits,
             &envelope.admins,
             mint_token,
+            copy_of,
         )
     }
 }
@@ -395,6 +397,10 @@ pub struct Restored {
 }
 
 /// Reads an archive into a staged tenant and publishes it, or removes it.
+/// `copy_of` records where it came from in the new tenant's own catalog
+/// entry (published with it, so no copy exists unrecorded); for an import
+/// its tenant is taken from the archive's manifest, and kept only when that
+/// tenant lives on this host.
 #[allow(clippy::too_many_arguments)]
 pub fn restore_archive(
     storage: &Storage,
@@ -406,6 +412,7 @@ pub fn restore_archive(
     limits: Limits,
     inherit: &[InheritedAdmin],
     mint_token: bool,
+    copy_of: Option<CopyOf>,
 ) -> Result<Restored, BackupError> {
     let mut sink = StagingSink {
         storage,
@@ -418,7 +425,14 @@ pub fn restore_archive(
     let result = import::read_archive(reader, schemas, limits, &mut sink);
     let staged = sink.staged.take();
     match (result, staged) {
-        (Ok(summary), Some(staged)) => {
+        (Ok(summary), Some(mut staged)) => {
+            staged.record.copy_of = copy_of.and_then(|mut copy| {
+                if copy.kind == "import" {
+                    copy.tenant = TenantId::parse(&summary.manifest.tenant.id)?;
+                    storage.catalog.tenant(&copy.tenant)?;
+                }
+                Some(copy)
+            });
             let (tenant, token) = storage.commit_staged(staged, inherit, mint_token)?;
             Ok(Restored {
                 tenant,

@@ -27,7 +27,7 @@ use crate::keys;
 use crate::lifecycle;
 use crate::replication::{Backoff, RegionStore, Replication, Replicator};
 use crate::schema::Registry;
-use crate::storage::{Role, Storage};
+use crate::storage::{Role, Storage, FIRST_OPERATOR};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -63,6 +63,42 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Tokens and staff identities: add an operator offline, list, revoke.
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokensCommand {
+    /// On the stopped host: add a staff identity (or a token of an existing
+    /// one) and print its token once. The only way besides the first start
+    /// to add an operator without a second operator's approval: whoever
+    /// runs it holds the disk.
+    Add {
+        #[command(flatten)]
+        host: HostArgs,
+        /// operator, support or backup-agent.
+        #[arg(long)]
+        role: String,
+        /// The identity (person) the token belongs to.
+        #[arg(long)]
+        name: String,
+    },
+    /// The tokens this token may manage (GET /v1/tokens).
+    List {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Revoke a token at once (DELETE /v1/tokens/{id}).
+    Revoke {
+        #[command(flatten)]
+        remote: Remote,
+        /// The token's id (from `coffer tokens list`), never the token.
+        #[arg(long)]
+        id: String,
     },
 }
 
@@ -256,6 +292,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             command: KeysCommand::Rotate { host, pace_ms },
         } => rotate(host, pace_ms),
         Command::Backup { command } => backup(command),
+        Command::Tokens { command } => tokens_command(command),
         Command::Audit {
             command:
                 AuditCommand::Verify {
@@ -305,6 +342,89 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     report["records"],
                     report["source_purges_after"].as_str().unwrap_or("its delay"),
                 );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn tokens_command(command: TokensCommand) -> anyhow::Result<()> {
+    match command {
+        TokensCommand::Add { host, role, name } => {
+            let role = match role.as_str() {
+                "operator" => Role::Operator,
+                "support" => Role::Support,
+                "backup-agent" => Role::BackupAgent,
+                other => anyhow::bail!("--role {other:?}: use operator, support or backup-agent"),
+            };
+            let name = name.trim();
+            if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+                anyhow::bail!("--name must be 1 to 200 printable characters");
+            }
+            let config = Config::resolve(overrides(host))?;
+            let (storage, _) = open_host(&config)?;
+            // Audited like every token: no durable entry, no token.
+            let audit = crate::audit::AuditLog::open(&config.data_dir, config.region.as_str())
+                .context("open the audit log")?;
+            audit
+                .append(
+                    crate::audit::Event::new(
+                        "token.added-offline",
+                        crate::audit::Actor {
+                            role: "operator".into(),
+                            token: None,
+                            identity: Some(crate::storage::DATA_DIR_CREATOR.into()),
+                        },
+                    )
+                    .detail("role", role.as_str())
+                    .detail("identity", name),
+                )
+                .map_err(|e| anyhow::anyhow!("{e}; no token was added"))?;
+            audit.checkpoint().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let minted = crate::tokens::add_offline(&storage, role, name)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            // The secret goes to stdout once; nothing else is printed there.
+            println!("{}", minted.secret);
+            eprintln!(
+                "added a {} token (id {}) for identity {name:?}; it is shown once",
+                role.as_str(),
+                minted.token.id
+            );
+            Ok(())
+        }
+        TokensCommand::List { remote } => {
+            let client = remote_client(&remote)?;
+            let listing = client.json("GET", "/v1/tokens", None)?;
+            if machine_output(remote.json) {
+                println!("{listing}");
+            } else {
+                for t in listing["tokens"].as_array().into_iter().flatten() {
+                    println!(
+                        "{}  {:<12} {:<18} {:<24} created {}  last used {}  expires {}",
+                        t["id"].as_str().unwrap_or(""),
+                        t["role"].as_str().unwrap_or(""),
+                        t["state"].as_str().unwrap_or(""),
+                        t["identity"].as_str().or(t["name"].as_str()).unwrap_or(""),
+                        t["created"].as_str().unwrap_or(""),
+                        t["last_used"].as_str().unwrap_or("never"),
+                        t["expires_at"].as_str().unwrap_or("never"),
+                    );
+                }
+            }
+            Ok(())
+        }
+        TokensCommand::Revoke { remote, id } => {
+            if crate::ids::TokenId::parse(&id).is_none() {
+                anyhow::bail!(
+                    "--id {id:?}: a token id is 32 lowercase hex digits (see `coffer tokens list`)"
+                );
+            }
+            let client = remote_client(&remote)?;
+            let revoked = client.json("DELETE", &format!("/v1/tokens/{id}"), None)?;
+            if machine_output(remote.json) {
+                println!("{revoked}");
+            } else {
+                println!("token {id} revoked");
             }
             Ok(())
         }
@@ -674,12 +794,14 @@ async fn shutdown_signal() {
 /// On a new data directory, mints the first operator token into
 /// `<data-dir>/operator.token` (0600) and says where it is.
 fn write_first_operator_token(storage: &Storage, data_dir: &Path) -> anyhow::Result<()> {
-    if storage.catalog.token_count() > 0 {
+    // Keyed on the first operator's identity, not on "no tokens": an
+    // operator added offline before the first start does not replace it.
+    if storage.catalog.identity(FIRST_OPERATOR).is_some() {
         return Ok(());
     }
-    let (_, secret) = storage
-        .issue_token(Role::Operator, None, "first operator")
+    let minted = crate::tokens::add_offline(storage, Role::Operator, FIRST_OPERATOR)
         .context("mint the first operator token")?;
+    let secret = minted.secret;
     let path = data_dir.join("operator.token");
     keys::write_secret(&path, format!("{secret}\n").as_bytes())?;
     tracing::info!(path = %path.display(), "wrote the first operator token (mode 0600)");
@@ -805,6 +927,7 @@ fn rotate(host: HostArgs, pace_ms: u64) -> anyhow::Result<()> {
             crate::audit::Actor {
                 role: "operator".into(),
                 token: None,
+                identity: Some(crate::storage::DATA_DIR_CREATOR.into()),
             },
         ))
         .map_err(|e| anyhow::anyhow!("{e}; the key was not rotated"))?;

@@ -9,8 +9,12 @@
 //!    tenant's admin tokens come with it (the sealed envelope carries their
 //!    digests), so clients only change the host they call.
 //! 4. The counts the target restored are compared with the backup's.
-//! 5. The source switches (`moved`): it answers every data call with a 308 to
-//!    the target, and destroys its copy after its purge delay.
+//! 5. The source switches (`moved`) once it has asked the target (with our
+//!    token on the source, which the target honours because the tenant's
+//!    admin tokens travel with the backup) that it holds the tenant restored
+//!    from that backup: it answers every data call with a 308 to the target,
+//!    and destroys its copy after its purge delay. The source moves tenants
+//!    only to the host its `[hosts]` config names for the target's region.
 //!
 //! Any failure before the switch aborts the move on the source (writes
 //! resume there) and leaves nothing on the target.
@@ -58,13 +62,23 @@ pub fn move_tenant(
         );
     }
     step("pausing writes on the source");
-    source
+    let begun = source
         .json(
             "POST",
             &format!("/v1/tenants/{tenant}/move"),
-            Some(&json!({"to_region": target_region, "to_url": target_url})),
+            Some(&json!({ "to_region": target_region })),
         )
         .context("pause writes on the source")?;
+    // The source moves tenants only to the host its config names for the
+    // region: that must be the host we are about to restore on.
+    let configured = begun["moved_to"]["url"].as_str().unwrap_or_default();
+    if begun["state"] != "moving" || configured != target_url.trim_end_matches('/') {
+        let _ = source.json("POST", &format!("/v1/tenants/{tenant}/move/abort"), None);
+        bail!(
+            "the source's configured host for region {target_region} is {configured:?}, not {target_url:?} (or the move waits for the tenant's approval: {}); nothing was moved",
+            begun["state"]
+        );
+    }
     match copy_across(source, target, tenant, &name, &via, step) {
         Ok(copied) => {
             step("switching the source to the target");

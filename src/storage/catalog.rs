@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +16,10 @@ use crate::ids::{Region, TenantId, TokenId};
 
 /// Version of the catalog's JSON values. Part of the format: never change.
 pub const CATALOG_FORMAT_V1: u32 = 1;
+
+/// The name of the operator whose token the first start writes to
+/// `<data-dir>/operator.token`.
+pub const FIRST_OPERATOR: &str = "first operator";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -75,14 +79,41 @@ pub struct TenantRecord {
     /// Set between the two halves of a schema upgrade's swap (crash recovery).
     #[serde(default)]
     pub pending_upgrade: Option<PendingUpgrade>,
+    /// A move an operator proposed, waiting for the tenant's admin.
+    #[serde(default)]
+    pub proposed_move: Option<MovedTo>,
+    /// Set when this tenant was made from another tenant's backup or export.
+    #[serde(default)]
+    pub copy_of: Option<CopyOf>,
+}
+
+/// Where a restored or imported tenant came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyOf {
+    pub tenant: TenantId,
+    /// The backup id (restores), or `None` for an import of an export.
+    pub backup: Option<String>,
+    /// `restore` or `import`.
+    pub kind: String,
+    /// The person who made it (identity, or `token:<id>` for the tenant's admin).
+    pub made_by: String,
+    pub made_by_role: Role,
+    pub at: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MovedTo {
     pub region: Region,
-    /// The target host's control API, e.g. `https://coffer.sg.example.com`.
+    /// The target host's control API, e.g. `https://coffer.sg.example.com`
+    /// (always one of the config's `[hosts]`).
     pub url: String,
     pub at: u64,
+    /// Who started the move, and (an operator's move) the tenant admin who
+    /// agreed to it.
+    #[serde(default)]
+    pub requested_by: Option<String>,
+    #[serde(default)]
+    pub approved_by: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,15 +158,87 @@ pub struct TokenRecord {
     pub created_at: u64,
     /// The SHA-256 of the token, kept so a lookup can compare it in constant time.
     pub digest: String,
+    /// Staff tokens: the identity (the person) this token belongs to. Two
+    /// tokens of one identity are one person to every two-person rule.
+    #[serde(default)]
+    pub identity: Option<String>,
+    /// Who minted it: a staff identity's name, `token:<id>` for a tenant
+    /// admin, `data-dir` for the first operator and offline additions.
+    #[serde(default)]
+    pub created_by: Option<String>,
+    #[serde(default)]
+    pub expires_at: Option<u64>,
+    #[serde(default)]
+    pub revoked: Option<Revocation>,
 }
+
+/// A revoked token is kept (listed as revoked) but never authenticates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub at: u64,
+    pub by: String,
+}
+
+impl TokenRecord {
+    /// `active`, `expired`, `revoked`, or `pending-approval` (set by the
+    /// caller from the identity: see [`Identity`]).
+    pub fn state_at(&self, now: u64) -> &'static str {
+        if self.revoked.is_some() {
+            "revoked"
+        } else if self.expires_at.is_some_and(|at| now >= at) {
+            "expired"
+        } else {
+            "active"
+        }
+    }
+
+    /// Reaches `tenant` as its admin (its own tenant, or a restored copy).
+    pub fn admin_of(&self, tenant: &TenantId) -> bool {
+        self.role == Role::TenantAdmin
+            && (self.tenant.as_ref() == Some(tenant) || self.also.contains(tenant))
+    }
+}
+
+/// A staff member: operator, support engineer or backup agent. Every staff
+/// token belongs to one; every two-person rule counts these, never tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub format: u32,
+    pub name: String,
+    pub role: Role,
+    pub created_at: u64,
+    /// The identity that created it; `data-dir` for the first operator and
+    /// for `coffer tokens add` (whoever holds the disk).
+    pub created_by: String,
+    /// A new operator identity works only once a different operator
+    /// approved it.
+    pub approved_by: Option<String>,
+    pub pending: bool,
+}
+
+/// Who created identities and tokens before identities existed.
+pub const DATA_DIR_CREATOR: &str = "data-dir";
 
 pub struct Catalog {
     db: sled::Db,
     tenants: sled::Tree,
     tokens: sled::Tree,
+    identities: sled::Tree,
+    /// Token id → the time it was last used (seconds), written without a
+    /// flush at most once a minute per token: a hint, never a decision.
+    token_used: sled::Tree,
     /// Write-through copy of `tenants`, so that every request's state check is a
     /// hash lookup.
     cache: RwLock<HashMap<TenantId, TenantRecord>>,
+    /// Write-through copy of `identities` (checked on every staff request).
+    identity_cache: RwLock<HashMap<String, Identity>>,
+    /// Last-used times already written, so a busy token is not written on
+    /// every request.
+    used_cache: Mutex<HashMap<TokenId, u64>>,
+    /// Every read-modify-write of token records (restores inheriting admins,
+    /// revocations, destruction) holds this: two restores never lose each
+    /// other's additions.
+    token_update: Mutex<()>,
 }
 
 impl Catalog {
@@ -148,6 +251,8 @@ impl Catalog {
             .map_err(|e| StorageError::Open("catalog".into(), e.to_string()))?;
         let tenants = db.open_tree("tenants")?;
         let tokens = db.open_tree("tokens")?;
+        let identities = db.open_tree("identities")?;
+        let token_used = db.open_tree("token_used")?;
         let mut cache = HashMap::new();
         for item in tenants.iter() {
             let (_, value) = item?;
@@ -155,12 +260,134 @@ impl Catalog {
                 .map_err(|e| StorageError::Damaged(format!("catalog tenant entry: {e}")))?;
             cache.insert(record.id.clone(), record);
         }
-        Ok(Catalog {
+        let mut identity_cache = HashMap::new();
+        for item in identities.iter() {
+            let (_, value) = item?;
+            let identity: Identity = serde_json::from_slice(&value)
+                .map_err(|e| StorageError::Damaged(format!("catalog identity entry: {e}")))?;
+            identity_cache.insert(identity.name.clone(), identity);
+        }
+        let catalog = Catalog {
             db,
             tenants,
             tokens,
+            identities,
+            token_used,
             cache: RwLock::new(cache),
-        })
+            identity_cache: RwLock::new(identity_cache),
+            used_cache: Mutex::new(HashMap::new()),
+            token_update: Mutex::new(()),
+        };
+        catalog.migrate_staff_identities()?;
+        Ok(catalog)
+    }
+
+    /// Staff tokens minted before identities existed get one: the first
+    /// operator's own, every other token an identity named after it. An
+    /// operator token minted by another operator then was never approved by
+    /// a second person: its identity starts pending, like a new one today.
+    fn migrate_staff_identities(&self) -> Result<(), StorageError> {
+        let _guard = self.lock_tokens();
+        for item in self.tokens.iter() {
+            let (key, value) = item?;
+            let mut token: TokenRecord = serde_json::from_slice(&value)
+                .map_err(|e| StorageError::Damaged(format!("catalog token entry: {e}")))?;
+            if token.role == Role::TenantAdmin || token.identity.is_some() {
+                continue;
+            }
+            let first = token.role == Role::Operator && token.name == FIRST_OPERATOR;
+            let mut name = token.name.clone();
+            if self
+                .identity(&name)
+                .is_some_and(|existing| existing.role != token.role)
+            {
+                name = format!("{} ({})", token.name, token.role.as_str());
+            }
+            if self.identity(&name).is_none() {
+                self.put_identity(&Identity {
+                    format: CATALOG_FORMAT_V1,
+                    name: name.clone(),
+                    role: token.role,
+                    created_at: token.created_at,
+                    created_by: DATA_DIR_CREATOR.into(),
+                    approved_by: None,
+                    pending: token.role == Role::Operator && !first,
+                })?;
+            }
+            token.identity = Some(name);
+            token
+                .created_by
+                .get_or_insert_with(|| DATA_DIR_CREATOR.into());
+            self.tokens.insert(key, to_json(&token))?;
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn identity(&self, name: &str) -> Option<Identity> {
+        self.identity_cache
+            .read()
+            .expect("identity cache poisoned")
+            .get(name)
+            .cloned()
+    }
+
+    pub fn identities(&self) -> Vec<Identity> {
+        let mut all: Vec<Identity> = self
+            .identity_cache
+            .read()
+            .expect("identity cache poisoned")
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| (a.created_at, &a.name).cmp(&(b.created_at, &b.name)));
+        all
+    }
+
+    /// Writes an identity (new or changed) durably.
+    pub fn put_identity(&self, identity: &Identity) -> Result<(), StorageError> {
+        self.identities
+            .insert(identity.name.as_bytes(), to_json(identity))?;
+        self.db.flush()?;
+        self.identity_cache
+            .write()
+            .expect("identity cache poisoned")
+            .insert(identity.name.clone(), identity.clone());
+        Ok(())
+    }
+
+    /// Held for every read-modify-write of token records.
+    pub fn lock_tokens(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.token_update
+            .lock()
+            .expect("token update lock poisoned")
+    }
+
+    /// Notes that a token was used at `now` (at most one write a minute).
+    pub fn note_token_used(&self, id: &TokenId, now: u64) {
+        let mut seen = self.used_cache.lock().expect("token use cache poisoned");
+        if seen.get(id).is_some_and(|last| now < last + 60) {
+            return;
+        }
+        seen.insert(id.clone(), now);
+        drop(seen);
+        // Not flushed: the next durable write carries it; losing it loses a hint.
+        if let Err(error) = self.token_used.insert(id.as_str(), &now.to_be_bytes()) {
+            tracing::warn!(%error, "record token use");
+        }
+    }
+
+    pub fn token_last_used(&self, id: &TokenId) -> Option<u64> {
+        if let Some(at) = self
+            .used_cache
+            .lock()
+            .expect("token use cache poisoned")
+            .get(id)
+        {
+            return Some(*at);
+        }
+        let value = self.token_used.get(id.as_str()).ok()??;
+        Some(u64::from_be_bytes(value.as_ref().try_into().ok()?))
     }
 
     pub fn tenant(&self, id: &TenantId) -> Option<TenantRecord> {
@@ -226,6 +453,7 @@ impl Catalog {
     pub fn destroy_tenant(&self, record: &TenantRecord) -> Result<(), StorageError> {
         // Tokens that reach only this tenant die; tokens that also reach restored
         // copies lose this tenant and keep the others.
+        let _guard = self.lock_tokens();
         let mut batch = sled::Batch::default();
         for item in self.tokens.iter() {
             let (key, value) = item?;
@@ -340,6 +568,23 @@ impl Catalog {
         self.db.open_tree(tree)?.remove(key)?;
         self.db.flush()?;
         Ok(())
+    }
+
+    /// Every token with the digest it is stored under.
+    pub fn tokens_by_digest(&self) -> Result<Vec<([u8; 32], TokenRecord)>, StorageError> {
+        self.tokens
+            .iter()
+            .map(|item| {
+                let (key, value) = item?;
+                let digest: [u8; 32] = key
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| StorageError::Damaged("catalog token key".into()))?;
+                let token = serde_json::from_slice(&value)
+                    .map_err(|e| StorageError::Damaged(format!("catalog token entry: {e}")))?;
+                Ok((digest, token))
+            })
+            .collect()
     }
 
     pub fn remove_token(&self, digest: &[u8; 32]) -> Result<(), StorageError> {

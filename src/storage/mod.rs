@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 pub use catalog::{
-    Catalog, MovedTo, PendingUpgrade, Role, TenantRecord, TenantState, TokenRecord, WrappedDek,
+    Catalog, CopyOf, Identity, MovedTo, PendingUpgrade, Revocation, Role, TenantRecord,
+    TenantState, TokenRecord, WrappedDek, DATA_DIR_CREATOR, FIRST_OPERATOR,
 };
 pub use tenant_db::{Record, Snapshot, SnapshotRecords, TenantDb};
 
@@ -209,6 +210,8 @@ impl Storage {
             destroyed_at: None,
             pending_upgrade: None,
             moved_to: None,
+            proposed_move: None,
+            copy_of: None,
             wrapped_dek: Some(wrapped_dek),
         };
         Ok((record, dek))
@@ -227,7 +230,7 @@ impl Storage {
             TenantCipher::new(&dek),
             self.cache_bytes_per_tenant,
         )?;
-        let (token, secret) = new_token(Role::TenantAdmin, Some(id.clone()), "initial admin")?;
+        let (token, secret) = new_token(NewToken::admin(&id, "initial admin", DATA_DIR_CREATOR))?;
         self.catalog
             .create_tenant(&record, &token, &crypto::token_digest(&secret))?;
         self.pool.insert(id, Arc::new(db));
@@ -377,7 +380,7 @@ impl Storage {
             )));
         }
         std::fs::rename(&staged.dir, self.tenant_dir(&id))?;
-        let (token, secret) = new_token(Role::TenantAdmin, Some(id.clone()), "restored admin")?;
+        let (token, secret) = new_token(NewToken::admin(&id, "restored admin", DATA_DIR_CREATOR))?;
         let digest = crypto::token_digest(&secret);
         // The tenant and its first token appear together; if no token is minted
         // the inherited ones below are the only way in.
@@ -386,6 +389,9 @@ impl Storage {
         if !mint_token {
             self.catalog.remove_token(&digest)?;
         }
+        // Concurrent restores of one backup each add their tenant to the same
+        // token records: one at a time, or one would lose the other's.
+        let _guard = self.catalog.lock_tokens();
         for admin in inherit {
             let mut record = match self.catalog.token(&admin.digest)? {
                 Some(existing) if existing.role == Role::TenantAdmin => existing,
@@ -399,6 +405,10 @@ impl Storage {
                     name: admin.name.clone(),
                     created_at: unix_now(),
                     digest: crypto::encode_hex(&admin.digest),
+                    identity: None,
+                    created_by: Some(DATA_DIR_CREATOR.into()),
+                    expires_at: None,
+                    revoked: None,
                 },
             };
             if record.tenant.is_none() {
@@ -507,16 +517,49 @@ impl Storage {
     }
 
     /// Mints a bearer token. The secret is returned once and stored only hashed.
-    pub fn issue_token(
+    pub fn issue_token(&self, new: NewToken) -> Result<(TokenRecord, String), StorageError> {
+        self.issue_token_with(new, |_| Ok::<(), StorageError>(()))?
+    }
+
+    /// Mints a bearer token, running `before_store` on its record (the id is
+    /// known by then) before anything is stored: an error there stores nothing.
+    pub fn issue_token_with<E>(
         &self,
-        role: Role,
-        tenant: Option<TenantId>,
-        name: &str,
-    ) -> Result<(TokenRecord, String), StorageError> {
-        let (record, secret) = new_token(role, tenant, name)?;
+        new: NewToken,
+        before_store: impl FnOnce(&TokenRecord) -> Result<(), E>,
+    ) -> Result<Result<(TokenRecord, String), E>, StorageError> {
+        let (record, secret) = new_token(new)?;
+        if let Err(e) = before_store(&record) {
+            return Ok(Err(e));
+        }
         self.catalog
             .put_token(&crypto::token_digest(&secret), &record)?;
-        Ok((record, secret))
+        Ok(Ok((record, secret)))
+    }
+
+    /// Read-modify-write of one token (by its public id) under the token
+    /// lock. `change` also sees every other token, for rules such as "not
+    /// the last admin token".
+    pub fn update_token<E>(
+        &self,
+        id: &TokenId,
+        change: impl FnOnce(&mut TokenRecord, &[TokenRecord]) -> Result<(), E>,
+    ) -> Result<Result<TokenRecord, E>, StorageError> {
+        let _guard = self.catalog.lock_tokens();
+        let all = self.catalog.tokens_by_digest()?;
+        let Some((digest, mut token)) = all.iter().find(|(_, t)| &t.id == id).cloned() else {
+            return Err(StorageError::NotFound);
+        };
+        let others: Vec<TokenRecord> = all
+            .into_iter()
+            .filter(|(_, t)| &t.id != id)
+            .map(|(_, t)| t)
+            .collect();
+        if let Err(e) = change(&mut token, &others) {
+            return Ok(Err(e));
+        }
+        self.catalog.put_token(&digest, &token)?;
+        Ok(Ok(token))
     }
 
     /// The token's record, if the presented secret is a live token.
@@ -602,10 +645,7 @@ impl Storage {
             .catalog
             .tokens()?
             .into_iter()
-            .filter(|t| {
-                t.role == Role::TenantAdmin
-                    && (t.tenant.as_ref() == Some(tenant) || t.also.contains(tenant))
-            })
+            .filter(|t| t.admin_of(tenant) && t.state_at(unix_now()) == "active")
             .filter_map(|t| {
                 let digest = crypto::decode_hex(&t.digest)?.try_into().ok()?;
                 Some(InheritedAdmin {
@@ -665,11 +705,43 @@ impl Storage {
     }
 }
 
-fn new_token(
-    role: Role,
-    tenant: Option<TenantId>,
-    name: &str,
-) -> Result<(TokenRecord, String), StorageError> {
+/// What a new token is: its role, tenant (admins), owner and lifetime.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    pub role: Role,
+    pub tenant: Option<TenantId>,
+    pub name: String,
+    /// The staff identity it belongs to (staff tokens only).
+    pub identity: Option<String>,
+    pub created_by: String,
+    pub expires_at: Option<u64>,
+}
+
+impl NewToken {
+    pub fn admin(tenant: &TenantId, name: &str, created_by: &str) -> NewToken {
+        NewToken {
+            role: Role::TenantAdmin,
+            tenant: Some(tenant.clone()),
+            name: name.to_string(),
+            identity: None,
+            created_by: created_by.to_string(),
+            expires_at: None,
+        }
+    }
+
+    pub fn staff(role: Role, identity: &str, created_by: &str) -> NewToken {
+        NewToken {
+            role,
+            tenant: None,
+            name: identity.to_string(),
+            identity: Some(identity.to_string()),
+            created_by: created_by.to_string(),
+            expires_at: None,
+        }
+    }
+}
+
+fn new_token(new: NewToken) -> Result<(TokenRecord, String), StorageError> {
     let secret = format!(
         "coffer_{}",
         crypto::encode_hex(&crypto::random_bytes::<32>()?)
@@ -677,12 +749,16 @@ fn new_token(
     let record = TokenRecord {
         format: catalog::CATALOG_FORMAT_V1,
         id: TokenId::generate()?,
-        role,
-        tenant,
+        role: new.role,
+        tenant: new.tenant,
         also: Vec::new(),
-        name: name.to_string(),
+        name: new.name,
         created_at: unix_now(),
         digest: crypto::encode_hex(&crypto::token_digest(&secret)),
+        identity: new.identity,
+        created_by: Some(new.created_by),
+        expires_at: new.expires_at,
+        revoked: None,
     };
     Ok((record, secret))
 }

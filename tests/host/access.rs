@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{contains, Host, TempDir, BIN};
+use crate::support::{add_staff_offline, contains, Host, TempDir, BIN};
 
 fn records(tenant: &str, collection: &str) -> String {
     format!("/v1/tenants/{tenant}/collections/{collection}/records")
@@ -102,6 +102,10 @@ fn count(host: &Host, tenant: &str, admin: &str, collection: &str) -> usize {
 #[test]
 fn grant_cases_each_refused_or_allowed_in_the_data_path() {
     let dir = TempDir::new("grants");
+    // Staff whose identities the disk vouches for: no operator of this host
+    // created alice, so both operators count for her emergency.
+    let support = add_staff_offline(&dir.path().join("data"), "support", "alice");
+    let op2 = add_staff_offline(&dir.path().join("data"), "operator", "second operator");
     let (clock, host) = host_with_clock(&dir);
     let (t, admin) = host.create_tenant("acme", "crm");
     let (other, other_admin) = host.create_tenant("other", "crm");
@@ -120,9 +124,7 @@ fn grant_cases_each_refused_or_allowed_in_the_data_path() {
         Some(&admin),
         json!({"title": "deal"}),
     );
-    let support = mint(&host, "support", "alice");
     let support2 = mint(&host, "support", "bob");
-    let op2 = mint(&host, "operator", "second operator");
     let new_contact = serde_json::to_vec(&json!({"name": "written by support"})).unwrap();
 
     // Grants in every state, each used by its requester.
@@ -949,7 +951,8 @@ fn tenants_verify_their_proof_bundles_offline() {
 #[test]
 fn an_admin_is_recovered_only_by_two_operators_and_the_tenant_sees_it() {
     let dir = TempDir::new("recovery");
-    let (_clock, host) = host_with_clock(&dir);
+    let op2 = add_staff_offline(&dir.path().join("data"), "operator", "second operator");
+    let (clock, host) = host_with_clock(&dir);
     let (t, admin) = host.create_tenant("acme", "crm");
     let r = host.json(
         "POST",
@@ -959,7 +962,6 @@ fn an_admin_is_recovered_only_by_two_operators_and_the_tenant_sees_it() {
     );
     assert_eq!(r.status, 201);
     let support = mint(&host, "support", "alice");
-    let op2 = mint(&host, "operator", "second operator");
     let body = json!({"reason": "the customer lost every admin token", "ticket": "SUP-77"});
     // Only operators ask; reason and ticket are required.
     for token in [&admin, &support] {
@@ -985,9 +987,23 @@ fn an_admin_is_recovered_only_by_two_operators_and_the_tenant_sees_it() {
         body,
     );
     assert_eq!(r.status, 201, "{}", r.text());
-    assert_eq!(r.value()["state"], "pending");
+    assert_eq!(r.value()["state"], "waiting");
     assert!(r.value().get("admin_token").is_none());
     let id = r.value()["id"].as_str().unwrap().to_string();
+    // Within the tenant's veto window (72 hours by default) nobody carries it out.
+    let early = host.call(
+        "POST",
+        &format!("/v1/admin-recoveries/{id}/approve"),
+        Some(&op2),
+        None,
+    );
+    assert_eq!(early.status, 409, "{}", early.text());
+    assert!(
+        early.error().contains("waiting period"),
+        "{}",
+        early.error()
+    );
+    std::fs::write(&clock, (72 * 3600 + 60).to_string()).unwrap();
     let approve = |token: &str| {
         host.call(
             "POST",

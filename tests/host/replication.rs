@@ -428,8 +428,9 @@ fn a_host_killed_mid_replication_resumes_with_no_duplicate_or_partial_objects() 
 }
 
 /// Two hosts on loopback, in regions eu and us, sharing the two regions'
-/// backup stores (local directories here).
-fn two_region_hosts(dir: &TempDir, extra: &[&str]) -> (Host, Host) {
+/// backup stores (local directories here); eu's `[hosts]` names the us host.
+/// Returns (eu, us) and eu's config file.
+fn two_region_hosts(dir: &TempDir, extra: &[&str]) -> (Host, Host, std::path::PathBuf) {
     let stores = dir.path().join("stores");
     let tables = format!(
         "[regions.eu]\nstore = \"file://{0}/eu\"\n\n[regions.us]\nstore = \"file://{0}/us\"\n\n[backup]\nretry_base = \"100ms\"\nretry_cap = \"1s\"\n",
@@ -437,11 +438,11 @@ fn two_region_hosts(dir: &TempDir, extra: &[&str]) -> (Host, Host) {
     );
     // Hosts that restore each other's backups share the backup key.
     let key = write_token(dir, "backup.key", &"5a".repeat(32));
-    let start = |name: &str, region: &str| {
+    let start = |name: &str, region: &str, hosts: &str| {
         let config = dir.path().join(format!("{name}.toml"));
         std::fs::write(
             &config,
-            format!("[host]\nregion = \"{region}\"\n\n{tables}"),
+            format!("[host]\nregion = \"{region}\"\n\n{tables}\n{hosts}"),
         )
         .unwrap();
         let mut args = vec![
@@ -455,7 +456,13 @@ fn two_region_hosts(dir: &TempDir, extra: &[&str]) -> (Host, Host) {
         args.extend_from_slice(extra);
         Host::start(&dir.path().join(name), &args)
     };
-    (start("eu-host", "eu"), start("us-host", "us"))
+    let us = start("us-host", "us", "");
+    let eu = start(
+        "eu-host",
+        "eu",
+        &format!("[hosts]\nus = \"{}\"\n", us.url()),
+    );
+    (eu, us, dir.path().join("eu-host.toml"))
 }
 
 fn write_token(dir: &TempDir, name: &str, token: &str) -> std::path::PathBuf {
@@ -469,7 +476,7 @@ fn write_token(dir: &TempDir, name: &str, token: &str) -> std::path::PathBuf {
 #[test]
 fn a_tenant_moves_to_a_host_in_another_region_and_the_source_points_there_then_purges() {
     let dir = TempDir::new("move");
-    let (eu, us) = two_region_hosts(
+    let (eu, us, eu_config) = two_region_hosts(
         &dir,
         &["--move-purge-delay", "3s", "--sweep-interval", "1s"],
     );
@@ -485,10 +492,12 @@ fn a_tenant_moves_to_a_host_in_another_region_and_the_source_points_there_then_p
         "POST",
         &format!("/v1/tenants/{t}/move"),
         Some(&a),
-        json!({"to_region": "us", "to_url": us.url()}),
+        json!({"to_region": "us"}),
     );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.value()["state"], "moving");
+    // The target is the host the config names for the region, not the caller's choice.
+    assert_eq!(r.value()["moved_to"]["url"], us.url());
     let write = |host: &Host| {
         host.json(
             "POST",
@@ -512,9 +521,15 @@ fn a_tenant_moves_to_a_host_in_another_region_and_the_source_points_there_then_p
     let original = all_records(&eu, &t, &a, CRM);
     // Bad move requests change nothing.
     for (body, expected) in [
-        (json!({"to_region": "eu", "to_url": us.url()}), 422),
-        (json!({"to_region": "us", "to_url": "ftp://elsewhere"}), 422),
-        (json!({"to_region": "us"}), 422),
+        (json!({"to_region": "eu"}), 422),
+        // A free URL is no move target.
+        (
+            json!({"to_region": "us", "to_url": "https://elsewhere.example"}),
+            422,
+        ),
+        (json!({}), 422),
+        // A region with no configured host.
+        (json!({"to_region": "mars"}), 409),
     ] {
         let r = eu.json("POST", &format!("/v1/tenants/{t}/move"), Some(&a), body);
         assert_eq!(r.status, expected, "{}", r.text());
@@ -524,9 +539,52 @@ fn a_tenant_moves_to_a_host_in_another_region_and_the_source_points_there_then_p
         "POST",
         &format!("/v1/tenants/{t}/move"),
         Some(&other.1),
-        json!({"to_region": "us", "to_url": us.url()}),
+        json!({"to_region": "us"}),
     );
     assert_eq!(r.status, 403);
+    assert_eq!(all_records(&eu, &t, &a, CRM), original);
+
+    // An operator only proposes a move: nothing changes for the tenant until
+    // its admin agrees, and it cannot be completed before.
+    let proposed = eu.json(
+        "POST",
+        &format!("/v1/tenants/{t}/move"),
+        Some(&eu.operator),
+        json!({"to_region": "us"}),
+    );
+    assert_eq!(proposed.status, 200, "{}", proposed.text());
+    assert_eq!(proposed.value()["state"], "active");
+    assert_eq!(
+        proposed.value()["proposed_move"]["state"],
+        "awaiting-tenant-approval"
+    );
+    let early = eu.call(
+        "POST",
+        &format!("/v1/tenants/{t}/move/complete"),
+        Some(&eu.operator),
+        None,
+    );
+    assert_eq!(early.status, 409, "{}", early.text());
+    assert!(early.error().contains("approve"), "{}", early.error());
+    let nobody_else = eu.call(
+        "POST",
+        &format!("/v1/tenants/{t}/move/approve"),
+        Some(&eu.operator),
+        None,
+    );
+    assert_eq!(nobody_else.status, 403, "{}", nobody_else.text());
+    let w = write(&eu);
+    assert_eq!(w.status, 201, "{}", w.text());
+    // The tenant says no.
+    let r = eu.call(
+        "POST",
+        &format!("/v1/tenants/{t}/move/abort"),
+        Some(&a),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.value().get("proposed_move").is_none(), "{}", r.text());
+    let original = all_records(&eu, &t, &a, CRM);
 
     // The CLI moves it: admin token on the source, operator token on the target.
     let from_token = write_token(&dir, "admin.token", &a);
@@ -606,6 +664,37 @@ fn a_tenant_moves_to_a_host_in_another_region_and_the_source_points_there_then_p
         json!({"name": "again", "region": "us", "keep_id": true}),
     );
     assert_eq!(r.status, 409, "{}", r.text());
+
+    // Redirects only ever point at a configured host: once the config no
+    // longer lists the target, the source refuses instead of redirecting.
+    eu.stop();
+    let text = std::fs::read_to_string(&eu_config).unwrap();
+    let without_hosts = text.split("[hosts]").next().unwrap().to_string();
+    std::fs::write(&eu_config, without_hosts).unwrap();
+    let key = dir.path().join("backup.key");
+    let eu = Host::start(
+        &dir.path().join("eu-host"),
+        &[
+            "--config",
+            eu_config.to_str().unwrap(),
+            "--backup-interval",
+            "0s",
+            "--backup-key-file",
+            key.to_str().unwrap(),
+            "--move-purge-delay",
+            "3s",
+            "--sweep-interval",
+            "1s",
+        ],
+    );
+    let r = eu.call(
+        "GET",
+        &format!("/v1/tenants/{t}/collections/contacts/records/{some_contact}"),
+        Some(&a),
+        None,
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.header("location").is_none());
 
     // After the purge delay the source's copy is destroyed and its files gone.
     eventually(

@@ -332,7 +332,21 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     }
 }
 
-/// Every regular file under `dir`, recursively.
+/// `coffer tokens add` on a data directory no host runs on (yet): a staff
+/// token whose identity whoever holds the disk vouches for. Returns the token.
+pub fn add_staff_offline(data_dir: &Path, role: &str, name: &str) -> String {
+    let out = run_ok(
+        Command::new(BIN)
+            .args(["tokens", "add", "--data-dir"])
+            .arg(data_dir)
+            .args(["--role", role, "--name", name])
+            .env_remove("COFFER_MASTER_KEY"),
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(token.starts_with("coffer_"), "{token}");
+    token
+}
+
 /// Runs a command that must succeed; its output (stderr shown if it failed).
 pub fn run_ok(command: &mut Command) -> std::process::Output {
     let out = command.output().unwrap();
@@ -345,6 +359,7 @@ pub fn run_ok(command: &mut Command) -> std::process::Output {
     out
 }
 
+/// Every regular file under `dir`, recursively.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
