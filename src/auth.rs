@@ -108,11 +108,12 @@ pub fn authenticate(storage: &Storage, header: Option<&str>) -> Result<Principal
     }
     storage.catalog.note_token_used(&record.id, now);
     let mut principal = Principal::from(record);
-    for sponsor in sponsors {
-        if !principal.sponsors.contains(&sponsor) {
-            principal.sponsors.push(sponsor);
-        }
-    }
+    principal.sponsors.extend(sponsors);
+    // A person's own second token is not its sponsor.
+    let me = principal.person();
+    principal.sponsors.retain(|s| s != &me);
+    principal.sponsors.sort();
+    principal.sponsors.dedup();
     Ok(principal)
 }
 

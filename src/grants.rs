@@ -91,6 +91,10 @@ pub struct Grant {
     pub requester_identity: Option<String>,
     #[serde(default)]
     pub requester_sponsors: Vec<String>,
+    /// Who created the approvers so far (emergency): a person one of them
+    /// created, or who created one of them, is not a second person.
+    #[serde(default)]
+    pub approver_sponsors: Vec<String>,
     pub scope: Scope,
     /// Collections the grant reaches; `None`: all.
     #[serde(default)]
@@ -112,6 +116,10 @@ pub enum GrantError {
     SelfApproval,
     #[error("an operator who created the engineer's identity or minted its token is not a second person for its emergency")]
     Sponsor,
+    #[error(
+        "an operator created by the first approver, or who created it, is not a second person"
+    )]
+    Related,
     #[error("only the tenant's admins decide this request")]
     NotTheTenantsAdmin,
     #[error("an emergency request is decided by operators")]
@@ -180,6 +188,17 @@ impl Grant {
             if self.requester_sponsors.contains(&person) {
                 return Err(GrantError::Sponsor);
             }
+            if self.approver_sponsors.contains(&person)
+                || by.sponsors.iter().any(|s| approvals.contains(s))
+            {
+                return Err(GrantError::Related);
+            }
+            self.approver_sponsors.extend(
+                by.sponsors
+                    .iter()
+                    .filter(|s| s.as_str() != crate::storage::DATA_DIR_CREATOR)
+                    .cloned(),
+            );
             2
         } else {
             if !by.is_admin_of(&self.tenant) {
@@ -294,6 +313,7 @@ mod tests {
             requester_name: "alice".into(),
             requester_identity: Some("support-1".into()),
             requester_sponsors: vec!["op-1".into()],
+            approver_sponsors: vec![],
             scope: Scope::Read,
             collections: None,
             duration_minutes: 30,
@@ -374,8 +394,10 @@ pub struct Recovery {
     pub format: u32,
     pub id: String,
     pub tenant: TenantId,
-    /// The identity of the operator who asked.
+    /// The identity of the operator who asked, and who created it.
     pub requested_by: String,
+    #[serde(default)]
+    pub requested_by_sponsors: Vec<String>,
     pub reason: String,
     pub ticket: String,
     pub requested_at: u64,
@@ -419,7 +441,11 @@ impl Recovery {
         if by.role != Role::Operator {
             return Err(RecoveryError::OperatorsOnly);
         }
-        if by.person() == self.requested_by {
+        let person = by.person();
+        let related = person == self.requested_by
+            || self.requested_by_sponsors.contains(&person)
+            || by.sponsors.contains(&self.requested_by);
+        if related {
             return Err(RecoveryError::SamePerson);
         }
         match self.state_at(now) {
@@ -454,7 +480,7 @@ impl Recovery {
 pub enum RecoveryError {
     #[error("only operators carry out an admin recovery")]
     OperatorsOnly,
-    #[error("the operator who asked for the recovery cannot also approve it: a second, different operator identity must")]
+    #[error("the operator who asked for the recovery (or one it created, or its creator) cannot also approve it: a second, independent operator identity must")]
     SamePerson,
     #[error("the waiting period runs until {}: the tenant may still cancel; approve after that", crate::ids::rfc3339(*.0))]
     Waiting(u64),

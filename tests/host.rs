@@ -4,6 +4,8 @@
 mod access;
 #[path = "host/backups.rs"]
 mod backups;
+#[path = "host/insiders.rs"]
+mod insiders;
 #[path = "host/replication.rs"]
 mod replication;
 mod support;
