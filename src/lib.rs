@@ -8,8 +8,8 @@
 //!
 //! ```text
 //! cli ─► api ─► upgrade ─► backup ─► replication ─┐
-//!            ─► auth, access, grants, lifecycle ─► audit ┴─► storage, schema ─► crypto, ids
-//!            ─► keys
+//!            ─► auth, access, grants, tokens, lifecycle ─► audit ┴─► storage, schema ─► crypto, ids
+//!            ─► keys, fleet
 //!        config (read by cli and api)
 //! ```
 //!
@@ -30,7 +30,14 @@
 //! - [`audit`] — the tamper-evident audit log: RFC 9162 Merkle tree, C2SP
 //!   signed checkpoints (also written to every region), group-committed
 //!   durable appends, proofs, and the offline verifiers.
-//! - [`auth`] — bearer tokens → principals; the deny-by-default policy table.
+//! - [`auth`] — bearer tokens → principals (a live token of an approved
+//!   identity; revoked, expired and pending tokens refused); the
+//!   deny-by-default policy table.
+//! - [`tokens`] — staff identities (a person is an identity, never a token),
+//!   minting rules (a new operator needs a second operator), listing,
+//!   revocation and expiry.
+//! - [`fleet`] — the configured hosts of other regions and the one call a
+//!   host makes to another (does the move's target hold the tenant?).
 //! - [`api`] — **the only user of hyper**: routes, status mapping, server loop.
 //! - [`backup`] — the archive format, streamed exports, STREAM-sealed DR backups
 //!   sealed into the host's spool, verification, restores into staged tenants.
@@ -73,6 +80,12 @@
 //!    matched the manifest's size and SHA-256).
 //! 9. Fail closed: an audited action happens only after its audit entry is
 //!    durable; a read through a grant returns data only after its entry is.
+//! 10. Two-person rules count people: staff identities, never tokens. No
+//!     single operator creates an operator identity, approves its own
+//!     emergency or recovery, or one filed by someone it created; a move goes
+//!     only to a configured host and, when staff start it, only with the
+//!     tenant's approval; every tenant made from a tenant's backups is its
+//!     recorded copy.
 
 #![forbid(unsafe_code)]
 
