@@ -613,3 +613,55 @@ impl Catalog {
 fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("catalog records always serialise")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_from_before_identities_get_one_and_unapproved_operators_wait() {
+        let dir =
+            std::env::temp_dir().join(format!("coffer-catalog-legacy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let catalog = Catalog::open(&dir).unwrap();
+            // Token records as the catalog wrote them before identities existed.
+            for (i, (role, name)) in [
+                ("operator", FIRST_OPERATOR),
+                ("operator", "second operator"),
+                ("support", "alice"),
+                ("tenant-admin", "initial admin"),
+            ]
+            .iter()
+            .enumerate()
+            {
+                let legacy = serde_json::json!({
+                    "format": 1, "id": format!("{i:032x}"), "role": role, "name": name,
+                    "created_at": 1, "digest": format!("{i:064x}"),
+                    "tenant": (*role == "tenant-admin").then(|| "a".repeat(32)),
+                });
+                catalog
+                    .tokens
+                    .insert([i as u8; 32], serde_json::to_vec(&legacy).unwrap())
+                    .unwrap();
+            }
+            catalog.db.flush().unwrap();
+        }
+        let catalog = Catalog::open(&dir).unwrap();
+        let first = catalog.identity(FIRST_OPERATOR).unwrap();
+        assert!(!first.pending);
+        let second = catalog.identity("second operator").unwrap();
+        assert!(second.pending, "an operator nobody approved waits");
+        assert!(!catalog.identity("alice").unwrap().pending);
+        let tokens = catalog.tokens().unwrap();
+        assert!(tokens
+            .iter()
+            .filter(|t| t.role != Role::TenantAdmin)
+            .all(|t| t.identity.as_deref() == Some(t.name.as_str())));
+        assert!(tokens
+            .iter()
+            .any(|t| t.role == Role::TenantAdmin && t.identity.is_none()));
+        drop(catalog);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

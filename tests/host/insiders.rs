@@ -525,7 +525,17 @@ fn restore(host: &Host, tenant: &str, backup: &str, token: &str, name: &str) -> 
 #[test]
 fn restored_copies_are_listed_and_removed_with_their_source() {
     let dir = TempDir::new("copies");
-    let host = Host::start(&dir.path().join("data"), &["--backup-interval", "0s"]);
+    let host = Host::start(
+        &dir.path().join("data"),
+        &[
+            "--backup-interval",
+            "0s",
+            "--grace-period",
+            "2s",
+            "--sweep-interval",
+            "200ms",
+        ],
+    );
     let (t, admin) = host.create_tenant("acme", "crm");
     let r = host.json("POST", &records(&t), Some(&admin), json!({"name": "Ada"}));
     assert_eq!(r.status, 201);
@@ -628,6 +638,31 @@ fn restored_copies_are_listed_and_removed_with_their_source() {
         .cloned()
         .unwrap();
     assert_eq!(staff_entry["state"], "destroyed", "{copies}");
+
+    // The same at the end of a removal's grace period, by the sweeper.
+    let (u, u_admin) = host.create_tenant("umbrella", "crm");
+    let backup = start_backup(&host, &u, &host.operator);
+    let r = restore(
+        &host,
+        &u,
+        backup["id"].as_str().unwrap(),
+        &host.operator,
+        "u copy",
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let u_copy = r.value()["id"].as_str().unwrap().to_string();
+    let r = host.call("DELETE", &format!("/v1/tenants/{u}"), Some(&u_admin), None);
+    assert_eq!(r.status, 202, "{}", r.text());
+    let mut states = (Value::Null, Value::Null);
+    for _ in 0..100 {
+        states = (state(&u), state(&u_copy));
+        if states.1 == "destroyed" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(states, (json!("destroyed"), json!("destroyed")));
+    assert_eq!(state(&own_copy), "active");
 }
 
 #[test]
