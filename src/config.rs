@@ -63,7 +63,19 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 
 use crate::ids::Region;
-use crate::keys::{KeySource, MASTER_KEY_ENV};
+
+/// Where the master key comes from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// The keyring directory under the data directory (generated on first start).
+    DataDir,
+    /// One key in a file managed outside Coffer.
+    File(PathBuf),
+    /// One key, hex, in `COFFER_MASTER_KEY`.
+    Environment,
+}
+
+pub const MASTER_KEY_ENV: &str = "COFFER_MASTER_KEY";
 
 #[derive(Debug, Clone)]
 pub struct Config {

@@ -7,11 +7,17 @@
 //! ## Codemap (layers point down; nothing imports a module above it)
 //!
 //! ```text
-//! cli ─► api ─► upgrade ─► backup ─► replication ─┐
-//!            ─► auth, access, grants, tokens, lifecycle ─► audit ┴─► storage, schema ─► crypto, ids
-//!            ─► keys, fleet
-//!        config (read by cli and api)
+//! top        cli ─► api                       (nothing imports api; only cli imports cli)
+//! service    service: backups as jobs, upgrades, checkpoint shipping, key rotation
+//! domain     access ─► grants ─► auth ◄─ tokens;  lifecycle;  fleet
+//! rooms      replication ─► backup ─► storage;  audit;  keys
+//! leaves     schema, config, secret_file ─► ids ─► crypto
 //! ```
+//!
+//! The arrows each room may take are [`LAYERS`], checked by a unit test that
+//! reads every `crate::…` path under `src/` (`layer_check` below): an import
+//! that is not listed, or a list that closes a cycle, fails it with the file
+//! and line.
 //!
 //! - [`crypto`] — AES-256-GCM sealing (ring), key wrapping, HKDF, blind-index HMAC,
 //!   token digests. **No I/O.** The only module that touches AEAD and key bytes.
@@ -21,7 +27,7 @@
 //! - [`storage`] — **the only user of sled**: the catalog, one database per tenant,
 //!   the bounded pool of open tenant databases, group commit, crash-safe create,
 //!   shred and re-wrap.
-//! - [`keys`] — master keys on disk (0600 files), rotation ordering.
+//! - [`keys`] — master keys and the backup key on disk (0600 files).
 //! - [`lifecycle`] — active → deactivated → destroyed, and the sweeper.
 //! - [`access`] — the data path's gate: the only way to a tenant's records
 //!   (the tenant's admins, or a support engineer's live grant in scope).
@@ -45,8 +51,12 @@
 //!   region (S3, GCS, Azure, directories), per-region replica states, the
 //!   replicator (upload, verification, backoff, catch-up), retention
 //!   and erasure tombstones, reads for restores from any region.
-//! - [`upgrade`] — the schema upgrade service (backup first, migrate, swap).
-//! - [`config`] — TOML file + flags → one checked `Config`.
+//! - [`service`] — long-running work and rules that span rooms: backups as
+//!   jobs (spool + regions + backup key; `service::Backups`), the schema
+//!   upgrade service (backup first, migrate, swap), the audit checkpoint
+//!   shipper (audit → regions), master-key rotation (keyring + catalog).
+//! - [`secret_file`] — 0600 secret files, written atomically.
+//! - [`config`] — TOML file + flags → one checked `Config` (a leaf).
 //! - [`cli`] — `coffer serve`, `coffer keys rotate`, `coffer backup export|list|
 //!   restore|verify`, `coffer tenant move`; start-up glue and a small HTTP client
 //!   for the tooling.
@@ -89,6 +99,97 @@
 
 #![forbid(unsafe_code)]
 
+/// Every room and the rooms it may import (`crate::room` paths). The one list
+/// of allowed arrows: a room missing here, an arrow not listed, or a cycle in
+/// the list fails `layer_check`.
+pub const LAYERS: &[(&str, &[&str])] = &[
+    // leaves
+    ("crypto", &[]),
+    ("ids", &["crypto"]),
+    ("secret_file", &["crypto"]),
+    ("schema", &["ids"]),
+    ("config", &["ids"]),
+    // rooms
+    ("storage", &["crypto", "ids", "schema"]),
+    ("keys", &["config", "crypto", "secret_file"]),
+    ("audit", &["crypto", "ids", "secret_file"]),
+    ("backup", &["crypto", "ids", "schema", "storage"]),
+    // replication reads what backup exposes as data (jobs, spool handles)
+    (
+        "replication",
+        &[
+            "backup",
+            "config",
+            "crypto",
+            "ids",
+            "secret_file",
+            "storage",
+        ],
+    ),
+    // domain
+    ("auth", &["ids", "storage"]),
+    ("grants", &["auth", "ids", "storage"]),
+    ("tokens", &["auth", "ids", "storage"]),
+    ("access", &["auth", "grants", "ids", "schema", "storage"]),
+    ("lifecycle", &["audit", "ids", "storage"]),
+    ("fleet", &["ids"]),
+    // service
+    (
+        "service",
+        &[
+            "audit",
+            "backup",
+            "config",
+            "crypto",
+            "ids",
+            "keys",
+            "replication",
+            "schema",
+            "secret_file",
+            "storage",
+        ],
+    ),
+    // top
+    (
+        "api",
+        &[
+            "access",
+            "audit",
+            "auth",
+            "backup",
+            "config",
+            "crypto",
+            "fleet",
+            "grants",
+            "ids",
+            "lifecycle",
+            "replication",
+            "schema",
+            "service",
+            "storage",
+            "tokens",
+        ],
+    ),
+    (
+        "cli",
+        &[
+            "api",
+            "audit",
+            "backup",
+            "config",
+            "crypto",
+            "ids",
+            "keys",
+            "lifecycle",
+            "replication",
+            "schema",
+            "service",
+            "storage",
+            "tokens",
+        ],
+    ),
+];
+
 pub mod access;
 pub mod api;
 pub mod audit;
@@ -104,6 +205,164 @@ pub mod keys;
 pub mod lifecycle;
 pub mod replication;
 pub mod schema;
+pub mod secret_file;
+pub mod service;
 pub mod storage;
 pub mod tokens;
-pub mod upgrade;
+
+#[cfg(test)]
+mod layer_check {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    use super::LAYERS;
+
+    fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                rust_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    /// `crate::room` paths on a line of code (comments skipped).
+    fn rooms_named(line: &str) -> Vec<&str> {
+        let code = line.split("//").next().unwrap_or("");
+        code.match_indices("crate::")
+            .map(|(at, _)| {
+                let rest = &code[at + "crate::".len()..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                    .unwrap_or(rest.len());
+                &rest[..end]
+            })
+            .filter(|room| !room.is_empty())
+            .collect()
+    }
+
+    /// Every arrow in the code, as `file:line: from -> to` for the ones
+    /// [`LAYERS`] does not allow.
+    pub fn violations(src: &Path) -> Vec<String> {
+        let allowed: BTreeMap<&str, &[&str]> = LAYERS.iter().copied().collect();
+        let mut files = Vec::new();
+        rust_files(src, &mut files);
+        files.sort();
+        let mut wrong = Vec::new();
+        for file in files {
+            let relative = file.strip_prefix(src).unwrap();
+            let room = relative
+                .components()
+                .next()
+                .unwrap()
+                .as_os_str()
+                .to_str()
+                .unwrap()
+                .trim_end_matches(".rs")
+                .to_string();
+            if room == "lib" || room == "main" {
+                continue;
+            }
+            let Some(may) = allowed.get(room.as_str()) else {
+                wrong.push(format!(
+                    "src/{}: room {room:?} is not in LAYERS",
+                    relative.display()
+                ));
+                continue;
+            };
+            let text = std::fs::read_to_string(&file).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                for target in rooms_named(line) {
+                    if target != room && !may.contains(&target) {
+                        wrong.push(format!(
+                            "src/{}:{}: {room} -> {target} is not an allowed arrow (LAYERS in src/lib.rs)",
+                            relative.display(),
+                            n + 1
+                        ));
+                    }
+                }
+            }
+        }
+        wrong
+    }
+
+    /// The rooms in `LAYERS` in an order where each comes after all it
+    /// imports, or the rooms left on a cycle.
+    pub fn order() -> Result<Vec<&'static str>, Vec<&'static str>> {
+        let mut done: Vec<&str> = Vec::new();
+        let mut left: Vec<(&str, &[&str])> = LAYERS.to_vec();
+        while !left.is_empty() {
+            let before = left.len();
+            left.retain(|(room, deps)| {
+                if deps.iter().all(|d| done.contains(d)) {
+                    done.push(room);
+                    false
+                } else {
+                    true
+                }
+            });
+            if left.len() == before {
+                return Err(left.iter().map(|(r, _)| *r).collect());
+            }
+        }
+        Ok(done)
+    }
+
+    #[test]
+    fn every_import_points_down_and_the_layers_have_no_cycle() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let wrong = violations(&src);
+        assert!(
+            wrong.is_empty(),
+            "upward or unlisted imports:\n{}",
+            wrong.join("\n")
+        );
+        let rooms: Vec<&str> = LAYERS.iter().map(|(r, _)| *r).collect();
+        for (room, deps) in LAYERS {
+            for dep in *deps {
+                assert!(
+                    rooms.contains(dep),
+                    "{room} lists {dep:?}, which is no room"
+                );
+            }
+        }
+        assert!(
+            order().is_ok(),
+            "LAYERS closes a cycle among {:?}",
+            order().err()
+        );
+        // Nothing imports api; only cli may reach it.
+        for (room, deps) in LAYERS {
+            assert!(
+                *room == "cli" || !deps.contains(&"api"),
+                "{room} imports api"
+            );
+            assert!(!deps.contains(&"cli"), "{room} imports cli");
+        }
+    }
+
+    #[test]
+    fn the_checker_names_an_upward_import() {
+        let dir = std::env::temp_dir().join(format!("coffer-layers-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("storage")).unwrap();
+        std::fs::write(
+            dir.join("storage").join("mod.rs"),
+            "//! a room\nuse crate::ids::TenantId;\nuse crate::api::Endpoint; // upward\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("crypto.rs"),
+            "// crate::storage in a comment is fine\n",
+        )
+        .unwrap();
+        let wrong = violations(&dir);
+        assert_eq!(
+            wrong,
+            vec!["src/storage/mod.rs:3: storage -> api is not an allowed arrow (LAYERS in src/lib.rs)".to_string()]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -38,12 +38,11 @@ pub use routes::{Endpoint, MoveStep};
 use crate::access::{self, AccessError};
 use crate::audit::{AuditLog, Event};
 use crate::auth::{self, Action, AuthError, Principal, Role};
-use crate::backup::Backups;
 use crate::config::Config;
 use crate::ids::{rfc3339, RecordId, Region, TenantId};
-use crate::keys;
 use crate::lifecycle::{self, LifecycleError};
 use crate::schema::Registry;
+use crate::service::Backups;
 use crate::storage::{NewTenant, Record, Storage, StorageError, TenantRecord, TenantState};
 
 pub type Body = BoxBody<Bytes, std::io::Error>;
@@ -649,7 +648,7 @@ async fn dispatch_endpoint(
             .await?;
             let inner = state.clone();
             let report = blocking(move || {
-                crate::upgrade::upgrade(
+                crate::service::upgrade::upgrade(
                     &inner.storage,
                     &inner.schemas,
                     &inner.backups,
@@ -659,19 +658,19 @@ async fn dispatch_endpoint(
             })
             .await?
             .map_err(|e| match e {
-                crate::upgrade::UpgradeError::NotActive(_)
-                | crate::upgrade::UpgradeError::NotNewer { .. } => {
+                crate::service::upgrade::UpgradeError::NotActive(_)
+                | crate::service::upgrade::UpgradeError::NotNewer { .. } => {
                     ApiError::Conflict(e.to_string())
                 }
-                crate::upgrade::UpgradeError::UnknownVersion(_)
-                | crate::upgrade::UpgradeError::RecordDoesNotFit { .. } => {
+                crate::service::upgrade::UpgradeError::UnknownVersion(_)
+                | crate::service::upgrade::UpgradeError::RecordDoesNotFit { .. } => {
                     ApiError::Unprocessable(e.to_string())
                 }
-                crate::upgrade::UpgradeError::BackupFailed(_) => {
+                crate::service::upgrade::UpgradeError::BackupFailed(_) => {
                     ApiError::Unavailable(e.to_string())
                 }
-                crate::upgrade::UpgradeError::Storage(inner) => ApiError::from(inner),
-                crate::upgrade::UpgradeError::Backup(inner) => ApiError::from(inner),
+                crate::service::upgrade::UpgradeError::Storage(inner) => ApiError::from(inner),
+                crate::service::upgrade::UpgradeError::Backup(inner) => ApiError::from(inner),
             })?;
             tracing::info!(
                 from = report.from_version,
@@ -882,9 +881,11 @@ async fn dispatch_endpoint(
             allow(principal, Action::RotateMasterKey)?;
             let source = state.config.key_source.clone();
             audit(state, Event::new("keys.rotated", grants::actor(principal))).await?;
-            let report = blocking(move || keys::rotate(&storage, &source, |_, _| {}))
-                .await?
-                .map_err(|e| ApiError::Conflict(format!("{e:#}")))?;
+            let report = blocking(move || {
+                crate::service::key_rotation::rotate(&storage, &source, |_, _| {})
+            })
+            .await?
+            .map_err(|e| ApiError::Conflict(format!("{e:#}")))?;
             tracing::info!(new_kek_id = %report.new_kek_id, rewrapped = report.rewrapped, "master key rotated");
             Ok(json_response(StatusCode::OK, &json!(report)))
         }

@@ -21,12 +21,12 @@ fn machine_output(flag: bool) -> bool {
 
 use crate::api::{self, AppState};
 use crate::audit::note::Verifier;
-use crate::backup::Backups;
 use crate::config::{Config, Overrides};
 use crate::keys;
 use crate::lifecycle;
 use crate::replication::{Backoff, RegionStore, Replication, Replicator};
 use crate::schema::Registry;
+use crate::service::Backups;
 use crate::storage::{Role, Storage, FIRST_OPERATOR};
 
 #[derive(Parser, Debug)]
@@ -747,7 +747,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
             .run(),
         );
-        let checkpointer = tokio::spawn(crate::audit::run_checkpointer(
+        let checkpointer = tokio::spawn(crate::service::checkpoints::run_checkpointer(
             audit.clone(),
             backups.replication.clone(),
             config.checkpoint_interval,
@@ -765,7 +765,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 let mut unshipped = vec![(size, note, regions)];
                 let _ = tokio::time::timeout(
                     std::time::Duration::from_secs(5),
-                    crate::audit::ship(&audit, &backups.replication, &mut unshipped),
+                    crate::service::checkpoints::ship(&audit, &backups.replication, &mut unshipped),
                 )
                 .await;
             }
@@ -933,13 +933,14 @@ fn rotate(host: HostArgs, pace_ms: u64) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}; the key was not rotated"))?;
     audit.checkpoint().map_err(|e| anyhow::anyhow!("{e}"))?;
     let bar = progress::count("re-wrapping tenant keys", false);
-    let report = keys::rotate(&storage, &config.key_source, |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-        if pace_ms > 0 {
-            std::thread::sleep(std::time::Duration::from_millis(pace_ms));
-        }
-    });
+    let report =
+        crate::service::key_rotation::rotate(&storage, &config.key_source, |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+            if pace_ms > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(pace_ms));
+            }
+        });
     bar.finish_and_clear();
     let report = report?;
     println!(

@@ -172,7 +172,7 @@ impl RegionStore {
                     builder = builder.with_access_key_id(id);
                 }
                 if let Some(file) = secret_access_key_file {
-                    crate::keys::check_private(file).with_context(|| {
+                    crate::secret_file::check_private(file).with_context(|| {
                         format!("secret_access_key_file of region {}", spec.name)
                     })?;
                     let secret = zeroize::Zeroizing::new(

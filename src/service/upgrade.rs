@@ -15,9 +15,10 @@
 
 use serde_json::Value;
 
-use crate::backup::{BackupError, Backups, JobState};
+use crate::backup::{BackupError, JobState};
 use crate::ids::RecordId;
 use crate::schema::Registry;
+use crate::service::Backups;
 use crate::storage::{Storage, StorageError, TenantRecord, TenantState};
 
 /// Pre-upgrade backups are kept this long (about four months).
