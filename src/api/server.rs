@@ -1,0 +1,139 @@
+//! The server loop: accept connections, parse each request into an
+//! endpoint, bound it by the request timeout, answer redirects only to
+//! configured hosts, and log each request's outcome (path only).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tracing::Instrument;
+
+use super::{route, ApiError, AppState, Body, Endpoint};
+
+/// Accepts connections until `shutdown` resolves, then lets in-flight requests
+/// finish (up to 10 s) before returning.
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        tracing::warn!(%error, "accept connection");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let state = state.clone();
+                let service = service_fn(move |request| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(handle(state, request).await) }
+                });
+                let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, "connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: waiting for in-flight requests");
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = tokio::time::sleep(Duration::from_secs(10)) => tracing::warn!("gave up waiting for connections to close"),
+    }
+    Ok(())
+}
+
+async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Response<Body> {
+    let request_id = state.next_request.fetch_add(1, Ordering::Relaxed);
+    // Only the path is logged: query strings can carry field values.
+    let span = tracing::info_span!(
+        "request",
+        request_id,
+        method = %request.method(),
+        path = %request.uri().path(),
+        tenant_id = tracing::field::Empty,
+    );
+    let started = Instant::now();
+    // Imports, restores and upgrades move whole tenants: bounded by their own
+    // size limits, not by the request timeout.
+    let long_running = matches!(
+        Endpoint::parse(request.method(), request.uri().path()),
+        Ok(Endpoint::ImportTenant | Endpoint::RestoreBackup(..) | Endpoint::UpgradeTenant(_))
+    );
+    let timeout = if long_running {
+        Duration::from_secs(24 * 3600)
+    } else {
+        state.config.request_timeout
+    };
+    // A moved tenant's calls are redirected to the same path on its new host.
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let response = async {
+        let hosts = state.config.hosts.clone();
+        match tokio::time::timeout(timeout, route(state, request)).await {
+            Ok(Ok(response)) => response,
+            // Redirects only ever point at a host the config lists.
+            Ok(Err(ApiError::Moved { message, location }))
+                if hosts.values().any(|h| h == location.trim_end_matches('/')) =>
+            {
+                ApiError::Moved {
+                    message,
+                    location: format!("{}{path_and_query}", location.trim_end_matches('/')),
+                }
+                .into_response(request_id)
+            }
+            Ok(Err(ApiError::Moved { .. })) => ApiError::Conflict(
+                "the tenant moved to a host this host's config no longer lists; ask the operator where it lives now".into(),
+            )
+            .into_response(request_id),
+            Ok(Err(error)) => error.into_response(request_id),
+            Err(_) => ApiError::Unavailable("request timed out".into()).into_response(request_id),
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    let _enter = span.enter();
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    if elapsed_ms > 1000 {
+        tracing::warn!(
+            status = response.status().as_u16(),
+            elapsed_ms,
+            "slow request"
+        );
+    } else {
+        tracing::info!(
+            status = response.status().as_u16(),
+            elapsed_ms,
+            "request done"
+        );
+    }
+    response
+}
