@@ -23,6 +23,9 @@ pub enum AccessError {
     Denied,
     #[error("no live grant: {0}")]
     NoGrant(String),
+    /// The named grant is not this token's (or does not exist): nothing more is said.
+    #[error("no live grant for this token")]
+    NotYourGrant,
     #[error("the grant does not reach collection {0:?}")]
     OutOfScope(String),
     #[error("the grant is read-only")]
@@ -89,11 +92,14 @@ pub fn open(
         let Some(id) = principal.grant.as_deref() else {
             return Err(AccessError::Denied);
         };
+        // Whether a grant exists, and in which state, is said only to the
+        // engineer it is for; anyone else learns only that it is not theirs.
+        let not_yours = || AccessError::NotYourGrant;
         let grant: Grant = storage
             .catalog
             .get_json(GRANTS_TREE, id)?
-            .filter(|g: &Grant| g.tenant == tenant.id)
-            .ok_or_else(|| AccessError::NoGrant("no such grant for this tenant".into()))?;
+            .filter(|g: &Grant| g.tenant == tenant.id && g.requester == principal.token_id)
+            .ok_or_else(not_yours)?;
         let now = unix_now();
         if !grant.live_for(principal, now) {
             return Err(AccessError::NoGrant(format!(

@@ -6,6 +6,8 @@ mod access;
 mod backups;
 #[path = "host/insiders.rs"]
 mod insiders;
+#[path = "host/limits.rs"]
+mod limits;
 #[path = "host/replication.rs"]
 mod replication;
 mod support;

@@ -576,7 +576,7 @@ pub async fn import(
     })
     .await?;
     if exceeded.load(Ordering::SeqCst) {
-        return Err(ApiError::PayloadTooLarge(limit as usize));
+        return Err(ApiError::PayloadTooLarge(limit));
     }
     let restored = result?;
     tracing::info!(new_tenant = %restored.tenant.id, records = restored.records, "portable export imported");

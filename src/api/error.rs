@@ -27,11 +27,14 @@ pub enum ApiError {
     #[error("{0}")]
     Gone(String),
     #[error("request body is larger than {0} bytes")]
-    PayloadTooLarge(usize),
+    PayloadTooLarge(u64),
     #[error("{0}")]
     Unprocessable(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The request (or its body) did not arrive, or was not answered, in time.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// The tenant lives on another host now: 308 to the same path there.
     #[error("{message}")]
     Moved { message: String, location: String },
@@ -53,6 +56,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Moved { .. } => StatusCode::PERMANENT_REDIRECT,
             ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -121,6 +125,7 @@ impl From<AccessError> for ApiError {
         match e {
             AccessError::Denied
             | AccessError::NoGrant(_)
+            | AccessError::NotYourGrant
             | AccessError::OutOfScope(_)
             | AccessError::ReadOnlyGrant => ApiError::Forbidden(message),
             AccessError::Deactivated | AccessError::Moving(_) => ApiError::Conflict(message),

@@ -137,6 +137,26 @@ async fn route(
         // Public by design: anyone checking a checkpoint needs it.
         return Ok(grants::public_key(&state));
     }
+    // A declared body beyond the limit is refused before anything is read
+    // or done.
+    let limit = if endpoint == Endpoint::ImportTenant {
+        state.config.max_import_bytes
+    } else {
+        state.config.max_body_bytes as u64
+    };
+    let declared = request
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .map(|v| v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()));
+    match declared {
+        Some(None) => {
+            return Err(ApiError::BadRequest(
+                "Content-Length is not a number".into(),
+            ))
+        }
+        Some(Some(length)) if length > limit => return Err(ApiError::PayloadTooLarge(limit)),
+        _ => {}
+    }
     let auth_header = match request.headers().get(AUTHORIZATION) {
         None => None,
         Some(value) => Some(
@@ -178,19 +198,21 @@ async fn route(
             Event::new("tenant.imported", grants::actor(&principal)),
         )
         .await?;
-        let declared = request
-            .headers()
-            .get(hyper::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|length| length > state.config.max_import_bytes) {
-            return Err(ApiError::PayloadTooLarge(
-                state.config.max_import_bytes as usize,
-            ));
-        }
         return backups::import(&state, &principal, query, request.into_body()).await;
     }
-    let body = read_body(request, state.config.max_body_bytes).await?;
+    // Bodies arrive within the normal request timeout on every endpoint; long
+    // jobs run only once the body is in.
+    let body = tokio::time::timeout(
+        state.config.request_timeout,
+        read_body(request, state.config.max_body_bytes),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::RequestTimeout(format!(
+            "the request body did not arrive within {} s",
+            state.config.request_timeout.as_secs()
+        ))
+    })??;
     if let Endpoint::MoveTenant(id, step) = endpoint {
         allow(
             &principal,

@@ -35,7 +35,7 @@ pub(crate) async fn read_body(request: Request<Incoming>, limit: usize) -> Resul
     match Limited::new(request.into_body(), limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ApiError::PayloadTooLarge(limit))
+            Err(ApiError::PayloadTooLarge(limit as u64))
         }
         Err(error) => Err(ApiError::BadRequest(format!("read request body: {error}"))),
     }
@@ -45,12 +45,79 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result
     if body.is_empty() {
         return Err(ApiError::BadRequest("request body must be JSON".into()));
     }
+    // serde_json keeps the last of two equal keys: a body that says two
+    // things is refused instead.
+    if let Err(error) = serde_json::from_slice::<NoDuplicateKeys>(body) {
+        if error.classify() == serde_json::error::Category::Data {
+            return Err(ApiError::BadRequest(format!("malformed JSON: {error}")));
+        }
+    }
     serde_json::from_slice(body).map_err(|error| match error.classify() {
         serde_json::error::Category::Data => {
             ApiError::Unprocessable(format!("invalid request: {error}"))
         }
         _ => ApiError::BadRequest(format!("malformed JSON: {error}")),
     })
+}
+
+/// Any JSON value, refused when an object names one key twice (at any depth).
+struct NoDuplicateKeys;
+
+impl<'de> serde::Deserialize<'de> for NoDuplicateKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(NoDuplicateKeysVisitor)
+    }
+}
+
+struct NoDuplicateKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicateKeysVisitor {
+    type Value = NoDuplicateKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<NoDuplicateKeys, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<NoDuplicateKeys, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<NoDuplicateKeys, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<NoDuplicateKeys, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<NoDuplicateKeys, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_unit<E>(self) -> Result<NoDuplicateKeys, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> Result<NoDuplicateKeys, A::Error> {
+        while seq.next_element::<NoDuplicateKeys>()?.is_some() {}
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> Result<NoDuplicateKeys, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!(
+                    "the key {key:?} appears twice in one object"
+                )));
+            }
+            map.next_value::<NoDuplicateKeys>()?;
+        }
+        Ok(NoDuplicateKeys)
+    }
 }
 
 pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
@@ -71,4 +138,27 @@ pub(crate) fn empty_response(status: StatusCode) -> Response<Body> {
     );
     *response.status_mut() = status;
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_named_twice_is_refused_at_any_depth() {
+        let ok =
+            Bytes::from_static(br#"{"a": 1, "b": [{"a": 2}, {"a": 3}], "c": {"a": {"b": 1}}}"#);
+        assert!(parse_json::<Value>(&ok).is_ok());
+        for bad in [
+            &br#"{"role": "support", "role": "operator"}"#[..],
+            br#"{"a": {"x": 1, "x": 2}}"#,
+            br#"[{"k": 1, "k": 1}]"#,
+        ] {
+            let error = parse_json::<Value>(&Bytes::from_static(bad)).unwrap_err();
+            assert_eq!(error.status(), StatusCode::BAD_REQUEST, "{error}");
+            assert!(error.to_string().contains("appears twice"), "{error}");
+        }
+        let malformed = parse_json::<Value>(&Bytes::from_static(b"{")).unwrap_err();
+        assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+    }
 }

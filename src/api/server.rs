@@ -80,7 +80,8 @@ async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Response<Bo
     );
     let started = Instant::now();
     // Imports, restores and upgrades move whole tenants: bounded by their own
-    // size limits, not by the request timeout.
+    // size limits, not by the request timeout. Their request bodies (but an
+    // import's archive) are still read within the normal timeout (`route`).
     let long_running = matches!(
         Endpoint::parse(request.method(), request.uri().path()),
         Ok(Endpoint::ImportTenant | Endpoint::RestoreBackup(..) | Endpoint::UpgradeTenant(_))
@@ -115,7 +116,11 @@ async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Response<Bo
             )
             .into_response(request_id),
             Ok(Err(error)) => error.into_response(request_id),
-            Err(_) => ApiError::Unavailable("request timed out".into()).into_response(request_id),
+            Err(_) => ApiError::RequestTimeout(format!(
+                "request timed out after {} s",
+                timeout.as_secs()
+            ))
+            .into_response(request_id),
         }
     }
     .instrument(span.clone())

@@ -33,6 +33,13 @@ pub async fn set_backup_schedule(
         ));
     }
     known_tenant(&storage, &id)?;
+    audit(
+        state,
+        Event::new("backup.schedule-changed", grants::actor(principal))
+            .tenant(&id)
+            .detail("interval_hours", schedule.interval_hours),
+    )
+    .await?;
     let saved = schedule.clone();
     blocking(move || {
         storage

@@ -1,0 +1,264 @@
+//! Refusing early and saying only what is the caller's: bodies declared too
+//! large, bodies that never arrive, JSON that says two things, grant state
+//! kept from those it is not for, and schedule changes in the tenant's proof.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+use crate::support::{Host, TempDir};
+
+fn host(dir: &TempDir) -> Host {
+    let config = dir.path().join("host.toml");
+    std::fs::write(
+        &config,
+        "[api]\nrequest_timeout = \"2s\"\n\n[audit]\ncheckpoint_interval = \"200ms\"\n",
+    )
+    .unwrap();
+    Host::start(
+        &dir.path().join("data"),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--backup-interval",
+            "0s",
+        ],
+    )
+}
+
+/// Sends a request head and `body_part` on a raw connection, then reads
+/// whatever the host answers (bounded by a read timeout, never by a sleep).
+fn raw(host: &Host, head: &str, body_part: &[u8]) -> (u16, String) {
+    let mut stream = TcpStream::connect(host.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    let _ = stream.write_all(body_part);
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Read until the head and the declared body are in (the host may keep
+    // the connection open).
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+        let text = String::from_utf8_lossy(&raw);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if body.len() >= length {
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no answer: {text:?}"));
+    (status, text)
+}
+
+#[test]
+fn oversized_and_trickled_bodies_are_refused_early() {
+    let dir = TempDir::new("limits");
+    let host = host(&dir);
+    let (t, admin) = host.create_tenant("acme", "crm");
+    let records = format!("/v1/tenants/{t}/collections/contacts/records");
+
+    // A declared TiB: 413 without the host reading (or waiting for) a byte.
+    let (status, text) = raw(
+        &host,
+        &format!(
+            "POST {records} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\nContent-Type: application/json\r\nContent-Length: 1099511627776\r\n\r\n"
+        ),
+        b"",
+    );
+    assert_eq!(status, 413, "{text}");
+    // The same for an import, against its own (larger) bound.
+    let (status, _) = raw(
+        &host,
+        &format!(
+            "POST /v1/tenants/import?name=x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 1099511627776\r\n\r\n",
+            host.operator
+        ),
+        b"",
+    );
+    assert_eq!(status, 413);
+    let (status, _) = raw(
+        &host,
+        &format!("POST {records} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\nContent-Length: lots\r\n\r\n"),
+        b"",
+    );
+    assert_eq!(status, 400);
+
+    // A restore (a long job) whose body trickles: ended by the normal
+    // request timeout with 408, and nothing restored.
+    let before = host
+        .call("GET", "/v1/tenants", Some(&host.operator), None)
+        .value()["tenants"]
+        .as_array()
+        .unwrap()
+        .len();
+    let (status, text) = raw(
+        &host,
+        &format!(
+            "POST /v1/tenants/{t}/backups/{}/restore HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n",
+            "0".repeat(32),
+            host.operator
+        ),
+        b"{\"name\"",
+    );
+    assert_eq!(status, 408, "{text}");
+    assert!(text.contains("did not arrive"), "{text}");
+    let after = host
+        .call("GET", "/v1/tenants", Some(&host.operator), None)
+        .value()["tenants"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(before, after);
+    // The host serves on.
+    assert_eq!(host.call("GET", &records, Some(&admin), None).status, 200);
+}
+
+#[test]
+fn json_naming_a_key_twice_is_refused_and_changes_nothing() {
+    let dir = TempDir::new("dup-keys");
+    let host = host(&dir);
+    let (t, admin) = host.create_tenant("acme", "crm");
+    let tokens = || {
+        host.call("GET", "/v1/tokens", Some(&host.operator), None)
+            .value()["tokens"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let before = tokens();
+    let r = host.call(
+        "POST",
+        "/v1/tokens",
+        Some(&host.operator),
+        Some(br#"{"role": "support", "name": "a", "role": "operator"}"#),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.error().contains("twice"), "{}", r.error());
+    assert_eq!(tokens(), before);
+    let records = format!("/v1/tenants/{t}/collections/contacts/records");
+    let r = host.call(
+        "POST",
+        &records,
+        Some(&admin),
+        Some(br#"{"name": "Ada", "name": "Eve"}"#),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let listed = host.call("GET", &records, Some(&admin), None).value();
+    assert_eq!(listed["records"], json!([]));
+}
+
+#[test]
+fn grant_state_is_told_only_to_its_engineer_and_schedule_changes_are_in_the_proof() {
+    let dir = TempDir::new("grant-words");
+    let host = host(&dir);
+    let (t, admin) = host.create_tenant("acme", "crm");
+    let mint = |role: &str, name: &str| {
+        let r = host.json(
+            "POST",
+            "/v1/tokens",
+            Some(&host.operator),
+            json!({"role": role, "name": name}),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        r.value()["token"].as_str().unwrap().to_string()
+    };
+    let alice = mint("support", "alice");
+    let bob = mint("support", "bob");
+    let r = host.json(
+        "POST",
+        "/v1/access-requests",
+        Some(&alice),
+        json!({"tenant": t, "scope": "read", "duration_minutes": 30, "reason": "r", "ticket": "t"}),
+    );
+    let grant = r.value()["id"].as_str().unwrap().to_string();
+    let records = format!("/v1/tenants/{t}/collections/contacts/records");
+    let with = |token: &str| {
+        host.call_with(
+            "GET",
+            &records,
+            Some(token),
+            None,
+            &[("X-Coffer-Grant", &grant)],
+        )
+    };
+    // Pending: alice is told so; bob only that it is not his.
+    assert!(
+        with(&alice).error().contains("pending"),
+        "{}",
+        with(&alice).text()
+    );
+    let r = host.call(
+        "POST",
+        &format!("/v1/access-requests/{grant}/approve"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(with(&alice).status, 200);
+    let refused = with(&bob);
+    assert_eq!(refused.status, 403);
+    assert_eq!(refused.error(), "no live grant for this token");
+
+    // A backup agent turns the tenant's scheduled backups off: the tenant's
+    // proof shows who did it.
+    let agent = mint("backup-agent", "nightly");
+    let r = host.json(
+        "PUT",
+        &format!("/v1/tenants/{t}/backup-schedule"),
+        Some(&agent),
+        json!({"interval_hours": 0}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut kinds = Vec::new();
+    for _ in 0..100 {
+        let bundle = host
+            .call(
+                "GET",
+                &format!("/v1/tenants/{t}/audit-proof"),
+                Some(&admin),
+                None,
+            )
+            .value();
+        kinds = bundle["entries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(e["entry"].as_str().unwrap())
+                    .unwrap();
+                serde_json::from_slice::<Value>(&bytes).unwrap()
+            })
+            .filter(|e| e["kind"] == "backup.schedule-changed")
+            .collect::<Vec<Value>>();
+        if !kinds.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(kinds.len(), 1, "no schedule change in the proof");
+    assert_eq!(kinds[0]["actor"]["role"], "backup-agent");
+    assert_eq!(kinds[0]["actor"]["identity"], "nightly");
+    assert_eq!(kinds[0]["details"]["interval_hours"], 0);
+}
