@@ -125,6 +125,10 @@ enum AuditCommand {
         /// "SIZE:ROOT"; the bundle must prove it a prefix of its tree.
         #[arg(long, requires = "bundle")]
         seen: Option<String>,
+        /// With --data-dir: entries not yet under a signed checkpoint (an
+        /// unsigned tail, as a crash leaves) are an error, not a warning.
+        #[arg(long, requires = "data_dir")]
+        strict: bool,
         #[arg(long)]
         json: bool,
     },
@@ -301,9 +305,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     bundle,
                     public_key,
                     seen,
+                    strict,
                     json,
                 },
-        } => audit_verify(data_dir, config, bundle, public_key, seen, json),
+        } => audit_verify(data_dir, config, bundle, public_key, seen, strict, json),
         Command::Tenant {
             command:
                 TenantCommand::Move {
@@ -826,6 +831,7 @@ fn audit_verify(
     bundle: Option<PathBuf>,
     public_key: Option<String>,
     seen: Option<String>,
+    strict: bool,
     json: bool,
 ) -> anyhow::Result<()> {
     use crate::audit::verify;
@@ -904,13 +910,28 @@ fn audit_verify(
     }
     let report = verify::verify_log(&audit_dir, &verifier, &copies)
         .map_err(|e| anyhow::anyhow!("{}: {e}", audit_dir.display()))?;
+    if let Some((first, last)) = report.unsigned {
+        let what = format!(
+            "entries {first}..{last} are chained but not yet under a signed checkpoint (appended after the newest one, e.g. before a crash; the host signs them at its next start)"
+        );
+        if strict {
+            anyhow::bail!("{}: {what}", audit_dir.display());
+        }
+        eprintln!("warning: {what}");
+    }
     if machine_output(json) {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        println!(
-            "ok: {} entries, every one chained and covered by {} signed checkpoints (newest: {})",
-            report.entries, report.checkpoints, report.newest_checkpoint
-        );
+        match report.unsigned {
+            None => println!(
+                "ok: {} entries, every one chained and covered by {} signed checkpoints (newest: {})",
+                report.entries, report.checkpoints, report.newest_checkpoint
+            ),
+            Some((first, last)) => println!(
+                "ok: {} entries, every one chained; {} signed checkpoints cover entries below {} (unsigned tail {first}..{last})",
+                report.entries, report.checkpoints, report.newest_checkpoint
+            ),
+        }
     }
     Ok(())
 }

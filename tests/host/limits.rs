@@ -262,3 +262,55 @@ fn grant_state_is_told_only_to_its_engineer_and_schedule_changes_are_in_the_proo
     assert_eq!(kinds[0]["actor"]["identity"], "nightly");
     assert_eq!(kinds[0]["details"]["interval_hours"], 0);
 }
+
+#[test]
+fn after_sigkill_the_verifier_names_the_unsigned_tail_and_the_next_start_signs_it() {
+    let dir = TempDir::new("unsigned-tail");
+    let config = dir.path().join("slow.toml");
+    std::fs::write(&config, "[audit]\ncheckpoint_interval = \"1h\"\n").unwrap();
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--backup-interval",
+        "0s",
+    ];
+    let data = dir.path().join("data");
+    let host = Host::start(&data, &args);
+    host.create_tenant("acme", "crm");
+    host.create_tenant("umbrella", "crm");
+    host.kill();
+    let verify = |strict: bool| {
+        let mut command = std::process::Command::new(crate::support::BIN);
+        command.args(["audit", "verify", "--data-dir"]).arg(&data);
+        if strict {
+            command.arg("--strict");
+        }
+        command.output().unwrap()
+    };
+    let out = verify(false);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("warning: entries 0..1"), "{stderr}");
+    let out = verify(true);
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim().lines().count(),
+        1
+    );
+    // The next start signs the tail before serving.
+    let host = Host::start(&data, &args);
+    host.stop();
+    let out = verify(true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A flipped byte in an entry is still a broken log, strict or not.
+    let entries = data.join("audit").join("entries");
+    let mut bytes = std::fs::read(&entries).unwrap();
+    let at = bytes.len() - 3;
+    bytes[at] ^= 0x01;
+    std::fs::write(&entries, bytes).unwrap();
+    assert!(!verify(false).status.success());
+}
