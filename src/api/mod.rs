@@ -189,41 +189,87 @@ async fn route(
             );
         }
     }
-    let query = routes::parse_query(request.uri().query().unwrap_or(""))?;
-    if endpoint == Endpoint::ImportTenant {
-        // An archive: streamed to the importer, never held whole in memory.
-        allow(&principal, Action::ImportTenant)?;
-        audit(
-            &state,
-            Event::new("tenant.imported", grants::actor(&principal)),
+    // State changes record their outcome after the action: a refused or
+    // failed one shows as such in the tenant's proof, never as done.
+    let change = endpoint.state_change();
+    let concerns = endpoint.tenant().cloned();
+    let who = principal.clone();
+    let inner = state.clone();
+    let result: Result<Response<Body>, ApiError> = async move {
+        let state = inner;
+        let query = routes::parse_query(request.uri().query().unwrap_or(""))?;
+        if endpoint == Endpoint::ImportTenant {
+            // An archive: streamed to the importer, never held whole in memory.
+            allow(&principal, Action::ImportTenant)?;
+            audit(
+                &state,
+                Event::new("tenant.imported", grants::actor(&principal)),
+            )
+            .await?;
+            return backups::import(&state, &principal, query, request.into_body()).await;
+        }
+        // Bodies arrive within the normal request timeout on every endpoint; long
+        // jobs run only once the body is in.
+        let body = tokio::time::timeout(
+            state.config.request_timeout,
+            read_body(request, state.config.max_body_bytes),
         )
-        .await?;
-        return backups::import(&state, &principal, query, request.into_body()).await;
+        .await
+        .map_err(|_| {
+            ApiError::RequestTimeout(format!(
+                "the request body did not arrive within {} s",
+                state.config.request_timeout.as_secs()
+            ))
+        })??;
+        if let Endpoint::MoveTenant(id, step) = endpoint {
+            allow(
+                &principal,
+                match step {
+                    MoveStep::Approve => Action::ApproveMove(&id),
+                    _ => Action::MoveTenant(&id),
+                },
+            )?;
+            return moves::step(&state, &principal, id, step, &body, bearer).await;
+        }
+        dispatch(&state, &principal, endpoint, query, body).await
     }
-    // Bodies arrive within the normal request timeout on every endpoint; long
-    // jobs run only once the body is in.
-    let body = tokio::time::timeout(
-        state.config.request_timeout,
-        read_body(request, state.config.max_body_bytes),
-    )
-    .await
-    .map_err(|_| {
-        ApiError::RequestTimeout(format!(
-            "the request body did not arrive within {} s",
-            state.config.request_timeout.as_secs()
-        ))
-    })??;
-    if let Endpoint::MoveTenant(id, step) = endpoint {
-        allow(
-            &principal,
-            match step {
-                MoveStep::Approve => Action::ApproveMove(&id),
-                _ => Action::MoveTenant(&id),
-            },
-        )?;
-        return moves::step(&state, &principal, id, step, &body, bearer).await;
+    .await;
+    if let Some(action) = change {
+        record_outcome(&state, &who, action, concerns.as_ref(), &result).await;
     }
-    dispatch(&state, &principal, endpoint, query, body).await
+    result
+}
+
+/// The outcome entry of a state change: `done`, `refused` (4xx) or
+/// `failed` (5xx), with the status. Written after the action; when it cannot
+/// be written the action stands (its own entry was durable before it ran)
+/// and the failure is logged.
+async fn record_outcome(
+    state: &Arc<AppState>,
+    principal: &Principal,
+    action: &'static str,
+    tenant: Option<&crate::ids::TenantId>,
+    result: &Result<Response<Body>, ApiError>,
+) {
+    let status = match result {
+        Ok(response) => response.status().as_u16(),
+        Err(error) => error.status().as_u16(),
+    };
+    let outcome = match status {
+        0..=399 => "done",
+        400..=499 => "refused",
+        _ => "failed",
+    };
+    let mut event = Event::new("action.outcome", grants::actor(principal))
+        .detail("action", action)
+        .detail("outcome", outcome)
+        .detail("status", status);
+    if let Some(tenant) = tenant {
+        event = event.tenant(tenant);
+    }
+    if let Err(error) = audit(state, event).await {
+        tracing::error!(%error, action, "could not record an action's outcome");
+    }
 }
 
 fn allow(principal: &Principal, action: Action<'_>) -> Result<(), ApiError> {

@@ -223,6 +223,37 @@ impl Endpoint {
         )
     }
 
+    /// The audited state change this endpoint asks for, named as its outcome
+    /// entry names it; `None` for reads.
+    pub fn state_change(&self) -> Option<&'static str> {
+        Some(match self {
+            Endpoint::CreateTenant => "tenant.create",
+            Endpoint::DeactivateTenant(_) => "tenant.deactivate",
+            Endpoint::ReactivateTenant(_) => "tenant.reactivate",
+            Endpoint::PurgeTenant(_) => "tenant.purge",
+            Endpoint::UpgradeTenant(_) => "tenant.upgrade",
+            Endpoint::SetBackupSchedule(_) => "backup.schedule",
+            Endpoint::StartBackup(_) => "backup.start",
+            Endpoint::RestoreBackup(..) => "backup.restore",
+            Endpoint::ImportTenant => "tenant.import",
+            Endpoint::ExportTenant(_) => "tenant.export",
+            Endpoint::MoveTenant(_, MoveStep::Begin) => "tenant.move",
+            Endpoint::MoveTenant(_, MoveStep::Approve) => "tenant.move-approve",
+            Endpoint::MoveTenant(_, MoveStep::Complete) => "tenant.move-complete",
+            Endpoint::MoveTenant(_, MoveStep::Abort) => "tenant.move-abort",
+            Endpoint::MintToken => "token.mint",
+            Endpoint::RevokeToken(_) => "token.revoke",
+            Endpoint::ApproveToken(_) => "token.approve-operator",
+            Endpoint::RotateMasterKey => "keys.rotate",
+            Endpoint::RequestAccess => "grant.request",
+            Endpoint::DecideAccessRequest(..) => "grant.decide",
+            Endpoint::RequestAdminRecovery(_) => "admin-recovery.request",
+            Endpoint::ApproveAdminRecovery(_) => "admin-recovery.approve",
+            Endpoint::CancelAdminRecovery(_) => "admin-recovery.cancel",
+            _ => return None,
+        })
+    }
+
     /// The tenant this endpoint concerns, for the request's tracing span.
     pub fn tenant(&self) -> Option<&TenantId> {
         match self {

@@ -60,6 +60,8 @@ pub async fn upgrade(
     allow(principal, Action::UpgradeTenant(&id))?;
     let request: UpgradeRequest = parse_json(&body)?;
     let tenant = known_tenant(&storage, &id)?;
+    crate::service::upgrade::check(&state.schemas, &tenant, request.schema_version)
+        .map_err(upgrade_error)?;
     audit(
         state,
         Event::new("tenant.upgraded", grants::actor(principal))
@@ -78,21 +80,7 @@ pub async fn upgrade(
         )
     })
     .await?
-    .map_err(|e| match e {
-        crate::service::upgrade::UpgradeError::NotActive(_)
-        | crate::service::upgrade::UpgradeError::NotNewer { .. } => {
-            ApiError::Conflict(e.to_string())
-        }
-        crate::service::upgrade::UpgradeError::UnknownVersion(_)
-        | crate::service::upgrade::UpgradeError::RecordDoesNotFit { .. } => {
-            ApiError::Unprocessable(e.to_string())
-        }
-        crate::service::upgrade::UpgradeError::BackupFailed(_) => {
-            ApiError::Unavailable(e.to_string())
-        }
-        crate::service::upgrade::UpgradeError::Storage(inner) => ApiError::from(inner),
-        crate::service::upgrade::UpgradeError::Backup(inner) => ApiError::from(inner),
-    })?;
+    .map_err(upgrade_error)?;
     tracing::info!(
         from = report.from_version,
         to = report.to_version,
@@ -182,7 +170,14 @@ pub async fn reactivate(
 ) -> Result<Response<Body>, ApiError> {
     let storage = state.storage.clone();
     allow(principal, Action::ReactivateTenant(&id))?;
-    known_tenant(&storage, &id)?;
+    let tenant = known_tenant(&storage, &id)?;
+    // Checked again under the update lock; checked here so that a refused
+    // reactivation is never recorded as one.
+    if tenant.state != TenantState::Deactivated {
+        return Err(ApiError::from(lifecycle::LifecycleError::NotDeactivated(
+            tenant.state.as_str(),
+        )));
+    }
     audit(
         state,
         Event::new("tenant.reactivated", grants::actor(principal)).tenant(&id),
@@ -341,4 +336,22 @@ pub(crate) fn copy_json(copy: &crate::storage::CopyOf) -> Value {
         "made_by_role": copy.made_by_role.as_str(),
         "at": rfc3339(copy.at),
     })
+}
+
+fn upgrade_error(e: crate::service::upgrade::UpgradeError) -> ApiError {
+    match e {
+        crate::service::upgrade::UpgradeError::NotActive(_)
+        | crate::service::upgrade::UpgradeError::NotNewer { .. } => {
+            ApiError::Conflict(e.to_string())
+        }
+        crate::service::upgrade::UpgradeError::UnknownVersion(_)
+        | crate::service::upgrade::UpgradeError::RecordDoesNotFit { .. } => {
+            ApiError::Unprocessable(e.to_string())
+        }
+        crate::service::upgrade::UpgradeError::BackupFailed(_) => {
+            ApiError::Unavailable(e.to_string())
+        }
+        crate::service::upgrade::UpgradeError::Storage(inner) => ApiError::from(inner),
+        crate::service::upgrade::UpgradeError::Backup(inner) => ApiError::from(inner),
+    }
 }

@@ -56,13 +56,9 @@ pub struct UpgradeReport {
     pub backup_id: String,
 }
 
-pub fn upgrade(
-    storage: &Storage,
-    schemas: &Registry,
-    backups: &Backups,
-    tenant: &TenantRecord,
-    target: u32,
-) -> Result<UpgradeReport, UpgradeError> {
+/// Whether `tenant` can be upgraded to `target` at all (active, a newer
+/// version that exists): checked before anything is audited or done.
+pub fn check(schemas: &Registry, tenant: &TenantRecord, target: u32) -> Result<(), UpgradeError> {
     if tenant.state != TenantState::Active {
         return Err(UpgradeError::NotActive(tenant.state.as_str()));
     }
@@ -72,6 +68,20 @@ pub fn upgrade(
             current: tenant.schema_version,
         });
     }
+    schemas
+        .get(&tenant.schema, target)
+        .map_err(|e| UpgradeError::UnknownVersion(e.to_string()))?;
+    Ok(())
+}
+
+pub fn upgrade(
+    storage: &Storage,
+    schemas: &Registry,
+    backups: &Backups,
+    tenant: &TenantRecord,
+    target: u32,
+) -> Result<UpgradeReport, UpgradeError> {
+    check(schemas, tenant, target)?;
     let steps = (tenant.schema_version + 1..=target)
         .map(|v| schemas.get(&tenant.schema, v).cloned())
         .collect::<Result<Vec<_>, _>>()
