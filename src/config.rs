@@ -19,6 +19,11 @@
 //! max_body_bytes = 1048576
 //! request_timeout = "30s"
 //!
+//! [limits]                         # long jobs: exports, imports, restores, backups, upgrades
+//! long_jobs_per_tenant = 2         # beyond: 429 with Retry-After
+//! long_jobs_total = 16
+//! stall_timeout = "30s"            # a streaming client that reads nothing this long is cut off
+//!
 //! [regions.eu]                              # one table per backup region
 //! store = "s3://coffer-backups"              # or "file:///var/lib/coffer/regions/eu",
 //!                                            # "gs://bucket", "az://container"
@@ -107,6 +112,16 @@ pub struct Config {
     pub checkpoint_interval: Duration,
     /// The fleet's hosts by region (`[hosts]`): the only move targets.
     pub hosts: std::collections::BTreeMap<Region, String>,
+    pub limits: Limits,
+}
+
+/// Bounds on long jobs, so that no tenant (or broken client) takes the host.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub long_jobs_per_tenant: usize,
+    pub long_jobs_total: usize,
+    /// A streaming response whose client reads nothing this long is ended.
+    pub stall_timeout: Duration,
 }
 
 /// Host policy for break-glass grants.
@@ -161,6 +176,16 @@ struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     hosts: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    long_jobs_per_tenant: Option<usize>,
+    long_jobs_total: Option<usize>,
+    stall_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -370,6 +395,12 @@ impl Config {
                 )?,
             },
             hosts: fleet_hosts(&raw.hosts)?,
+            limits: Limits {
+                long_jobs_per_tenant: raw.limits.long_jobs_per_tenant.unwrap_or(2).max(1),
+                long_jobs_total: raw.limits.long_jobs_total.unwrap_or(16).max(1),
+                stall_timeout: duration("limits.stall_timeout", raw.limits.stall_timeout, "30s")?
+                    .max(Duration::from_millis(100)),
+            },
             checkpoint_interval: duration(
                 "audit.checkpoint_interval",
                 raw.audit.checkpoint_interval,

@@ -73,12 +73,24 @@ pub async fn export(
         TenantState::Destroyed => return Err(ApiError::Gone("tenant is destroyed".into())),
     }
     let schema = backup::tenant_schema(&state.schemas, &tenant)?;
+    let slot = state.jobs.take(Some(&id), "an export")?;
     let storage = state.storage.clone();
     let snapshot = {
         let tenant = tenant.clone();
         blocking(move || storage.tenant_db(&tenant).and_then(|db| db.snapshot())).await??
     };
-    let (writer, body) = channel();
+    // A purge or removal request ends the export: the archive stops before
+    // its manifest, visibly incomplete.
+    let (watch, watched) = (state.storage.clone(), id.clone());
+    let still_wanted = Box::new(move || match watch.catalog.tenant(&watched) {
+        Some(t) if matches!(t.state, TenantState::Active | TenantState::Moving) => Ok(()),
+        Some(t) => Err(format!(
+            "the tenant was {} during the export: the archive is incomplete",
+            t.state.as_str()
+        )),
+        None => Err("the tenant is gone: the archive is incomplete".into()),
+    });
+    let (writer, body) = channel(state.config.limits.stall_timeout, still_wanted, Some(slot));
     let span = tracing::Span::current();
     let export_tenant = tenant.clone();
     let encrypted = recipient.is_some();
@@ -177,6 +189,7 @@ pub async fn start(state: &Arc<AppState>, id: TenantId) -> Result<Response<Body>
     if tenant.state == TenantState::Destroyed {
         return Err(ApiError::Gone("tenant is destroyed".into()));
     }
+    let slot = state.jobs.take(Some(&id), "a backup")?;
     let job = {
         let (state, id) = (state.clone(), id.clone());
         blocking(move || state.backups.enqueue(&state.storage, &id, "manual")).await??
@@ -186,6 +199,7 @@ pub async fn start(state: &Arc<AppState>, id: TenantId) -> Result<Response<Body>
     let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
         let _enter = span.enter();
+        let _slot = slot;
         let retain = runner.backups.retention_secs;
         let done = runner
             .backups
@@ -484,6 +498,7 @@ pub async fn restore(
         }
     }
     let mint = principal.role == Role::TenantAdmin && principal.is_admin_of(&id);
+    let slot = state.jobs.take(Some(&id), "a restore")?;
     // The new tenant's id is chosen first, so that the audit entry (written
     // before anything is restored) names both tenants.
     let new_id = if request.keep_id {
@@ -510,6 +525,7 @@ pub async fn restore(
     .await?;
     let inner = state.clone();
     let restored = blocking(move || {
+        let _slot = slot;
         inner.backups.restore(
             &inner.storage,
             &inner.schemas,
@@ -557,10 +573,12 @@ pub async fn import(
         at: unix_now(),
     };
     let limit = state.config.max_import_bytes;
-    let reader = body_reader(body, limit);
+    let slot = state.jobs.take(None, "an import")?;
+    let reader = body_reader(body, limit, state.config.limits.stall_timeout);
     let exceeded = reader.exceeded.clone();
     let inner = state.clone();
     let result = blocking(move || {
+        let _slot = slot;
         backup::restore_archive(
             &inner.storage,
             &inner.schemas,

@@ -32,6 +32,9 @@ pub enum ApiError {
     Unprocessable(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A bound on long jobs was reached: 429 with `Retry-After`.
+    #[error("{message}")]
+    TooBusy { message: String, retry_after: u64 },
     /// The request (or its body) did not arrive, or was not answered, in time.
     #[error("{0}")]
     RequestTimeout(String),
@@ -57,6 +60,7 @@ impl ApiError {
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooBusy { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Moved { .. } => StatusCode::PERMANENT_REDIRECT,
             ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -88,6 +92,11 @@ impl ApiError {
                     .headers_mut()
                     .insert(hyper::header::LOCATION, value);
             }
+        }
+        if let ApiError::TooBusy { retry_after, .. } = &self {
+            response
+                .headers_mut()
+                .insert(hyper::header::RETRY_AFTER, (*retry_after).into());
         }
         response
     }

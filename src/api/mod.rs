@@ -16,6 +16,7 @@
 mod backups;
 mod error;
 mod grants;
+mod limits;
 mod moves;
 mod records;
 mod request;
@@ -62,6 +63,8 @@ pub struct AppState {
     pub audit: Arc<AuditLog>,
     /// Decisions on access requests, one at a time (read, decide, store).
     grant_lock: tokio::sync::Mutex<()>,
+    /// Bounds on long jobs, per tenant and for the host.
+    pub(crate) jobs: Arc<limits::JobSlots>,
     next_request: AtomicU64,
 }
 
@@ -73,12 +76,14 @@ impl AppState {
         backups: Arc<Backups>,
         audit: Arc<AuditLog>,
     ) -> Self {
+        let jobs = limits::JobSlots::new(config.limits.clone());
         AppState {
             storage,
             schemas,
             config,
             backups,
             audit,
+            jobs,
             grant_lock: tokio::sync::Mutex::new(()),
             next_request: AtomicU64::new(1),
         }

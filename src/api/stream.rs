@@ -4,6 +4,7 @@
 use std::io::{self, Read, Write};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -30,21 +31,35 @@ impl Body for ChannelBody {
 }
 
 /// The blocking side of a [`ChannelBody`]: buffers 64 KiB, then hands it over.
-/// A client that hangs up makes the next write fail, which stops the export.
+/// A client that hangs up makes the next write fail, which stops the export;
+/// so does a client that reads nothing for `stall` (it would hold a thread
+/// and a job slot for as long as its socket stays open), and work that is no
+/// longer wanted (`still_wanted` says why: e.g. the tenant was purged).
 pub struct ChannelWriter {
     tx: mpsc::Sender<io::Result<Bytes>>,
     buffer: Vec<u8>,
+    stall: Duration,
+    still_wanted: Box<dyn Fn() -> Result<(), String> + Send>,
+    /// The long-job slot, freed when the writer goes.
+    _slot: Option<super::limits::JobSlot>,
 }
 
 const CHUNK: usize = 64 * 1024;
 
-pub fn channel() -> (ChannelWriter, ChannelBody) {
+pub fn channel(
+    stall: Duration,
+    still_wanted: Box<dyn Fn() -> Result<(), String> + Send>,
+    slot: Option<super::limits::JobSlot>,
+) -> (ChannelWriter, ChannelBody) {
     // Four chunks in flight: memory stays bounded whatever the tenant's size.
     let (tx, rx) = mpsc::channel(4);
     (
         ChannelWriter {
             tx,
             buffer: Vec::with_capacity(CHUNK),
+            stall,
+            still_wanted,
+            _slot: slot,
         },
         ChannelBody { rx },
     )
@@ -55,19 +70,38 @@ impl ChannelWriter {
         if self.buffer.is_empty() {
             return Ok(());
         }
+        (self.still_wanted)().map_err(io::Error::other)?;
         let chunk = Bytes::from(std::mem::replace(
             &mut self.buffer,
             Vec::with_capacity(CHUNK),
         ));
-        self.tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))
+        self.send_bounded(Ok(chunk))
+    }
+
+    /// Hands one item over, waiting at most `stall` for the client to take
+    /// the ones before it.
+    fn send_bounded(&self, item: io::Result<Bytes>) -> io::Result<()> {
+        let runtime = tokio::runtime::Handle::current();
+        match runtime.block_on(tokio::time::timeout(self.stall, self.tx.send(item))) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the client went away",
+            )),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the client read nothing for {} s: the stream was ended",
+                    self.stall.as_secs_f64()
+                ),
+            )),
+        }
     }
 
     /// Ends the body with an error, so the client sees a broken transfer rather
     /// than a complete-looking truncated archive.
     pub fn fail(self, message: String) {
-        let _ = self.tx.blocking_send(Err(io::Error::other(message)));
+        let _ = self.send_bounded(Err(io::Error::other(message)));
     }
 }
 
@@ -97,14 +131,28 @@ pub struct BodyReader {
 #[error("request body is larger than {0} bytes")]
 pub struct BodyTooLarge(pub u64);
 
-/// Starts pumping `body` into a [`BodyReader`].
-pub fn body_reader(mut body: Incoming, limit: u64) -> BodyReader {
+/// Starts pumping `body` into a [`BodyReader`]; an upload from which nothing
+/// arrives for `stall` ends with an error.
+pub fn body_reader(mut body: Incoming, limit: u64, stall: Duration) -> BodyReader {
     let (tx, rx) = mpsc::channel(4);
     let exceeded = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = exceeded.clone();
     tokio::spawn(async move {
         let mut total = 0u64;
-        while let Some(frame) = body.frame().await {
+        loop {
+            let frame = match tokio::time::timeout(stall, body.frame()).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(_) => {
+                    let _ = tx
+                        .send(Err(format!(
+                            "the upload stalled: nothing arrived for {} s",
+                            stall.as_secs_f64()
+                        )))
+                        .await;
+                    return;
+                }
+            };
             let item = match frame {
                 Ok(frame) => match frame.into_data() {
                     Ok(data) => {

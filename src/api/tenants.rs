@@ -62,6 +62,7 @@ pub async fn upgrade(
     let tenant = known_tenant(&storage, &id)?;
     crate::service::upgrade::check(&state.schemas, &tenant, request.schema_version)
         .map_err(upgrade_error)?;
+    let slot = state.jobs.take(Some(&id), "an upgrade")?;
     audit(
         state,
         Event::new("tenant.upgraded", grants::actor(principal))
@@ -71,6 +72,7 @@ pub async fn upgrade(
     .await?;
     let inner = state.clone();
     let report = blocking(move || {
+        let _slot = slot;
         crate::service::upgrade::upgrade(
             &inner.storage,
             &inner.schemas,

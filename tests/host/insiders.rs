@@ -668,7 +668,22 @@ fn restored_copies_are_listed_and_removed_with_their_source() {
 #[test]
 fn parallel_restores_each_inherit_every_admin_credential() {
     let dir = TempDir::new("parallel-restores");
-    let host = Host::start(&dir.path().join("data"), &["--backup-interval", "0s"]);
+    // Room for 24 long jobs of one tenant at once (the default is 2).
+    let config = dir.path().join("many-jobs.toml");
+    std::fs::write(
+        &config,
+        "[limits]\nlong_jobs_per_tenant = 24\nlong_jobs_total = 32\n",
+    )
+    .unwrap();
+    let host = Host::start(
+        &dir.path().join("data"),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--backup-interval",
+            "0s",
+        ],
+    );
     let (t, admin) = host.create_tenant("acme", "crm");
     let r = host.json("POST", &records(&t), Some(&admin), json!({"name": "Ada"}));
     assert_eq!(r.status, 201);

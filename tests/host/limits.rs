@@ -433,3 +433,181 @@ fn refused_actions_show_as_refused_in_the_tenants_proof() {
         .unwrap();
     assert_eq!(refusal["details"]["status"], 409);
 }
+
+/// A tenant of `records` contacts with incompressible notes, loaded offline
+/// (as a restore loads) into `data`, so that its export outgrows every socket
+/// buffer on the way. Returns (tenant, admin token).
+fn large_tenant_offline(data: &std::path::Path, records: u64) -> (String, String) {
+    use coffer::storage::{NewTenant, Storage};
+    std::fs::create_dir_all(data).unwrap();
+    let keyring = coffer::keys::load(data, &coffer::keys::KeySource::DataDir).unwrap();
+    let storage = Storage::open(data, keyring, 8, 16 << 20).unwrap();
+    let schemas = coffer::schema::Registry::embedded().unwrap();
+    let contacts = schemas
+        .get("crm", 2)
+        .unwrap()
+        .collection("contacts")
+        .unwrap()
+        .clone();
+    let (tenant, admin) = storage
+        .create_tenant(NewTenant {
+            id: None,
+            name: "Large".into(),
+            region: coffer::ids::Region::parse("local").unwrap(),
+            schema: "crm".into(),
+            schema_version: 2,
+        })
+        .unwrap();
+    let db = storage.tenant_db(&tenant).unwrap();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..records {
+        let notes: String = (0..900)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+                    [(x % 64) as usize] as char
+            })
+            .collect();
+        let fields = json!({"name": format!("Contact {i}"), "notes": notes});
+        db.load_with_id(
+            "contacts",
+            &contacts,
+            &coffer::ids::RecordId::generate().unwrap(),
+            fields.as_object().unwrap(),
+        )
+        .unwrap();
+    }
+    db.flush().unwrap();
+    (tenant.id.to_string(), admin)
+}
+
+/// Opens an export and reads nothing (or `read` bytes) of it.
+fn open_export(host: &Host, tenant: &str, token: &str, read: usize) -> (TcpStream, Vec<u8>) {
+    let mut stream = TcpStream::connect(host.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /v1/tenants/{tenant}/export HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut got = vec![0u8; read];
+    stream.read_exact(&mut got).unwrap();
+    (stream, got)
+}
+
+#[test]
+fn long_jobs_are_bounded_stalled_exports_are_cut_off_and_a_purge_ends_an_export() {
+    let dir = TempDir::new("long-jobs");
+    let data = dir.path().join("data");
+    let (big, big_admin) = large_tenant_offline(&data, 16 * 1024);
+    let config = dir.path().join("limits.toml");
+    std::fs::write(
+        &config,
+        "[limits]\nlong_jobs_per_tenant = 2\nstall_timeout = \"2s\"\n",
+    )
+    .unwrap();
+    let host = Host::start(
+        &data,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--backup-interval",
+            "0s",
+        ],
+    );
+    // Two exports whose clients read nothing hold the tenant's two slots.
+    let stalled: Vec<_> = (0..2)
+        .map(|_| open_export(&host, &big, &big_admin, 12))
+        .collect();
+    for (_, head) in &stalled {
+        assert!(
+            head.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(head)
+        );
+    }
+    let third = host.call(
+        "GET",
+        &format!("/v1/tenants/{big}/export"),
+        Some(&big_admin),
+        None,
+    );
+    assert_eq!(third.status, 429, "{}", third.text());
+    assert_eq!(third.header("retry-after"), Some("5"));
+    assert!(third.error().contains("long jobs"), "{}", third.error());
+    let backup = host.call(
+        "POST",
+        &format!("/v1/tenants/{big}/backups"),
+        Some(&host.operator),
+        None,
+    );
+    assert_eq!(backup.status, 429, "{}", backup.text());
+    // Every other tenant is served meanwhile, and operators too.
+    let (small, small_admin) = host.create_tenant("small", "crm");
+    let records = format!("/v1/tenants/{small}/collections/contacts/records");
+    for i in 0..20 {
+        let r = host.json(
+            "POST",
+            &records,
+            Some(&small_admin),
+            json!({"name": format!("c{i}")}),
+        );
+        assert_eq!(r.status, 201);
+    }
+    assert_eq!(
+        host.call("GET", &records, Some(&small_admin), None).status,
+        200
+    );
+    assert_eq!(
+        host.call("GET", "/v1/tenants", Some(&host.operator), None)
+            .status,
+        200
+    );
+    // The stalled clients are cut off after the stall timeout, freeing their slots.
+    let mut freed = false;
+    for _ in 0..300 {
+        if String::from_utf8_lossy(&host.log_text())
+            .matches("read nothing")
+            .count()
+            >= 2
+        {
+            freed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(freed, "stalled exports were not ended");
+    drop(stalled);
+
+    // An export being read while the tenant is purged ends without its manifest.
+    let (mut reading, _) = open_export(&host, &big, &big_admin, 4096);
+    let r = host.call(
+        "POST",
+        &format!("/v1/tenants/{big}/purge"),
+        Some(&host.operator),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut rest = Vec::new();
+    let _ = reading.read_to_end(&mut rest);
+    assert!(
+        !crate::support::contains(&rest, b"0\r\n\r\n"),
+        "the stream ended as if complete"
+    );
+    let mut log = String::new();
+    for _ in 0..100 {
+        log = String::from_utf8_lossy(&host.log_text()).into_owned();
+        if log.contains("during the export") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        log.contains("the tenant was destroyed during the export"),
+        "{log}"
+    );
+}
