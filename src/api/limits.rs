@@ -38,6 +38,11 @@ impl JobSlots {
         })
     }
 
+    /// Every host-wide slot is taken: new long jobs are refused.
+    pub fn saturated(&self) -> bool {
+        self.held.lock().expect("job slots poisoned").total >= self.limits.long_jobs_total
+    }
+
     /// A slot for a long job of `tenant` (or of the host, for imports).
     pub fn take(
         self: &Arc<Self>,

@@ -133,10 +133,7 @@ async fn route(
         tracing::Span::current().record("tenant_id", tracing::field::display(tenant));
     }
     if endpoint == Endpoint::Health {
-        return Ok(json_response(
-            StatusCode::OK,
-            &json!({"status": "ok", "region": state.config.region.as_str()}),
-        ));
+        return Ok(health(&state));
     }
     if endpoint == Endpoint::AuditPublicKey {
         // Public by design: anyone checking a checkpoint needs it.
@@ -243,6 +240,29 @@ async fn route(
         record_outcome(&state, &who, action, concerns.as_ref(), &result).await;
     }
     result
+}
+
+/// `GET /healthz`: `ok`, or `degraded` with the reasons — 503 when the
+/// audit log refuses appends (no audited action can happen), 200 when only
+/// long jobs are saturated (records are still served).
+fn health(state: &AppState) -> Response<Body> {
+    let mut reasons = Vec::new();
+    let mut status = StatusCode::OK;
+    if let Some(error) = state.audit.failure() {
+        reasons.push(format!("the audit log refuses appends: {error}"));
+        status = StatusCode::SERVICE_UNAVAILABLE;
+    }
+    if state.jobs.saturated() {
+        reasons.push("every long-job slot is taken: exports, backups and restores get 429".into());
+    }
+    let mut body = json!({
+        "status": if reasons.is_empty() { "ok" } else { "degraded" },
+        "region": state.config.region.as_str(),
+    });
+    if !reasons.is_empty() {
+        body["reasons"] = json!(reasons);
+    }
+    json_response(status, &body)
 }
 
 /// The outcome entry of a state change: `done`, `refused` (4xx) or

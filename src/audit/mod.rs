@@ -539,6 +539,11 @@ impl AuditLog {
     }
 
     /// Acknowledged entries.
+    /// Why the log refuses appends (a sync failed; until restart), if it does.
+    pub fn failure(&self) -> Option<String> {
+        self.state.lock().expect("audit state").failed.clone()
+    }
+
     pub fn size(&self) -> u64 {
         self.state.lock().expect("audit state").tree.len()
     }

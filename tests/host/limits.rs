@@ -483,7 +483,7 @@ fn long_jobs_are_bounded_stalled_exports_are_cut_off_and_a_purge_ends_an_export(
     let config = dir.path().join("limits.toml");
     std::fs::write(
         &config,
-        "[limits]\nlong_jobs_per_tenant = 2\nstall_timeout = \"2s\"\n",
+        "[limits]\nlong_jobs_per_tenant = 2\nlong_jobs_total = 2\nstall_timeout = \"2s\"\n",
     )
     .unwrap();
     let host = Host::start(
@@ -522,6 +522,10 @@ fn long_jobs_are_bounded_stalled_exports_are_cut_off_and_a_purge_ends_an_export(
         None,
     );
     assert_eq!(backup.status, 429, "{}", backup.text());
+    // The host says so, and still serves.
+    let health = host.call("GET", "/healthz", None, None);
+    assert_eq!(health.status, 200);
+    assert_eq!(health.value()["status"], "degraded", "{}", health.text());
     // Every other tenant is served meanwhile, and operators too.
     let (small, small_admin) = host.create_tenant("small", "crm");
     let records = format!("/v1/tenants/{small}/collections/contacts/records");
@@ -558,6 +562,15 @@ fn long_jobs_are_bounded_stalled_exports_are_cut_off_and_a_purge_ends_an_export(
     }
     assert!(freed, "stalled exports were not ended");
     drop(stalled);
+    let mut health = Value::Null;
+    for _ in 0..50 {
+        health = host.call("GET", "/healthz", None, None).value();
+        if health["status"] == "ok" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(health["status"], "ok", "{health}");
 
     // An export being read while the tenant is purged ends without its manifest.
     let (mut reading, _) = open_export(&host, &big, &big_admin, 4096);
