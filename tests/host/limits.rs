@@ -414,30 +414,9 @@ fn refused_actions_show_as_refused_in_the_tenants_proof() {
 /// (as a restore loads) into `data`, so that its export outgrows every socket
 /// buffer on the way. Returns (tenant, admin token).
 fn large_tenant_offline(data: &std::path::Path, records: u64) -> (String, String) {
-    use coffer::storage::{NewTenant, Storage};
-    std::fs::create_dir_all(data).unwrap();
-    let keyring = coffer::keys::load(data, &coffer::keys::KeySource::DataDir).unwrap();
-    let storage = Storage::open(data, keyring, 8, 16 << 20).unwrap();
-    let schemas = coffer::schema::Registry::embedded().unwrap();
-    let contacts = schemas
-        .get("crm", 2)
-        .unwrap()
-        .collection("contacts")
-        .unwrap()
-        .clone();
-    let (tenant, admin) = storage
-        .create_tenant(NewTenant {
-            id: None,
-            name: "Large".into(),
-            region: coffer::ids::Region::parse("local").unwrap(),
-            schema: "crm".into(),
-            schema_version: 2,
-        })
-        .unwrap();
-    let db = storage.tenant_db(&tenant).unwrap();
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for i in 0..records {
-        let notes: String = (0..900)
+    crate::support::tenant_offline(data, records, |i| {
+        let mut x = (i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (0..900)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
@@ -445,18 +424,8 @@ fn large_tenant_offline(data: &std::path::Path, records: u64) -> (String, String
                 b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
                     [(x % 64) as usize] as char
             })
-            .collect();
-        let fields = json!({"name": format!("Contact {i}"), "notes": notes});
-        db.load_with_id(
-            "contacts",
-            &contacts,
-            &coffer::ids::RecordId::generate().unwrap(),
-            fields.as_object().unwrap(),
-        )
-        .unwrap();
-    }
-    db.flush().unwrap();
-    (tenant.id.to_string(), admin)
+            .collect()
+    })
 }
 
 /// Opens an export and reads nothing (or `read` bytes) of it.

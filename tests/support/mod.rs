@@ -347,6 +347,64 @@ pub fn add_staff_offline(data_dir: &Path, role: &str, name: &str) -> String {
     token
 }
 
+/// A tenant of `records` contacts whose notes are `notes(i)`, loaded offline
+/// into `data` (no host running) as a restore loads them: 16 loaders, one
+/// flush at the end. Returns (tenant, admin token).
+pub fn tenant_offline(
+    data: &Path,
+    records: u64,
+    notes: impl Fn(u64) -> String + Send + Sync + 'static,
+) -> (String, String) {
+    use coffer::storage::{NewTenant, Storage};
+    std::fs::create_dir_all(data).unwrap();
+    let keyring = coffer::keys::load(data, &coffer::keys::KeySource::DataDir).unwrap();
+    let storage = Storage::open(data, keyring, 8, 64 << 20).unwrap();
+    let schemas = coffer::schema::Registry::embedded().unwrap();
+    let contacts = schemas
+        .get("crm", 2)
+        .unwrap()
+        .collection("contacts")
+        .unwrap()
+        .clone();
+    let (tenant, admin) = storage
+        .create_tenant(NewTenant {
+            id: None,
+            name: "Large".into(),
+            region: coffer::ids::Region::parse("local").unwrap(),
+            schema: "crm".into(),
+            schema_version: 2,
+        })
+        .unwrap();
+    let db = storage.tenant_db(&tenant).unwrap();
+    let notes = std::sync::Arc::new(notes);
+    let workers: Vec<_> = (0..16u64)
+        .map(|w| {
+            let (db, contacts, notes) = (db.clone(), contacts.clone(), notes.clone());
+            std::thread::spawn(move || {
+                for i in (w..records).step_by(16) {
+                    let fields = serde_json::json!({
+                        "name": format!("Contact {i}"),
+                        "email": format!("contact{i}@example.com"),
+                        "notes": notes(i),
+                    });
+                    db.load_with_id(
+                        "contacts",
+                        &contacts,
+                        &coffer::ids::RecordId::generate().unwrap(),
+                        fields.as_object().unwrap(),
+                    )
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    db.flush().unwrap();
+    (tenant.id.to_string(), admin)
+}
+
 /// Runs a command that must succeed; its output (stderr shown if it failed).
 pub fn run_ok(command: &mut Command) -> std::process::Output {
     let out = command.output().unwrap();
