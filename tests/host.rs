@@ -1,4 +1,8 @@
 //! Integration tests: the real `coffer` binary, real sled files, real sockets.
+//!
+//! Over 800 lines because the first-plan scenarios (isolation, crash safety,
+//! lifecycle, bad input) still live here; one file per subject under
+//! `tests/host/` is the open part of the structure work.
 
 #[path = "host/access.rs"]
 mod access;

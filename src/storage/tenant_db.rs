@@ -17,6 +17,10 @@
 //! single-key sled write (sled's `apply_batch` serialises against flushes and cost
 //! 3x in throughput here). A crash between those steps can only leave an entry
 //! whose record does not hold the value, and readers skip such entries.
+//!
+//! Over 800 lines because key layout, the write path, snapshots and archive
+//! size bookkeeping still share it; its split into `tenant_db/` (layout,
+//! writes, snapshots) is the open part of the structure work.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
