@@ -236,7 +236,7 @@ impl TenantAccess {
             .ok_or_else(|| AccessError::NotIndexed(field.to_string()))?;
         let value = schema::parse_query_value(field_spec, raw_value)
             .ok_or_else(|| AccessError::BadQueryValue(field.to_string()))?;
-        Ok(self.db.find(collection, field, &value, limit)?)
+        Ok(self.db.find(collection, field, field_spec, &value, limit)?)
     }
 }
 

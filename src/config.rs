@@ -23,6 +23,8 @@
 //! long_jobs_per_tenant = 2         # beyond: 429 with Retry-After
 //! long_jobs_total = 16
 //! stall_timeout = "30s"            # a streaming client that reads nothing this long is cut off
+//! buffered_body_mb = 256           # request bodies held in memory at once, host-wide (beyond: 429)
+//! job_max_mb_per_s = 0             # DR backups and restores read/write at most this (0: no cap)
 //!
 //! [regions.eu]                              # one table per backup region
 //! store = "s3://coffer-backups"              # or "file:///var/lib/coffer/regions/eu",
@@ -122,6 +124,10 @@ pub struct Limits {
     pub long_jobs_total: usize,
     /// A streaming response whose client reads nothing this long is ended.
     pub stall_timeout: Duration,
+    /// Request-body bytes held in memory at once by the whole host.
+    pub buffered_body_bytes: usize,
+    /// Bytes per second a DR backup or restore may move (none: no cap).
+    pub job_max_bytes_per_s: Option<u64>,
 }
 
 /// Host policy for break-glass grants.
@@ -186,6 +192,8 @@ struct RawLimits {
     long_jobs_per_tenant: Option<usize>,
     long_jobs_total: Option<usize>,
     stall_timeout: Option<String>,
+    buffered_body_mb: Option<usize>,
+    job_max_mb_per_s: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -400,6 +408,22 @@ impl Config {
                 long_jobs_total: raw.limits.long_jobs_total.unwrap_or(16).max(1),
                 stall_timeout: duration("limits.stall_timeout", raw.limits.stall_timeout, "30s")?
                     .max(Duration::from_millis(100)),
+                buffered_body_bytes: {
+                    let bytes = raw.limits.buffered_body_mb.unwrap_or(256) << 20;
+                    if bytes < max_body_bytes {
+                        bail!("limits.buffered_body_mb must hold at least one body of api.max_body_bytes");
+                    }
+                    bytes
+                },
+                job_max_bytes_per_s: match raw.limits.job_max_mb_per_s {
+                    None => None,
+                    Some(rate) if rate.is_finite() && rate >= 0.0 => {
+                        Some((rate * (1u64 << 20) as f64) as u64).filter(|r| *r > 0)
+                    }
+                    Some(_) => {
+                        bail!("limits.job_max_mb_per_s must be a number of MiB/s, 0 for no cap")
+                    }
+                },
             },
             checkpoint_interval: duration(
                 "audit.checkpoint_interval",

@@ -18,6 +18,7 @@ pub const SCHEMA_FORMAT_V1: u32 = 1;
 const EMBEDDED: &[(&str, &str)] = &[
     ("crm/v1.toml", include_str!("../tenant-schemas/crm/v1.toml")),
     ("crm/v2.toml", include_str!("../tenant-schemas/crm/v2.toml")),
+    ("crm/v3.toml", include_str!("../tenant-schemas/crm/v3.toml")),
     (
         "helpdesk/v1.toml",
         include_str!("../tenant-schemas/helpdesk/v1.toml"),
@@ -102,6 +103,11 @@ pub struct Field {
     pub indexed: bool,
     #[serde(default)]
     pub unique: bool,
+    /// Compared ignoring case (after NFC), for uniqueness and lookups: two
+    /// spellings of one e-mail address are one value. The value is stored as
+    /// written. Only for indexed or unique strings.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub case_insensitive: bool,
 }
 
 impl Field {
@@ -176,9 +182,14 @@ impl Schema {
                     "collection name {name:?} is not an identifier"
                 )));
             }
-            for field in collection.fields.keys() {
+            for (field, spec) in &collection.fields {
                 if !is_identifier(field) || field == "id" {
                     return Err(fail(format!("field name {field:?} is reserved or invalid")));
+                }
+                if spec.case_insensitive && (spec.kind != FieldType::String || !spec.is_indexed()) {
+                    return Err(fail(format!(
+                        "field {name}.{field}: case_insensitive needs an indexed or unique string"
+                    )));
                 }
             }
         }
@@ -251,12 +262,52 @@ impl Collection {
     }
 }
 
-/// The canonical bytes of a field value, as fed to the blind index.
-pub fn index_bytes(value: &Value) -> Vec<u8> {
+/// The canonical bytes of a field value, as fed to the blind index and
+/// compared for uniqueness: strings in Unicode NFC (so that the composed and
+/// decomposed spellings of "é" are one value), lowercased too for a field
+/// declared `case_insensitive`; other values as their JSON text.
+pub fn index_form(field: &Field, value: &Value) -> Vec<u8> {
     match value {
-        Value::String(text) => text.as_bytes().to_vec(),
+        Value::String(text) => {
+            let nfc = icu_normalizer::ComposingNormalizerBorrowed::new_nfc();
+            let text = nfc.normalize(text);
+            if field.case_insensitive {
+                nfc.normalize(&text.to_lowercase())
+                    .into_owned()
+                    .into_bytes()
+            } else {
+                text.into_owned().into_bytes()
+            }
+        }
         other => other.to_string().into_bytes(),
     }
+}
+
+/// Whether two values of `field` are the same value for its index.
+pub fn same_indexed_value(field: &Field, a: &Value, b: &Value) -> bool {
+    index_form(field, a) == index_form(field, b)
+}
+
+/// The other byte strings under which an index written before
+/// normalisation may hold `value` (its bytes as given, and its NFD
+/// spelling): lookups and the uniqueness check look there too, until an
+/// upgrade rewrites the index.
+pub fn legacy_index_forms(field: &Field, value: &Value) -> Vec<Vec<u8>> {
+    let Value::String(text) = value else {
+        return Vec::new();
+    };
+    let current = index_form(field, value);
+    let nfd = icu_normalizer::DecomposingNormalizerBorrowed::new_nfd();
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    for key in [
+        text.as_bytes().to_vec(),
+        nfd.normalize(text).into_owned().into_bytes(),
+    ] {
+        if key != current && !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys
 }
 
 /// Parses a query-string value into the typed JSON value of a field, so that

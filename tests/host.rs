@@ -12,6 +12,8 @@ mod backups;
 mod insiders;
 #[path = "host/limits.rs"]
 mod limits;
+#[path = "host/neighbours.rs"]
+mod neighbours;
 #[path = "host/replication.rs"]
 mod replication;
 mod support;

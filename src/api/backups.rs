@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::grants::actor;
+use super::limits::run_long;
 use super::stream::{body_reader, channel};
 use super::{
     blocking, json_response, known_tenant, parse_json, tenant_json, ApiError, AppState, Body,
@@ -33,6 +34,7 @@ impl From<BackupError> for ApiError {
             BackupError::NotFound => ApiError::NotFound("backup not found".into()),
             BackupError::Storage(inner) => ApiError::from(inner),
             BackupError::Store(message) => ApiError::Unavailable(message),
+            BackupError::Stopped(message) => ApiError::Conflict(message),
             other => ApiError::internal(other),
         }
     }
@@ -82,20 +84,16 @@ pub async fn export(
     // A purge or removal request ends the export: the archive stops before
     // its manifest, visibly incomplete.
     let (watch, watched) = (state.storage.clone(), id.clone());
-    let still_wanted = Box::new(move || match watch.catalog.tenant(&watched) {
-        Some(t) if matches!(t.state, TenantState::Active | TenantState::Moving) => Ok(()),
-        Some(t) => Err(format!(
-            "the tenant was {} during the export: the archive is incomplete",
-            t.state.as_str()
-        )),
-        None => Err("the tenant is gone: the archive is incomplete".into()),
+    let still_wanted = Box::new(move || {
+        watch
+            .catalog
+            .still_serving(&watched, "export")
+            .map_err(|why| format!("{why}; the archive is incomplete"))
     });
-    let (writer, body) = channel(state.config.limits.stall_timeout, still_wanted, Some(slot));
-    let span = tracing::Span::current();
+    let (writer, body) = channel(state.config.limits.stall_timeout, still_wanted);
     let export_tenant = tenant.clone();
     let encrypted = recipient.is_some();
-    tokio::task::spawn_blocking(move || {
-        let _enter = span.enter();
+    let writing = run_long(slot, move || {
         match write_export(
             writer,
             recipient.as_ref(),
@@ -114,6 +112,7 @@ pub async fn export(
             }
         }
     });
+    tokio::spawn(writing);
     let mut response = Response::new(body.boxed());
     let (content_type, extension) = if encrypted {
         ("application/octet-stream", "tar.zst.age")
@@ -196,16 +195,14 @@ pub async fn start(state: &Arc<AppState>, id: TenantId) -> Result<Response<Body>
     };
     let body = job_json(&job, &[], &state.backups.replication);
     let runner = state.clone();
-    let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || {
-        let _enter = span.enter();
-        let _slot = slot;
+    let running = run_long(slot, move || {
         let retain = runner.backups.retention_secs;
         let done = runner
             .backups
             .run(&runner.storage, &runner.schemas, job, retain);
         tracing::info!(backup_id = %done.id, state = done.state.as_str(), "backup finished");
     });
+    tokio::spawn(running);
     Ok(json_response(StatusCode::ACCEPTED, &body))
 }
 
@@ -524,8 +521,7 @@ pub async fn restore(
     )
     .await?;
     let inner = state.clone();
-    let restored = blocking(move || {
-        let _slot = slot;
+    let restored = run_long(slot, move || {
         inner.backups.restore(
             &inner.storage,
             &inner.schemas,
@@ -577,8 +573,7 @@ pub async fn import(
     let reader = body_reader(body, limit, state.config.limits.stall_timeout);
     let exceeded = reader.exceeded.clone();
     let inner = state.clone();
-    let result = blocking(move || {
-        let _slot = slot;
+    let result = run_long(slot, move || {
         backup::restore_archive(
             &inner.storage,
             &inner.schemas,

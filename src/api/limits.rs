@@ -1,7 +1,10 @@
 //! Slots for long jobs (exports, imports, restores, backups, upgrades): a
 //! bound per tenant and one for the host. A job beyond them is refused at
-//! once with 429 and `Retry-After`, so that long work can never fill the
-//! blocking pool that authentication and the record path use.
+//! once with 429 and `Retry-After`. Each long job runs on a thread of its
+//! own ([`run_long`]), never on the blocking pool that authentication and the
+//! record path use, so stalled exports cannot starve them; the slots bound
+//! those threads. Request bodies held in memory have a host-wide budget
+//! ([`BodyBudget`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -95,6 +98,70 @@ impl Drop for JobSlot {
     }
 }
 
+/// Runs a long job on a thread of its own (`coffer-job`), inside the current
+/// span. The slot is the proof that the job is counted (these threads are
+/// bounded by the host's long-job limit) and is held until the job ends; the
+/// job runs to completion even if the returned future is dropped.
+pub fn run_long<T: Send + 'static>(
+    slot: JobSlot,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> impl std::future::Future<Output = Result<T, ApiError>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let span = tracing::Span::current();
+    // Inside the runtime's context, as a blocking-pool thread would be.
+    let runtime = tokio::runtime::Handle::try_current().ok();
+    let spawned = std::thread::Builder::new()
+        .name("coffer-job".into())
+        .spawn(move || {
+            let _context = runtime.as_ref().map(|r| r.enter());
+            let _slot = slot;
+            let _ = tx.send(span.in_scope(work));
+        });
+    async move {
+        spawned.map_err(|error| {
+            ApiError::Unavailable(format!("cannot start a thread for the job: {error}"))
+        })?;
+        rx.await
+            .map_err(|_| ApiError::internal("the long job's thread ended without an answer"))
+    }
+}
+
+/// The host-wide budget of request-body bytes held in memory at once: a
+/// body that would go beyond it is refused with 429 and `Retry-After`
+/// instead of growing the process.
+pub struct BodyBudget {
+    bytes: Arc<tokio::sync::Semaphore>,
+}
+
+/// Bytes of the budget held by one body; given back when dropped.
+pub struct BodyBytes(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+impl BodyBudget {
+    pub fn new(bytes: usize) -> BodyBudget {
+        BodyBudget {
+            bytes: Arc::new(tokio::sync::Semaphore::new(bytes)),
+        }
+    }
+
+    /// Takes `n` more bytes for a body that already holds `held`.
+    pub fn take(&self, held: &mut Option<BodyBytes>, n: usize) -> Result<(), ApiError> {
+        let n = u32::try_from(n).map_err(|_| ApiError::PayloadTooLarge(u32::MAX as u64))?;
+        let permit = self.bytes.clone().try_acquire_many_owned(n).map_err(|_| {
+            ApiError::TooBusy {
+                message:
+                    "the host holds as many request bytes as it allows at once; try again shortly"
+                        .into(),
+                retry_after: 1,
+            }
+        })?;
+        match held {
+            Some(BodyBytes(existing)) => existing.merge(permit),
+            None => *held = Some(BodyBytes(permit)),
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +172,8 @@ mod tests {
             long_jobs_per_tenant: 2,
             long_jobs_total: 3,
             stall_timeout: std::time::Duration::from_secs(1),
+            buffered_body_bytes: 1 << 20,
+            job_max_bytes_per_s: None,
         });
         let (a, b) = (TenantId::generate().unwrap(), TenantId::generate().unwrap());
         let first = slots.take(Some(&a), "export").unwrap();
@@ -115,5 +184,17 @@ mod tests {
         assert!(slots.take(Some(&b), "backup").is_err(), "host-wide bound");
         drop(first);
         assert!(slots.take(Some(&a), "export").is_ok());
+    }
+
+    #[test]
+    fn the_body_budget_refuses_beyond_its_bytes_and_refills_when_bodies_go() {
+        let budget = BodyBudget::new(1000);
+        let (mut first, mut second) = (None, None);
+        budget.take(&mut first, 600).unwrap();
+        budget.take(&mut first, 300).unwrap();
+        let refused = budget.take(&mut second, 200).err().unwrap();
+        assert_eq!(refused.status().as_u16(), 429);
+        drop(first);
+        budget.take(&mut second, 1000).unwrap();
     }
 }

@@ -65,6 +65,8 @@ pub struct AppState {
     grant_lock: tokio::sync::Mutex<()>,
     /// Bounds on long jobs, per tenant and for the host.
     pub(crate) jobs: Arc<limits::JobSlots>,
+    /// Bytes of request bodies held in memory, host-wide.
+    pub(crate) bodies: limits::BodyBudget,
     next_request: AtomicU64,
 }
 
@@ -77,6 +79,7 @@ impl AppState {
         audit: Arc<AuditLog>,
     ) -> Self {
         let jobs = limits::JobSlots::new(config.limits.clone());
+        let bodies = limits::BodyBudget::new(config.limits.buffered_body_bytes);
         AppState {
             storage,
             schemas,
@@ -84,6 +87,7 @@ impl AppState {
             backups,
             audit,
             jobs,
+            bodies,
             grant_lock: tokio::sync::Mutex::new(()),
             next_request: AtomicU64::new(1),
         }
@@ -212,9 +216,9 @@ async fn route(
         }
         // Bodies arrive within the normal request timeout on every endpoint; long
         // jobs run only once the body is in.
-        let body = tokio::time::timeout(
+        let (body, _held) = tokio::time::timeout(
             state.config.request_timeout,
-            read_body(request, state.config.max_body_bytes),
+            read_body(request, state.config.max_body_bytes, &state.bodies),
         )
         .await
         .map_err(|_| {

@@ -8,6 +8,7 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use serde_json::Value;
 
+use super::limits::{BodyBudget, BodyBytes};
 use super::{ApiError, Body};
 
 pub(crate) fn checked_name(name: &str) -> Result<String, ApiError> {
@@ -31,14 +32,30 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(ApiError::internal)
 }
 
-pub(crate) async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
-    match Limited::new(request.into_body(), limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ApiError::PayloadTooLarge(limit as u64))
+/// Reads a whole body of at most `limit` bytes, each chunk counted against
+/// the host's budget for buffered bodies (held until the returned guard goes).
+pub(crate) async fn read_body(
+    request: Request<Incoming>,
+    limit: usize,
+    budget: &BodyBudget,
+) -> Result<(Bytes, Option<BodyBytes>), ApiError> {
+    let mut body = Limited::new(request.into_body(), limit);
+    let mut held = None;
+    let mut parts = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
+                return Err(ApiError::PayloadTooLarge(limit as u64))
+            }
+            Err(error) => return Err(ApiError::BadRequest(format!("read request body: {error}"))),
+        };
+        if let Ok(data) = frame.into_data() {
+            budget.take(&mut held, data.len())?;
+            parts.extend_from_slice(&data);
         }
-        Err(error) => Err(ApiError::BadRequest(format!("read request body: {error}"))),
     }
+    Ok((parts.freeze(), held))
 }
 
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {

@@ -40,16 +40,16 @@ pub struct ChannelWriter {
     buffer: Vec<u8>,
     stall: Duration,
     still_wanted: Box<dyn Fn() -> Result<(), String> + Send>,
-    /// The long-job slot, freed when the writer goes.
-    _slot: Option<super::limits::JobSlot>,
+    /// The runtime the body is polled on (the writer runs on a thread of its own).
+    runtime: tokio::runtime::Handle,
 }
 
 const CHUNK: usize = 64 * 1024;
 
+/// Call from inside the runtime.
 pub fn channel(
     stall: Duration,
     still_wanted: Box<dyn Fn() -> Result<(), String> + Send>,
-    slot: Option<super::limits::JobSlot>,
 ) -> (ChannelWriter, ChannelBody) {
     // Four chunks in flight: memory stays bounded whatever the tenant's size.
     let (tx, rx) = mpsc::channel(4);
@@ -59,7 +59,7 @@ pub fn channel(
             buffer: Vec::with_capacity(CHUNK),
             stall,
             still_wanted,
-            _slot: slot,
+            runtime: tokio::runtime::Handle::current(),
         },
         ChannelBody { rx },
     )
@@ -81,8 +81,10 @@ impl ChannelWriter {
     /// Hands one item over, waiting at most `stall` for the client to take
     /// the ones before it.
     fn send_bounded(&self, item: io::Result<Bytes>) -> io::Result<()> {
-        let runtime = tokio::runtime::Handle::current();
-        match runtime.block_on(tokio::time::timeout(self.stall, self.tx.send(item))) {
+        let sent = self
+            .runtime
+            .block_on(async { tokio::time::timeout(self.stall, self.tx.send(item)).await });
+        match sent {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,

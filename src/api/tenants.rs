@@ -8,6 +8,7 @@ use hyper::{Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::limits::run_long;
 use super::{
     allow, audit, blocking, checked_name, grants, json_response, known_tenant, parse_json,
 };
@@ -71,8 +72,7 @@ pub async fn upgrade(
     )
     .await?;
     let inner = state.clone();
-    let report = blocking(move || {
-        let _slot = slot;
+    let report = run_long(slot, move || {
         crate::service::upgrade::upgrade(
             &inner.storage,
             &inner.schemas,

@@ -7,6 +7,7 @@
 //! - [`sealed`] — the STREAM-sealed DR object around an archive.
 //! - [`store`] — the host's spool: sealed backups wait here (write-once,
 //!   manifest last) until `replication` has them in every region.
+//! - [`watch`] — long jobs that stop when their tenant is deactivated or purged.
 //!
 //! Restores never touch a live tenant: they fill a staged tenant and publish
 //! it in one catalog write, or remove every file they wrote.
@@ -18,6 +19,7 @@ pub mod format;
 pub mod import;
 pub mod sealed;
 pub mod store;
+pub mod watch;
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -50,6 +52,9 @@ pub enum BackupError {
     Invalid(String),
     #[error("i/o: {0}")]
     Io(String),
+    /// Stopped because its tenant was deactivated or purged meanwhile.
+    #[error("{0}")]
+    Stopped(String),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
     #[error(transparent)]

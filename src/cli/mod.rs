@@ -661,6 +661,7 @@ fn open_backups(config: &Config, runtime: tokio::runtime::Handle) -> anyhow::Res
     )
     .context("open backup store")?;
     backups.limits.max_total_bytes = config.max_archive_bytes;
+    backups.max_rate = config.limits.job_max_bytes_per_s;
     Ok(backups)
 }
 

@@ -10,6 +10,7 @@ use std::path::Path;
 
 use crate::backup::format::Limits;
 use crate::backup::store::{LocalStore, StoredBackup};
+use crate::backup::watch::Watch;
 use crate::backup::{
     export, restore_archive, sealed, tenant_schema, BackupError, BackupJob, HashingWriter,
     JobState, Restored, Schedule, JOBS_TREE, SCHEDULES_TREE,
@@ -30,6 +31,8 @@ pub struct Backups {
     pub limits: Limits,
     /// Seconds a backup is kept (`manual` and `scheduled`).
     pub retention_secs: u64,
+    /// Bytes per second a backup or restore moves at most (none: no cap).
+    pub max_rate: Option<u64>,
 }
 
 impl Backups {
@@ -47,6 +50,7 @@ impl Backups {
             region,
             limits: Limits::default(),
             retention_secs,
+            max_rate: None,
         })
     }
 
@@ -162,7 +166,15 @@ impl Backups {
         let hashing = HashingWriter::new(std::io::BufWriter::with_capacity(256 * 1024, file));
         let mut sealing =
             sealed::seal(hashing, &self.backup_key, &backup_id, &tenant.id, &envelope)?;
-        let summary = export::write_archive(&mut sealing, &tenant, &schema, &snapshot)?;
+        // Deactivating or purging the tenant stops the backup.
+        let watch = Watch::new(|| storage.catalog.still_serving(&tenant.id, "backup"))
+            .at_most(self.max_rate);
+        let written =
+            export::write_archive(&mut watch.wrap(&mut sealing), &tenant, &schema, &snapshot);
+        if let Some(why) = watch.stopped() {
+            return Err(BackupError::Stopped(why));
+        }
+        let summary = written?;
         let hashing = sealing.finish()?;
         let (size, sha256, buffered) = hashing.finish();
         let file = buffered
@@ -259,10 +271,24 @@ impl Backups {
         copy_of: Option<CopyOf>,
     ) -> Result<Restored, BackupError> {
         let (envelope, reader) = self.open_stored(tenant, backup, region)?;
-        restore_archive(
+        // A restore from a tenant's backups stops when that tenant (when it
+        // lives here) is deactivated or purged meanwhile: no copy outlives
+        // the purge it raced.
+        let source = TenantId::parse(tenant);
+        let live_at_start = source
+            .as_ref()
+            .and_then(|id| storage.catalog.tenant(id))
+            .filter(|t| storage.catalog.still_serving(&t.id, "restore").is_ok())
+            .map(|t| t.id);
+        let watch = Watch::new(|| match &live_at_start {
+            Some(id) => storage.catalog.still_serving(id, "restore"),
+            None => Ok(()),
+        })
+        .at_most(self.max_rate);
+        let restored = restore_archive(
             storage,
             schemas,
-            reader,
+            watch.wrap(reader),
             name,
             keep_id,
             self.region.clone(),
@@ -270,7 +296,11 @@ impl Backups {
             &envelope.admins,
             mint_token,
             copy_of,
-        )
+        );
+        match watch.stopped() {
+            Some(why) => Err(BackupError::Stopped(format!("{why}; nothing was restored"))),
+            None => restored,
+        }
     }
 }
 

@@ -120,7 +120,22 @@ pub fn upgrade(
                         reason: e.to_string(),
                     }
                 })?;
-                staged.db().load_with_id(collection, spec, &id, &fields)?;
+                staged
+                    .db()
+                    .load_with_id(collection, spec, &id, &fields)
+                    .map_err(|e| match e {
+                        // A field that became case-insensitive can make two
+                        // records' values one value.
+                        StorageError::Duplicate(field) => UpgradeError::RecordDoesNotFit {
+                            collection: collection.clone(),
+                            id: id.clone(),
+                            version: target,
+                            reason: format!(
+                                "another record has the same {field} as this one does, compared as v{target} compares it (e.g. ignoring case); change one of them, then upgrade"
+                            ),
+                        },
+                        other => UpgradeError::Storage(other),
+                    })?;
                 records += 1;
             }
         }

@@ -398,6 +398,20 @@ impl Catalog {
             .cloned()
     }
 
+    /// Whether long work for the tenant (an export, a backup, a restore from
+    /// its backups) is still wanted: `Err` says why not, once the tenant was
+    /// deactivated, purged or is gone.
+    pub fn still_serving(&self, id: &TenantId, work: &str) -> Result<(), String> {
+        match self.tenant(id) {
+            Some(t) if matches!(t.state, TenantState::Active | TenantState::Moving) => Ok(()),
+            Some(t) => Err(format!(
+                "the tenant was {} during the {work}: it was stopped",
+                t.state.as_str()
+            )),
+            None => Err(format!("the tenant is gone: the {work} was stopped")),
+        }
+    }
+
     pub fn tenants(&self) -> Vec<TenantRecord> {
         let mut all: Vec<_> = self
             .cache

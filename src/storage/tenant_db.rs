@@ -33,7 +33,7 @@ use super::commit::GroupCommit;
 use super::StorageError;
 use crate::crypto::{record_aad, TenantCipher};
 use crate::ids::{RecordId, TenantId};
-use crate::schema::{index_bytes, Collection};
+use crate::schema::{index_form, legacy_index_forms, same_indexed_value, Collection, Field};
 
 /// Version of the key layout above. Written under `m` `layout`; never change.
 pub const TENANT_LAYOUT_V1: u8 = 1;
@@ -266,31 +266,40 @@ impl TenantDb {
         Ok(out)
     }
 
-    /// Records whose indexed `field` equals `value`, looked up by blind index.
+    /// Records whose indexed `field` (declared as `spec`) holds `value`
+    /// (compared as the index compares: NFC, and ignoring case where the
+    /// field says so), looked up by blind index.
     pub fn find(
         &self,
         collection: &str,
         field: &str,
+        spec: &Field,
         value: &Value,
         limit: usize,
     ) -> Result<Vec<Record>, StorageError> {
-        let tag = self
-            .cipher
-            .blind_index(collection, field, &index_bytes(value));
-        let prefix = index_prefix(collection, field, &tag);
-        let mut out = Vec::new();
-        for item in self.data.scan_prefix(&prefix) {
-            let (key, _) = item?;
-            let id = record_id_from(&key[prefix.len()..])?;
-            if let Some((id, fields)) = self.get(collection, &id)? {
-                // The tag is a 256-bit MAC, so a false match is not expected; the
-                // comparison keeps a damaged index from returning a wrong record.
-                if fields.get(field) == Some(value) {
-                    out.push((id, fields));
+        let mut out: Vec<Record> = Vec::new();
+        for key in std::iter::once(index_form(spec, value)).chain(legacy_index_forms(spec, value)) {
+            let tag = self.cipher.blind_index(collection, field, &key);
+            let prefix = index_prefix(collection, field, &tag);
+            for item in self.data.scan_prefix(&prefix) {
+                let (key, _) = item?;
+                let id = record_id_from(&key[prefix.len()..])?;
+                if out.iter().any(|(seen, _)| seen == &id) {
+                    continue;
                 }
-            }
-            if out.len() >= limit {
-                break;
+                if let Some((id, fields)) = self.get(collection, &id)? {
+                    // The tag is a 256-bit MAC, so a false match is not expected; the
+                    // comparison keeps a damaged index from returning a wrong record.
+                    if fields
+                        .get(field)
+                        .is_some_and(|stored| same_indexed_value(spec, stored, value))
+                    {
+                        out.push((id, fields));
+                    }
+                }
+                if out.len() >= limit {
+                    return Ok(out);
+                }
             }
         }
         Ok(out)
@@ -392,12 +401,13 @@ impl TenantDb {
                 .unwrap_or_default();
             let added: Vec<_> = new_tags.iter().filter(|t| !old_tags.contains(t)).collect();
             let dropped: Vec<_> = old_tags.iter().filter(|t| !new_tags.contains(t)).collect();
-            for (field, tag, unique) in &added {
+            for (field, _, unique) in &added {
                 if *unique {
                     let value = fields
                         .and_then(|f| f.get(field))
                         .expect("a tag has a value");
-                    self.check_unique(collection_name, field, tag, value, id)?;
+                    let spec = &collection.fields[field];
+                    self.check_unique(collection_name, field, spec, value, id)?;
                 }
             }
             let sealed = match fields {
@@ -437,28 +447,36 @@ impl TenantDb {
     /// `Duplicate` if another record really holds `value` in `field`. Index
     /// entries left stale by a crash (their record no longer holds the value) do
     /// not count, and are removed.
+    /// Refuses `value` for unique `field` when another record holds the same
+    /// value (as the index compares it), under today's index key or one an
+    /// index from before normalisation used. Index entries whose record no
+    /// longer holds the value are stale and removed on the way.
     fn check_unique(
         &self,
         collection: &str,
         field: &str,
-        tag: &[u8; TAG_LEN],
+        spec: &Field,
         value: &Value,
         writer: &RecordId,
     ) -> Result<(), StorageError> {
-        let prefix = index_prefix(collection, field, tag);
-        for item in self.data.scan_prefix(&prefix) {
-            let (key, _) = item?;
-            let holder = record_id_from(&key[prefix.len()..])?;
-            if &holder == writer {
-                continue;
+        for key in std::iter::once(index_form(spec, value)).chain(legacy_index_forms(spec, value)) {
+            let tag = self.cipher.blind_index(collection, field, &key);
+            let prefix = index_prefix(collection, field, &tag);
+            for item in self.data.scan_prefix(&prefix) {
+                let (key, _) = item?;
+                let holder = record_id_from(&key[prefix.len()..])?;
+                if &holder == writer {
+                    continue;
+                }
+                let holds = self
+                    .get(collection, &holder)?
+                    .and_then(|(_, fields)| fields.get(field).cloned())
+                    .is_some_and(|stored| same_indexed_value(spec, &stored, value));
+                if holds {
+                    return Err(StorageError::Duplicate(field.to_string()));
+                }
+                self.data.remove(key)?;
             }
-            let holds = self
-                .get(collection, &holder)?
-                .is_some_and(|(_, fields)| fields.get(field) == Some(value));
-            if holds {
-                return Err(StorageError::Duplicate(field.to_string()));
-            }
-            self.data.remove(key)?;
         }
         Ok(())
     }
@@ -477,7 +495,7 @@ impl TenantDb {
                 let value = fields.get(name).filter(|v| !v.is_null())?;
                 let tag = self
                     .cipher
-                    .blind_index(collection_name, name, &index_bytes(value));
+                    .blind_index(collection_name, name, &index_form(spec, value));
                 Some((name.clone(), tag, spec.unique))
             })
             .collect()
@@ -964,13 +982,27 @@ mod tests {
             .insert(index_key("people", "email", &tag, &a), &[])
             .unwrap();
         assert!(db
-            .find("people", "email", &json!("b@x"), 10)
+            .find(
+                "people",
+                "email",
+                &people.fields["email"],
+                &json!("b@x"),
+                10
+            )
             .unwrap()
             .is_empty());
         let b = db
             .insert("people", &people, &fields(json!({"email": "b@x"})))
             .unwrap();
-        let found = db.find("people", "email", &json!("b@x"), 10).unwrap();
+        let found = db
+            .find(
+                "people",
+                "email",
+                &people.fields["email"],
+                &json!("b@x"),
+                10,
+            )
+            .unwrap();
         assert_eq!(found.iter().map(|(id, _)| id).collect::<Vec<_>>(), vec![&b]);
         assert!(matches!(
             db.insert("people", &people, &fields(json!({"email": "a@x"}))),
@@ -1233,6 +1265,61 @@ mod tests {
     }
 
     #[test]
+    fn unique_values_compare_in_nfc_and_case_insensitive_fields_ignore_case() {
+        let (db, people, dir) = open_temp("unicode");
+        let email = &people.fields["email"];
+        // "é" composed (U+00E9) and decomposed (e + U+0301) are one value.
+        let composed = "ren\u{e9}@x";
+        let decomposed = "rene\u{301}@x";
+        db.insert("people", &people, &fields(json!({"email": composed})))
+            .unwrap();
+        assert!(matches!(
+            db.insert("people", &people, &fields(json!({"email": decomposed}))),
+            Err(StorageError::Duplicate(_))
+        ));
+        assert_eq!(
+            db.find("people", "email", email, &json!(decomposed), 10)
+                .unwrap()
+                .len(),
+            1
+        );
+        // Case still counts on a field that does not say otherwise...
+        db.insert("people", &people, &fields(json!({"email": "REN\u{c9}@x"})))
+            .unwrap();
+        // ...and not on one that does: every spelling collides and finds the
+        // record, which keeps the spelling it was written with.
+        let schema = Schema::parse(
+            "t",
+            "format = 1\nname = \"t\"\nversion = 1\n[collections.people]\nfields.email = { type = \"string\", unique = true, case_insensitive = true }\n",
+        )
+        .unwrap();
+        let folded = schema.collection("people").unwrap();
+        let spec = &folded.fields["email"];
+        db.insert(
+            "people",
+            folded,
+            &fields(json!({"email": "Ana@Example.com"})),
+        )
+        .unwrap();
+        for variant in ["ana@example.com", "ANA@EXAMPLE.COM", "Ana@Example.com"] {
+            assert!(
+                matches!(
+                    db.insert("people", folded, &fields(json!({"email": variant}))),
+                    Err(StorageError::Duplicate(_))
+                ),
+                "{variant}"
+            );
+            let found = db
+                .find("people", "email", spec, &json!(variant), 10)
+                .unwrap();
+            assert_eq!(found.len(), 1, "{variant}");
+            assert_eq!(found[0].1["email"], "Ana@Example.com");
+        }
+        drop(db);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn replace_and_delete_move_index_entries() {
         let (db, people, dir) = open_temp("move");
         let a = db
@@ -1241,18 +1328,36 @@ mod tests {
         db.replace("people", &people, &a, &fields(json!({"email": "new@x"})))
             .unwrap();
         assert!(db
-            .find("people", "email", &json!("old@x"), 10)
+            .find(
+                "people",
+                "email",
+                &people.fields["email"],
+                &json!("old@x"),
+                10
+            )
             .unwrap()
             .is_empty());
         assert_eq!(
-            db.find("people", "email", &json!("new@x"), 10)
-                .unwrap()
-                .len(),
+            db.find(
+                "people",
+                "email",
+                &people.fields["email"],
+                &json!("new@x"),
+                10
+            )
+            .unwrap()
+            .len(),
             1
         );
         db.delete("people", &people, &a).unwrap();
         assert!(db
-            .find("people", "email", &json!("new@x"), 10)
+            .find(
+                "people",
+                "email",
+                &people.fields["email"],
+                &json!("new@x"),
+                10
+            )
             .unwrap()
             .is_empty());
         assert_eq!(

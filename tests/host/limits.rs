@@ -294,7 +294,7 @@ fn after_sigkill_the_verifier_names_the_unsigned_tail_and_the_next_start_signs_i
 /// The tenant's entries in its proof bundle, decoded, once they are under a
 /// signed checkpoint and `until` holds for them (polled: checkpoints are
 /// signed every 200 ms here).
-fn proof_entries(
+pub(crate) fn proof_entries(
     host: &Host,
     tenant: &str,
     admin: &str,
@@ -413,7 +413,7 @@ fn refused_actions_show_as_refused_in_the_tenants_proof() {
 /// A tenant of `records` contacts with incompressible notes, loaded offline
 /// (as a restore loads) into `data`, so that its export outgrows every socket
 /// buffer on the way. Returns (tenant, admin token).
-fn large_tenant_offline(data: &std::path::Path, records: u64) -> (String, String) {
+pub(crate) fn large_tenant_offline(data: &std::path::Path, records: u64) -> (String, String) {
     crate::support::tenant_offline(data, records, |i| {
         let mut x = (i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         (0..900)
@@ -429,7 +429,12 @@ fn large_tenant_offline(data: &std::path::Path, records: u64) -> (String, String
 }
 
 /// Opens an export and reads nothing (or `read` bytes) of it.
-fn open_export(host: &Host, tenant: &str, token: &str, read: usize) -> (TcpStream, Vec<u8>) {
+pub(crate) fn open_export(
+    host: &Host,
+    tenant: &str,
+    token: &str,
+    read: usize,
+) -> (TcpStream, Vec<u8>) {
     let mut stream = TcpStream::connect(host.addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
@@ -568,4 +573,107 @@ fn long_jobs_are_bounded_stalled_exports_are_cut_off_and_a_purge_ends_an_export(
         log.contains("the tenant was destroyed during the export"),
         "{log}"
     );
+}
+
+#[test]
+fn spellings_of_one_address_collide_on_a_case_insensitive_unique_field() {
+    let dir = TempDir::new("unicode");
+    let host = host(&dir);
+    let (t, admin) = host.create_tenant("acme", "crm");
+    let contacts = format!("/v1/tenants/{t}/collections/contacts/records");
+    let post = |email: &str| {
+        host.json(
+            "POST",
+            &contacts,
+            Some(&admin),
+            json!({"name": "someone", "email": email}),
+        )
+    };
+    assert_eq!(post("Ren\u{e9}.Ana@Example.com").status, 201);
+    // Decomposed "é", other cases: the same address.
+    for variant in [
+        "Rene\u{301}.Ana@Example.com",
+        "ren\u{e9}.ana@example.com",
+        "RENE\u{301}.ANA@EXAMPLE.COM",
+    ] {
+        let r = post(variant);
+        assert_eq!(r.status, 409, "{variant}: {}", r.text());
+    }
+    let found = host
+        .call(
+            "GET",
+            &format!("{contacts}?email=rene%CC%81.ana%40EXAMPLE.com"),
+            Some(&admin),
+            None,
+        )
+        .value();
+    let found = found["records"].as_array().unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["email"], "Ren\u{e9}.Ana@Example.com");
+    assert_eq!(
+        host.call("GET", &contacts, Some(&admin), None).value()["records"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // A v2 tenant with two contacts that differ only in case cannot move to
+    // v3 until one of them changes; then it can, and v3 compares as above.
+    let r = host.json(
+        "POST",
+        "/v1/tenants",
+        Some(&host.operator),
+        json!({"name": "old", "region": "local", "schema": "crm", "schema_version": 2}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let (old, old_admin) = (
+        r.value()["id"].as_str().unwrap().to_string(),
+        r.value()["admin_token"].as_str().unwrap().to_string(),
+    );
+    let old_contacts = format!("/v1/tenants/{old}/collections/contacts/records");
+    let mut ids = Vec::new();
+    for email in ["bo@example.com", "Bo@Example.com"] {
+        let r = host.json(
+            "POST",
+            &old_contacts,
+            Some(&old_admin),
+            json!({"name": "Bo", "email": email}),
+        );
+        assert_eq!(r.status, 201, "v2 compares case: {}", r.text());
+        ids.push(r.value()["id"].as_str().unwrap().to_string());
+    }
+    let upgrade = |host: &Host| {
+        host.json(
+            "POST",
+            &format!("/v1/tenants/{old}/upgrade"),
+            Some(&old_admin),
+            json!({"schema_version": 3}),
+        )
+    };
+    let refused = upgrade(&host);
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    assert!(
+        refused.error().contains("same email"),
+        "{}",
+        refused.error()
+    );
+    let info = host.call("GET", &format!("/v1/tenants/{old}"), Some(&old_admin), None);
+    assert_eq!(info.value()["schema_version"], 2);
+    let r = host.json(
+        "PUT",
+        &format!("{old_contacts}/{}", ids[1]),
+        Some(&old_admin),
+        json!({"name": "Bo", "email": "bo.two@example.com"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let done = upgrade(&host);
+    assert_eq!(done.status, 200, "{}", done.text());
+    let r = host.json(
+        "POST",
+        &old_contacts,
+        Some(&old_admin),
+        json!({"name": "Bo", "email": "BO@EXAMPLE.COM"}),
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
 }
