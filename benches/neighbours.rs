@@ -2,8 +2,8 @@
 //! tenant's durable writes and reads with and without 200 exports in flight
 //! whose clients never read (4 KiB receive buffers), in interleaved rounds
 //! (without, with, without again, since this machine is shared and noisy);
-//! then the host's memory idle, with 2,000 idle keep-alive connections, and
-//! with 200 request bodies that stall after ~900 KiB.
+//! and the host's memory idle, with 2,000 idle keep-alive connections, with
+//! 200 request bodies that stall after ~900 KiB, and with the stalled exports.
 //!
 //! Run: `cargo bench --bench neighbours -- [--stalled N] [--ops N] [--idle N] [--mib N]`
 
@@ -56,6 +56,29 @@ fn main() {
     let (small, small_admin) = create_tenant(addr, operator, "neighbour");
     let records_path = format!("/v1/tenants/{small}/collections/contacts/records");
     let idle_rss = process_status(child.id()).0;
+    // Memory first, on a host that has not exported yet (freed memory is
+    // not always given back to the system).
+    // Memory: idle keep-alive connections (each has made one request).
+    let before = process_status(child.id()).0;
+    let idle: Vec<Conn> = (0..idle_n)
+        .map(|_| {
+            let mut conn = Conn::open(addr);
+            assert_eq!(conn.request("GET", "/healthz", "", b"").0, 200);
+            conn
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let idle_conn_rss = process_status(child.id()).0;
+    drop(idle);
+    std::thread::sleep(Duration::from_secs(1));
+    // Bodies that stall: 200 POSTs declaring 1,000,000 bytes, sending 900 KiB.
+    let bodies_before = process_status(child.id()).0;
+    let stalled_bodies: Vec<TcpStream> = (0..stalled_n)
+        .map(|_| stalled_body(addr, &records_path, &small_admin))
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let bodies_rss = process_status(child.id()).0;
+    drop(stalled_bodies);
 
     let mut writes: Vec<Vec<Duration>> = vec![Vec::new(); 2];
     let mut reads: Vec<Vec<Duration>> = vec![Vec::new(); 2];
@@ -125,27 +148,6 @@ fn main() {
     }
     println!("operator lists tenants during the stall: {list_ms:.1} ms");
 
-    // Memory: idle keep-alive connections (each has made one request).
-    let before = process_status(child.id()).0;
-    let idle: Vec<Conn> = (0..idle_n)
-        .map(|_| {
-            let mut conn = Conn::open(addr);
-            assert_eq!(conn.request("GET", "/healthz", "", b"").0, 200);
-            conn
-        })
-        .collect();
-    std::thread::sleep(Duration::from_secs(1));
-    let idle_conn_rss = process_status(child.id()).0;
-    drop(idle);
-    std::thread::sleep(Duration::from_secs(1));
-    // Bodies that stall: 200 POSTs declaring 1,000,000 bytes, sending 900 KiB.
-    let bodies_before = process_status(child.id()).0;
-    let stalled_bodies: Vec<TcpStream> = (0..stalled_n)
-        .map(|_| stalled_body(addr, &records_path, &small_admin))
-        .collect();
-    std::thread::sleep(Duration::from_secs(2));
-    let bodies_rss = process_status(child.id()).0;
-    drop(stalled_bodies);
     println!("== host memory (RSS)");
     println!("idle host: {idle_rss} MiB");
     println!("{stalled_n} stalled exports: {stalled_rss} MiB, {stalled_threads} threads");

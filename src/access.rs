@@ -1,21 +1,33 @@
 //! The data path's own gate: the only way to a tenant's records.
 //!
-//! A [`TenantAccess`] can only be made by [`open`], which checks — independently of
-//! the HTTP policy table — that the principal is the tenant's own admin and that
-//! the tenant is active. Every record operation goes through it and is validated
-//! against the tenant's schema version. (Support engineers will reach records here
-//! through approved, audited grants; until then, nobody but the admins does.)
+//! [`open`] checks — independently of the HTTP policy table — who is reading
+//! and the tenant's state, and answers with a [`Door`] whose type says who:
+//!
+//! - [`Door::Admin`], a [`TenantAccess`]: the tenant's own admin; records,
+//!   and the snapshot a portable export is made from.
+//! - [`Door::Grant`], a [`GrantAccess`]: a support engineer through a live
+//!   grant of their own, within its scope. Every write takes the [`Receipt`]
+//!   of its durable "started" audit entry, and everything read comes back
+//!   [`Withheld`], released only against the receipt of the call's outcome
+//!   entry: a handler that forgets the audit entry does not compile. Receipts
+//!   are made only by `AuditLog::record`, once the entry is durable, and
+//!   name the grant they were written for.
+//!
+//! Every record operation is validated against the tenant's schema version.
 
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use crate::audit::Receipt;
 use crate::auth::Principal;
 use crate::grants::{Grant, GrantState, Scope, GRANTS_TREE};
 use crate::ids::unix_now;
 use crate::ids::RecordId;
 use crate::schema::{self, Collection, RecordError, Registry, Schema};
-use crate::storage::{Record, Storage, StorageError, TenantDb, TenantRecord, TenantState};
+use crate::storage::{
+    Record, Snapshot, Storage, StorageError, TenantDb, TenantRecord, TenantState,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccessError {
@@ -52,6 +64,9 @@ pub enum AccessError {
     Duplicate(String),
     #[error("tenant's schema {0} v{1} is unknown to this host")]
     SchemaMissing(String, u32),
+    /// A receipt for another grant's entry (a bug in the caller, refused).
+    #[error("the audit receipt is not this grant's")]
+    WrongReceipt,
     #[error(transparent)]
     Storage(StorageError),
 }
@@ -66,14 +81,40 @@ impl From<StorageError> for AccessError {
     }
 }
 
-/// An open door to one tenant's records, for one principal.
+/// Who came in, as a type: the tenant's admin, or support through a grant.
+pub enum Door {
+    Admin(TenantAccess),
+    Grant(GrantAccess),
+}
+
+/// The tenant's records, for one of its own admins.
 pub struct TenantAccess {
     db: Arc<TenantDb>,
     schema: Schema,
     /// Set while the tenant moves away: the door opens for reads only.
     read_only: Option<String>,
-    /// Set when opened through a grant: its scope and collections.
-    grant: Option<Grant>,
+}
+
+/// The tenant's records, for a support engineer through a live grant: only
+/// the grant's collections, writes only with a write grant and the receipt
+/// of their "started" entry, and reads withheld until their outcome entry
+/// is durable.
+pub struct GrantAccess {
+    records: TenantAccess,
+    grant: Grant,
+}
+
+/// Something read through a grant, held back until the call's audit entry
+/// is durable.
+#[must_use = "a read through a grant is released only against its audit receipt"]
+pub struct Withheld<T>(T);
+
+impl<T> Withheld<T> {
+    /// The value, once the call's outcome entry is durable (`entry`).
+    pub fn release(self, entry: &Receipt) -> T {
+        let _ = entry.seq();
+        self.0
+    }
 }
 
 /// Checks the principal (the tenant's admin, or a support engineer with a
@@ -85,7 +126,7 @@ pub fn open(
     schemas: &Registry,
     principal: &Principal,
     tenant: &TenantRecord,
-) -> Result<TenantAccess, AccessError> {
+) -> Result<Door, AccessError> {
     let grant = if principal.is_admin_of(&tenant.id) {
         None
     } else {
@@ -144,35 +185,31 @@ pub fn open(
         .get(&tenant.schema, tenant.schema_version)
         .map_err(|_| AccessError::SchemaMissing(tenant.schema.clone(), tenant.schema_version))?
         .clone();
-    Ok(TenantAccess {
+    let records = TenantAccess {
         db: storage.tenant_db(tenant)?,
         schema,
         read_only,
-        grant,
+    };
+    Ok(match grant {
+        None => Door::Admin(records),
+        Some(grant) => Door::Grant(GrantAccess { records, grant }),
     })
 }
 
 impl TenantAccess {
-    /// The grant this door was opened with, if any.
-    pub fn grant(&self) -> Option<&Grant> {
-        self.grant.as_ref()
+    /// A consistent snapshot of the tenant and its schema: what a portable
+    /// export is written from (admins only: a grant never exports).
+    pub fn snapshot(&self) -> Result<(Snapshot, Schema), AccessError> {
+        Ok((self.db.snapshot()?, self.schema.clone()))
     }
 
     fn collection(&self, name: &str) -> Result<&Collection, AccessError> {
-        if let Some(grant) = &self.grant {
-            if !grant.reaches(name) {
-                return Err(AccessError::OutOfScope(name.to_string()));
-            }
-        }
         self.schema
             .collection(name)
             .ok_or_else(|| AccessError::UnknownCollection(name.to_string()))
     }
 
     fn writable(&self) -> Result<(), AccessError> {
-        if self.grant.as_ref().is_some_and(|g| g.scope == Scope::Read) {
-            return Err(AccessError::ReadOnlyGrant);
-        }
         match &self.read_only {
             Some(region) => Err(AccessError::Moving(region.clone())),
             None => Ok(()),
@@ -237,6 +274,93 @@ impl TenantAccess {
         let value = schema::parse_query_value(field_spec, raw_value)
             .ok_or_else(|| AccessError::BadQueryValue(field.to_string()))?;
         Ok(self.db.find(collection, field, field_spec, &value, limit)?)
+    }
+}
+
+impl GrantAccess {
+    pub fn grant(&self) -> &Grant {
+        &self.grant
+    }
+
+    fn reaches(&self, collection: &str) -> Result<(), AccessError> {
+        if self.grant.reaches(collection) {
+            Ok(())
+        } else {
+            Err(AccessError::OutOfScope(collection.to_string()))
+        }
+    }
+
+    /// A write needs a write grant and the receipt of this grant's durable
+    /// "started" entry.
+    fn may_write(&self, collection: &str, started: &Receipt) -> Result<(), AccessError> {
+        self.reaches(collection)?;
+        if self.grant.scope == Scope::Read {
+            return Err(AccessError::ReadOnlyGrant);
+        }
+        if started.grant() != Some(self.grant.id.as_str()) {
+            return Err(AccessError::WrongReceipt);
+        }
+        Ok(())
+    }
+
+    pub fn insert(
+        &self,
+        started: &Receipt,
+        collection: &str,
+        record: &Value,
+    ) -> Result<Withheld<RecordId>, AccessError> {
+        self.may_write(collection, started)?;
+        self.records.insert(collection, record).map(Withheld)
+    }
+
+    pub fn replace(
+        &self,
+        started: &Receipt,
+        collection: &str,
+        id: &RecordId,
+        record: &Value,
+    ) -> Result<Withheld<Record>, AccessError> {
+        self.may_write(collection, started)?;
+        self.records.replace(collection, id, record)?;
+        self.records.get(collection, id).map(Withheld)
+    }
+
+    pub fn delete(
+        &self,
+        started: &Receipt,
+        collection: &str,
+        id: &RecordId,
+    ) -> Result<Withheld<()>, AccessError> {
+        self.may_write(collection, started)?;
+        self.records.delete(collection, id).map(Withheld)
+    }
+
+    pub fn get(&self, collection: &str, id: &RecordId) -> Result<Withheld<Record>, AccessError> {
+        self.reaches(collection)?;
+        self.records.get(collection, id).map(Withheld)
+    }
+
+    pub fn list(
+        &self,
+        collection: &str,
+        after: Option<&RecordId>,
+        limit: usize,
+    ) -> Result<Withheld<Vec<Record>>, AccessError> {
+        self.reaches(collection)?;
+        self.records.list(collection, after, limit).map(Withheld)
+    }
+
+    pub fn find(
+        &self,
+        collection: &str,
+        field: &str,
+        raw_value: &str,
+        limit: usize,
+    ) -> Result<Withheld<Vec<Record>>, AccessError> {
+        self.reaches(collection)?;
+        self.records
+            .find(collection, field, raw_value, limit)
+            .map(Withheld)
     }
 }
 

@@ -130,7 +130,10 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ("auth", &["ids", "storage"]),
     ("grants", &["auth", "ids", "storage"]),
     ("tokens", &["auth", "ids", "storage"]),
-    ("access", &["auth", "grants", "ids", "schema", "storage"]),
+    (
+        "access",
+        &["audit", "auth", "grants", "ids", "schema", "storage"],
+    ),
     ("lifecycle", &["audit", "ids", "storage"]),
     ("fleet", &["ids"]),
     // service

@@ -16,6 +16,7 @@ use super::stream::{body_reader, channel};
 use super::{
     blocking, json_response, known_tenant, parse_json, tenant_json, ApiError, AppState, Body,
 };
+use crate::access::{self, AccessError, Door};
 use crate::audit::Event;
 use crate::auth::{Principal, Role};
 use crate::backup::{self, BackupError, BackupJob, JobState, JOBS_TREE};
@@ -43,6 +44,7 @@ impl From<BackupError> for ApiError {
 /// `GET /v1/tenants/{id}/export`: the portable archive, streamed as it is made.
 pub async fn export(
     state: &Arc<AppState>,
+    principal: &Principal,
     id: TenantId,
     query: Vec<(String, String)>,
 ) -> Result<Response<Body>, ApiError> {
@@ -57,29 +59,25 @@ pub async fn export(
             other => return Err(ApiError::BadRequest(format!("unknown parameter {other:?}"))),
         }
     }
+    // Through the data path's gate, like every read of records: only the
+    // tenant's own admin gets a door that exports.
     let tenant = known_tenant(&state.storage, &id)?;
-    match tenant.state {
-        TenantState::Active | TenantState::Moving => {}
-        TenantState::Moved => {
-            let to = tenant.moved_to.clone().expect("a moved tenant says where");
-            return Err(ApiError::Moved {
-                message: format!("tenant moved to region {}", to.region),
-                location: to.url,
-            });
-        }
-        TenantState::Deactivated => {
-            return Err(ApiError::Conflict(
-                "tenant is deactivated: reactivate it to export".into(),
-            ))
-        }
-        TenantState::Destroyed => return Err(ApiError::Gone("tenant is destroyed".into())),
-    }
-    let schema = backup::tenant_schema(&state.schemas, &tenant)?;
     let slot = state.jobs.take(Some(&id), "an export")?;
-    let storage = state.storage.clone();
-    let snapshot = {
-        let tenant = tenant.clone();
-        blocking(move || storage.tenant_db(&tenant).and_then(|db| db.snapshot())).await??
+    let (snapshot, schema) = {
+        let (inner, principal, tenant) = (state.clone(), principal.clone(), tenant.clone());
+        blocking(move || -> Result<_, ApiError> {
+            match access::open(&inner.storage, &inner.schemas, &principal, &tenant) {
+                Ok(Door::Admin(door)) => Ok(door.snapshot()?),
+                Ok(Door::Grant(_)) => Err(ApiError::Forbidden(
+                    "a grant reads records; only the tenant's own admins export".into(),
+                )),
+                Err(AccessError::Deactivated) => Err(ApiError::Conflict(
+                    "tenant is deactivated: reactivate it to export".into(),
+                )),
+                Err(error) => Err(error.into()),
+            }
+        })
+        .await??
     };
     // A purge or removal request ends the export: the archive stops before
     // its manifest, visibly incomplete.

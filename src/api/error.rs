@@ -148,7 +148,9 @@ impl From<AccessError> for ApiError {
                 ApiError::BadRequest(message)
             }
             AccessError::Duplicate(_) => ApiError::Conflict(message),
-            AccessError::SchemaMissing(..) => ApiError::internal(message),
+            AccessError::SchemaMissing(..) | AccessError::WrongReceipt => {
+                ApiError::internal(message)
+            }
             AccessError::Storage(inner) => ApiError::from(inner),
         }
     }

@@ -146,14 +146,18 @@ impl BodyBudget {
     /// Takes `n` more bytes for a body that already holds `held`.
     pub fn take(&self, held: &mut Option<BodyBytes>, n: usize) -> Result<(), ApiError> {
         let n = u32::try_from(n).map_err(|_| ApiError::PayloadTooLarge(u32::MAX as u64))?;
-        let permit = self.bytes.clone().try_acquire_many_owned(n).map_err(|_| {
-            ApiError::TooBusy {
+        let permit =
+            self.bytes
+                .clone()
+                .try_acquire_many_owned(n)
+                .map_err(|_| {
+                    ApiError::TooBusy {
                 message:
                     "the host holds as many request bytes as it allows at once; try again shortly"
                         .into(),
                 retry_after: 1,
             }
-        })?;
+                })?;
         match held {
             Some(BodyBytes(existing)) => existing.merge(permit),
             None => *held = Some(BodyBytes(permit)),

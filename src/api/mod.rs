@@ -98,6 +98,16 @@ impl AppState {
 /// action is refused (503): fail closed, never hang.
 const AUDIT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Records an audit event durably from a blocking thread, or refuses with
+/// 503; the receipt proves the entry is durable.
+pub(crate) fn audit_now(state: &AppState, event: Event) -> Result<crate::audit::Receipt, ApiError> {
+    let kind = event.kind;
+    state.audit.record(event).map_err(|error| {
+        tracing::error!(%error, event = kind, "audit entry not durable: action refused");
+        ApiError::Unavailable(format!("{error}; the action was not performed"))
+    })
+}
+
 /// Records an audit event durably, or refuses with 503.
 pub(crate) async fn audit(state: &AppState, event: Event) -> Result<u64, ApiError> {
     let log = state.audit.clone();
@@ -305,9 +315,8 @@ fn allow(principal: &Principal, action: Action<'_>) -> Result<(), ApiError> {
     auth::authorize(principal, &action).map_err(|denied| ApiError::Forbidden(denied.0.into()))
 }
 
-/// Requests made through a grant are audited: writes before they happen
-/// (no durable entry, no write), every request with its outcome before the
-/// answer leaves (no durable entry, no data).
+/// Calls on records made through a grant write their own audit entries
+/// (`records::run`): the data path's types ask for the receipts.
 async fn dispatch(
     state: &Arc<AppState>,
     principal: &Principal,
@@ -315,38 +324,7 @@ async fn dispatch(
     query: Vec<(String, String)>,
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
-    let through_grant = principal.grant.clone().and_then(|grant| {
-        let (method, tenant, collection, record) = match &endpoint {
-            Endpoint::CreateRecord(t, c) => ("POST", t, c, None),
-            Endpoint::ListRecords(t, c) => ("GET", t, c, None),
-            Endpoint::ReadRecord(t, c, r) => ("GET", t, c, Some(r)),
-            Endpoint::ReplaceRecord(t, c, r) => ("PUT", t, c, Some(r)),
-            Endpoint::DeleteRecord(t, c, r) => ("DELETE", t, c, Some(r)),
-            _ => return None,
-        };
-        let mut event = Event::new("grant.access", grants::actor(principal))
-            .tenant(tenant)
-            .grant(&grant)
-            .detail("method", method)
-            .detail("collection", collection.as_str());
-        if let Some(record) = record {
-            event = event.detail("record", record.as_str());
-        }
-        Some((method, event))
-    });
-    let Some((method, event)) = through_grant else {
-        return dispatch_endpoint(state, principal, endpoint, query, body).await;
-    };
-    if method != "GET" {
-        audit(state, event.clone().detail("outcome", "started")).await?;
-    }
-    let result = dispatch_endpoint(state, principal, endpoint, query, body).await;
-    let status = match &result {
-        Ok(response) => response.status().as_u16(),
-        Err(error) => error.status().as_u16(),
-    };
-    audit(state, event.detail("outcome", status)).await?;
-    result
+    dispatch_endpoint(state, principal, endpoint, query, body).await
 }
 
 async fn dispatch_endpoint(
@@ -415,7 +393,7 @@ async fn dispatch_endpoint(
                 Event::new("tenant.exported", grants::actor(principal)).tenant(&id),
             )
             .await?;
-            backups::export(state, id, query).await
+            backups::export(state, principal, id, query).await
         }
         Endpoint::StartBackup(id) => {
             allow(principal, Action::Backups(&id))?;

@@ -1,6 +1,7 @@
 //! Handlers for a tenant's records: create, read, replace, delete, list and
 //! look up by an indexed field. Every one opens the tenant through
-//! `access::open`, the data path's gate.
+//! `access::open`, the data path's gate, and calls made through a grant
+//! write their audit entries here: the door's types ask for them.
 
 use std::sync::Arc;
 
@@ -8,9 +9,10 @@ use bytes::Bytes;
 use hyper::{Response, StatusCode};
 use serde_json::{json, Map, Value};
 
-use super::{allow, blocking, empty_response, json_response, known_tenant, parse_json};
+use super::{allow, audit_now, blocking, empty_response, json_response, known_tenant, parse_json};
 use super::{ApiError, AppState, Body};
-use crate::access;
+use crate::access::{self, AccessError, Door, GrantAccess, TenantAccess, Withheld};
+use crate::audit::{Event, Receipt};
 use crate::auth::{Action, Principal};
 use crate::ids::{RecordId, TenantId};
 use crate::storage::Record;
@@ -22,13 +24,17 @@ pub async fn create(
     collection: String,
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
-    allow(principal, Action::WriteRecords(&id))?;
     let record: Value = parse_json(&body)?;
-    let state = state.clone();
-    let principal = principal.clone();
+    let (state, principal) = (state.clone(), principal.clone());
     let record_id = blocking(move || {
-        let door = open_tenant(&state, &principal, &id)?;
-        door.insert(&collection, &record).map_err(ApiError::from)
+        let call = Call::write("POST", &id, &collection, None, StatusCode::CREATED);
+        run(
+            &state,
+            &principal,
+            call,
+            |door| door.insert(&collection, &record),
+            |door, started| door.insert(started?, &collection, &record),
+        )
     })
     .await??;
     Ok(json_response(
@@ -44,12 +50,16 @@ pub async fn read(
     collection: String,
     record_id: RecordId,
 ) -> Result<Response<Body>, ApiError> {
-    allow(principal, Action::ReadRecords(&id))?;
-    let state = state.clone();
-    let principal = principal.clone();
+    let (state, principal) = (state.clone(), principal.clone());
     let record = blocking(move || {
-        let door = open_tenant(&state, &principal, &id)?;
-        door.get(&collection, &record_id).map_err(ApiError::from)
+        let call = Call::read(&id, &collection, Some(&record_id));
+        run(
+            &state,
+            &principal,
+            call,
+            |door| door.get(&collection, &record_id),
+            |door, _| door.get(&collection, &record_id),
+        )
     })
     .await??;
     Ok(json_response(StatusCode::OK, &record_json(record)))
@@ -63,14 +73,20 @@ pub async fn replace(
     record_id: RecordId,
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
-    allow(principal, Action::WriteRecords(&id))?;
     let record: Value = parse_json(&body)?;
-    let state = state.clone();
-    let principal = principal.clone();
+    let (state, principal) = (state.clone(), principal.clone());
     let stored = blocking(move || {
-        let door = open_tenant(&state, &principal, &id)?;
-        door.replace(&collection, &record_id, &record)?;
-        door.get(&collection, &record_id).map_err(ApiError::from)
+        let call = Call::write("PUT", &id, &collection, Some(&record_id), StatusCode::OK);
+        run(
+            &state,
+            &principal,
+            call,
+            |door| {
+                door.replace(&collection, &record_id, &record)?;
+                door.get(&collection, &record_id)
+            },
+            |door, started| door.replace(started?, &collection, &record_id, &record),
+        )
     })
     .await??;
     Ok(json_response(StatusCode::OK, &record_json(stored)))
@@ -83,12 +99,22 @@ pub async fn delete(
     collection: String,
     record_id: RecordId,
 ) -> Result<Response<Body>, ApiError> {
-    allow(principal, Action::WriteRecords(&id))?;
-    let state = state.clone();
-    let principal = principal.clone();
+    let (state, principal) = (state.clone(), principal.clone());
     blocking(move || {
-        let door = open_tenant(&state, &principal, &id)?;
-        door.delete(&collection, &record_id).map_err(ApiError::from)
+        let call = Call::write(
+            "DELETE",
+            &id,
+            &collection,
+            Some(&record_id),
+            StatusCode::NO_CONTENT,
+        );
+        run(
+            &state,
+            &principal,
+            call,
+            |door| door.delete(&collection, &record_id),
+            |door, started| door.delete(started?, &collection, &record_id),
+        )
     })
     .await??;
     Ok(empty_response(StatusCode::NO_CONTENT))
@@ -101,45 +127,163 @@ pub async fn list(
     collection: String,
     query: Vec<(String, String)>,
 ) -> Result<Response<Body>, ApiError> {
-    allow(principal, Action::ReadRecords(&id))?;
     let listing = ListQuery::parse(query)?;
-    let state = state.clone();
-    let principal = principal.clone();
-    blocking(move || {
-        let door = open_tenant(&state, &principal, &id)?;
-        let (records, next) = match &listing.filter {
-            Some((field, value)) => (door.find(&collection, field, value, listing.limit)?, None),
+    let (state, principal) = (state.clone(), principal.clone());
+    let (records, next) = blocking(move || -> Result<_, ApiError> {
+        let call = Call::read(&id, &collection, None);
+        let after = listing.after.as_ref();
+        match &listing.filter {
+            Some((field, value)) => run(
+                &state,
+                &principal,
+                call,
+                |door| door.find(&collection, field, value, listing.limit),
+                |door, _| door.find(&collection, field, value, listing.limit),
+            )
+            .map(|found| (found, None)),
             None => {
-                let mut page = door.list(&collection, listing.after.as_ref(), listing.limit + 1)?;
+                let mut page = run(
+                    &state,
+                    &principal,
+                    call,
+                    |door| door.list(&collection, after, listing.limit + 1),
+                    |door, _| door.list(&collection, after, listing.limit + 1),
+                )?;
                 let more = page.len() > listing.limit;
                 page.truncate(listing.limit);
                 let next = more
                     .then(|| page.last().map(|(id, _)| id.to_string()))
                     .flatten();
-                (page, next)
+                Ok((page, next))
             }
-        };
-        let records: Vec<Value> = records.into_iter().map(record_json).collect();
-        Ok(json_response(
-            StatusCode::OK,
-            &json!({"records": records, "next": next}),
-        ))
+        }
     })
-    .await?
+    .await??;
+    let records: Vec<Value> = records.into_iter().map(record_json).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"records": records, "next": next}),
+    ))
 }
 
-pub(crate) fn open_tenant(
+/// One call on a tenant's records, as its audit entries name it.
+struct Call<'a> {
+    method: &'static str,
+    tenant: &'a TenantId,
+    collection: &'a str,
+    record: Option<&'a RecordId>,
+    /// The status the call answers when it succeeds.
+    done: StatusCode,
+}
+
+impl<'a> Call<'a> {
+    fn read(tenant: &'a TenantId, collection: &'a str, record: Option<&'a RecordId>) -> Self {
+        Call {
+            method: "GET",
+            tenant,
+            collection,
+            record,
+            done: StatusCode::OK,
+        }
+    }
+
+    fn write(
+        method: &'static str,
+        tenant: &'a TenantId,
+        collection: &'a str,
+        record: Option<&'a RecordId>,
+        done: StatusCode,
+    ) -> Self {
+        Call {
+            method,
+            tenant,
+            collection,
+            record,
+            done,
+        }
+    }
+
+    fn writes(&self) -> bool {
+        self.method != "GET"
+    }
+
+    fn action(&self) -> Action<'a> {
+        if self.writes() {
+            Action::WriteRecords(self.tenant)
+        } else {
+            Action::ReadRecords(self.tenant)
+        }
+    }
+
+    fn event(&self, principal: &Principal, grant: &str) -> Event {
+        let mut event = Event::new("grant.access", super::grants::actor(principal))
+            .tenant(self.tenant)
+            .grant(grant)
+            .detail("method", self.method)
+            .detail("collection", self.collection);
+        if let Some(record) = self.record {
+            event = event.detail("record", record.as_str());
+        }
+        event
+    }
+}
+
+/// Runs a call on a tenant's records, through the data path's gate: as the
+/// tenant's admin (`admin`), or through a grant (`grant`), where a write is
+/// handed the receipt of its durable "started" entry (reads get none: an
+/// `Err` a write turns into a refusal) and nothing read or written is
+/// released before the durable entry of the call's outcome. A refused call
+/// made with a grant is recorded with its status too.
+fn run<T>(
     state: &AppState,
     principal: &Principal,
-    id: &TenantId,
-) -> Result<access::TenantAccess, ApiError> {
-    let tenant = known_tenant(&state.storage, id)?;
-    Ok(access::open(
-        &state.storage,
-        &state.schemas,
-        principal,
-        &tenant,
-    )?)
+    call: Call<'_>,
+    admin: impl FnOnce(&TenantAccess) -> Result<T, AccessError>,
+    grant: impl FnOnce(&GrantAccess, Result<&Receipt, AccessError>) -> Result<Withheld<T>, AccessError>,
+) -> Result<T, ApiError> {
+    let opened = allow(principal, call.action()).and_then(|()| {
+        let tenant = known_tenant(&state.storage, call.tenant)?;
+        Ok(access::open(
+            &state.storage,
+            &state.schemas,
+            principal,
+            &tenant,
+        )?)
+    });
+    match opened {
+        Ok(Door::Admin(door)) => admin(&door).map_err(ApiError::from),
+        Ok(Door::Grant(door)) => {
+            let event = call.event(principal, &door.grant().id);
+            let started = if call.writes() {
+                Some(audit_now(
+                    state,
+                    event.clone().detail("outcome", "started"),
+                )?)
+            } else {
+                None
+            };
+            let result = grant(&door, started.as_ref().ok_or(AccessError::WrongReceipt))
+                .map_err(ApiError::from);
+            let status = match &result {
+                Ok(_) => call.done.as_u16(),
+                Err(error) => error.status().as_u16(),
+            };
+            let outcome = audit_now(state, event.detail("outcome", status))?;
+            result.map(|withheld| withheld.release(&outcome))
+        }
+        Err(error) => {
+            if let Some(grant) = principal.grant.as_deref() {
+                if !principal.is_admin_of(call.tenant) {
+                    let status = error.status().as_u16();
+                    audit_now(
+                        state,
+                        call.event(principal, grant).detail("outcome", status),
+                    )?;
+                }
+            }
+            Err(error)
+        }
+    }
 }
 
 pub(crate) fn record_json((id, fields): Record) -> Value {

@@ -80,6 +80,26 @@ impl Actor {
     }
 }
 
+/// Proof that an entry is durable in the log; made only by
+/// [`AuditLog::record`].
+#[derive(Debug)]
+pub struct Receipt {
+    seq: u64,
+    grant: Option<String>,
+}
+
+impl Receipt {
+    /// The entry's position in the log.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The grant the entry was written for, if any.
+    pub fn grant(&self) -> Option<&str> {
+        self.grant.as_deref()
+    }
+}
+
 /// An event to record.
 #[derive(Debug, Clone)]
 pub struct Event {
@@ -375,6 +395,14 @@ impl AuditLog {
 
     /// Appends an event and returns once it is durable (its sequence number).
     /// Blocking: call from a blocking thread, under a timeout.
+    /// Appends `event` and hands back the proof that it is durable: the only
+    /// way to a [`Receipt`], which the data path asks for before a write
+    /// through a grant and before anything read through one leaves.
+    pub fn record(&self, event: Event) -> Result<Receipt, AuditError> {
+        let grant = event.grant.clone();
+        self.append(event).map(|seq| Receipt { seq, grant })
+    }
+
     pub fn append(&self, event: Event) -> Result<u64, AuditError> {
         let mut hmac = Map::new();
         for (key, value) in &event.sensitive {

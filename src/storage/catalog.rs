@@ -661,7 +661,16 @@ mod tests {
             }
             catalog.db.flush().unwrap();
         }
-        let catalog = Catalog::open(&dir).unwrap();
+        // sled's flusher thread may hold the directory's lock for a moment
+        // after the handle is dropped.
+        let catalog = (0..50)
+            .find_map(|_| {
+                Catalog::open(&dir).ok().or_else(|| {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    None
+                })
+            })
+            .expect("reopen the catalog");
         let first = catalog.identity(FIRST_OPERATOR).unwrap();
         assert!(!first.pending);
         let second = catalog.identity("second operator").unwrap();
