@@ -82,6 +82,8 @@ impl From<StorageError> for AccessError {
 }
 
 /// Who came in, as a type: the tenant's admin, or support through a grant.
+// Made once per request and used at once: the grant's size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Door {
     Admin(TenantAccess),
     Grant(GrantAccess),

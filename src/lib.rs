@@ -11,7 +11,7 @@
 //! service    service: backups as jobs, upgrades, checkpoint shipping, key rotation
 //! domain     access ─► grants ─► auth ◄─ tokens;  lifecycle;  fleet
 //! rooms      replication ─► backup ─► storage;  audit;  keys
-//! leaves     schema, config, secret_file ─► ids ─► crypto
+//! leaves     schema, config, secret_file ─► ids ─► crypto;  tasks
 //! ```
 //!
 //! The arrows each room may take are [`LAYERS`], checked by a unit test that
@@ -56,6 +56,8 @@
 //!   upgrade service (backup first, migrate, swap), the audit checkpoint
 //!   shipper (audit → regions), master-key rotation (keyring + catalog).
 //! - [`secret_file`] — 0600 secret files, written atomically.
+//! - [`tasks`] — the one blocking helper (keeps the span) and the host's
+//!   background loops, stopped by one token and waited for at shutdown.
 //! - [`config`] — TOML file + flags → one checked `Config` (a leaf).
 //! - [`cli`] — `coffer serve`, `coffer keys rotate`, `coffer backup export|list|
 //!   restore|verify`, `coffer tenant move`; start-up glue and a small HTTP client
@@ -105,6 +107,7 @@
 pub const LAYERS: &[(&str, &[&str])] = &[
     // leaves
     ("crypto", &[]),
+    ("tasks", &[]),
     ("ids", &["crypto"]),
     ("secret_file", &["crypto"]),
     ("schema", &["ids"]),
@@ -124,6 +127,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
             "ids",
             "secret_file",
             "storage",
+            "tasks",
         ],
     ),
     // domain
@@ -134,7 +138,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
         "access",
         &["audit", "auth", "grants", "ids", "schema", "storage"],
     ),
-    ("lifecycle", &["audit", "ids", "storage"]),
+    ("lifecycle", &["audit", "ids", "storage", "tasks"]),
     ("fleet", &["ids"]),
     // service
     (
@@ -150,6 +154,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
             "schema",
             "secret_file",
             "storage",
+            "tasks",
         ],
     ),
     // top
@@ -170,6 +175,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
             "schema",
             "service",
             "storage",
+            "tasks",
             "tokens",
         ],
     ),
@@ -188,6 +194,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
             "schema",
             "service",
             "storage",
+            "tasks",
             "tokens",
         ],
     ),
@@ -211,6 +218,7 @@ pub mod schema;
 pub mod secret_file;
 pub mod service;
 pub mod storage;
+pub mod tasks;
 pub mod tokens;
 
 #[cfg(test)]

@@ -297,13 +297,21 @@ pub fn sweep(storage: &Storage, log: &AuditLog) -> usize {
 }
 
 /// Runs [`sweep`] every `interval` until the task is dropped.
-pub async fn run_sweeper(storage: Arc<Storage>, log: Arc<AuditLog>, interval: Duration) {
+pub async fn run_sweeper(
+    storage: Arc<Storage>,
+    log: Arc<AuditLog>,
+    interval: Duration,
+    stop: crate::tasks::Stop,
+) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
         let (storage, log) = (storage.clone(), log.clone());
-        if let Err(error) = tokio::task::spawn_blocking(move || sweep(&storage, &log)).await {
+        if let Err(error) = crate::tasks::blocking(move || sweep(&storage, &log)).await {
             tracing::error!(%error, "lifecycle sweeper task failed");
         }
     }

@@ -114,7 +114,7 @@ pub(crate) async fn audit(state: &AppState, event: Event) -> Result<u64, ApiErro
     let kind = event.kind;
     match tokio::time::timeout(
         AUDIT_TIMEOUT,
-        tokio::task::spawn_blocking(move || log.append(event)),
+        crate::tasks::blocking(move || log.append(event)),
     )
     .await
     {

@@ -26,8 +26,7 @@ pub(crate) fn checked_name(name: &str) -> Result<String, ApiError> {
 pub async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
-    let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || span.in_scope(work))
+    crate::tasks::blocking(work)
         .await
         .map_err(ApiError::internal)
 }

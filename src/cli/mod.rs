@@ -711,63 +711,40 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(%address, region = %config.region, data_dir = %config.data_dir.display(), "coffer serving");
         // One plain line on stdout, for people and for scripts that started us on port 0.
         println!("coffer listening on http://{address}");
-        let sweeper = tokio::spawn(lifecycle::run_sweeper(storage.clone(), audit.clone(), config.sweep_interval));
-        let scheduler = {
-            let (storage, schemas, backups) = (storage.clone(), schemas.clone(), backups.clone());
-            let audit = audit.clone();
-            let default = config.backup_interval.map(|d| d.as_secs());
-            tokio::spawn(async move {
-                // Checked every minute (or more often when the host default is
-                // shorter); a tenant's own schedule is in hours.
-                let every = default
-                    .map(|s| s.clamp(1, 60))
-                    .unwrap_or(60);
-                let mut ticker = tokio::time::interval(std::time::Duration::from_secs(every));
-                loop {
-                    ticker.tick().await;
-                    let (storage, schemas, backups) = (storage.clone(), schemas.clone(), backups.clone());
-                    let audit = audit.clone();
-                    let _ = tokio::task::spawn_blocking(move || {
-                        let before = |tenant: &crate::ids::TenantId| {
-                            let event = crate::audit::Event::new("backup.started", crate::audit::Actor::host())
-                                .tenant(tenant)
-                                .detail("kind", "scheduled");
-                            match audit.append(event) {
-                                Ok(_) => true,
-                                Err(error) => {
-                                    tracing::error!(%error, "cannot audit a scheduled backup; skipped this round");
-                                    false
-                                }
-                            }
-                        };
-                        backups.run_due(&storage, &schemas, default, &before)
-                    })
-                    .await;
-                }
-            })
-        };
-        let replicator = tokio::spawn(
-            Replicator {
+        let mut background = crate::tasks::Background::new();
+        {
+            let (storage, audit, every) = (storage.clone(), audit.clone(), config.sweep_interval);
+            background.spawn("sweeper", move |stop| lifecycle::run_sweeper(storage, audit, every, stop));
+        }
+        {
+            let (backups, storage, schemas, audit) = (backups.clone(), storage.clone(), schemas.clone(), audit.clone());
+            let default = config.backup_interval;
+            background.spawn("scheduler", move |stop| {
+                crate::service::scheduler::run_scheduler(backups, storage, schemas, audit, default, stop)
+            });
+        }
+        {
+            let replicator = Replicator {
                 replication: backups.replication.clone(),
                 storage: storage.clone(),
                 spool: backups.spool.clone(),
                 parallel: 6,
                 retention_sweep: config.sweep_interval,
                 etags: Default::default(),
-            }
-            .run(),
-        );
-        let checkpointer = tokio::spawn(crate::service::checkpoints::run_checkpointer(
-            audit.clone(),
-            backups.replication.clone(),
-            config.checkpoint_interval,
-        ));
+            };
+            background.spawn("replicator", move |stop| replicator.run(stop));
+        }
+        {
+            let (audit, replication, every) = (audit.clone(), backups.replication.clone(), config.checkpoint_interval);
+            background.spawn("checkpointer", move |stop| {
+                crate::service::checkpoints::run_checkpointer(audit, replication, every, stop)
+            });
+        }
         let state = Arc::new(AppState::new(storage, schemas, config, backups.clone(), audit.clone()));
         api::serve(state, listener, shutdown_signal()).await?;
-        sweeper.abort();
-        scheduler.abort();
-        replicator.abort();
-        checkpointer.abort();
+        // Each loop ends between two steps; a backup round or an upload in
+        // flight finishes first.
+        background.stop(std::time::Duration::from_secs(10)).await;
         // A last checkpoint covers every acknowledged entry, here and in the regions.
         match audit.checkpoint() {
             Ok(Some((size, note))) => {

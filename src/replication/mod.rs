@@ -517,7 +517,8 @@ pub type EtagCache = Mutex<
 >;
 
 impl Replicator {
-    pub async fn run(self) {
+    /// Runs until `stop`; then waits for the uploads in flight to end.
+    pub async fn run(self, stop: crate::tasks::Stop) {
         let this = Arc::new(self);
         let permits = Arc::new(tokio::sync::Semaphore::new(this.parallel.max(1)));
         let mut last_sweep = std::time::Instant::now() - this.retention_sweep;
@@ -526,10 +527,9 @@ impl Replicator {
             if last_sweep.elapsed() >= this.retention_sweep {
                 last_sweep = std::time::Instant::now();
                 let (storage, replication) = (this.storage.clone(), this.replication.clone());
-                let swept =
-                    tokio::task::spawn_blocking(move || replication.sweep_retention(&storage))
-                        .await
-                        .unwrap_or(0);
+                let swept = crate::tasks::blocking(move || replication.sweep_retention(&storage))
+                    .await
+                    .unwrap_or(0);
                 if swept > 0 {
                     tracing::info!(backups = swept, "retention ended: backups tombstoned");
                 }
@@ -588,6 +588,11 @@ impl Replicator {
                 .clamp(Duration::from_millis(20), Duration::from_secs(5))
                 .min(this.retention_sweep);
             tokio::select! {
+                _ = stop.cancelled() => {
+                    let all = this.parallel.max(1) as u32;
+                    let _ = permits.acquire_many(all).await;
+                    return;
+                }
                 _ = this.replication.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
@@ -775,7 +780,7 @@ impl Replicator {
                 .clone()
         };
         cell.get_or_try_init(|| async move {
-            tokio::task::spawn_blocking(move || store::s3_etag_of(&file))
+            crate::tasks::blocking(move || store::s3_etag_of(&file))
                 .await
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?
                 .map_err(|e| StoreError::Unavailable(format!("read the spooled archive: {e}")))

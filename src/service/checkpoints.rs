@@ -15,6 +15,7 @@ pub async fn run_checkpointer(
     log: Arc<AuditLog>,
     replication: Arc<Replication>,
     interval: std::time::Duration,
+    stop: crate::tasks::Stop,
 ) {
     // The newest checkpoint goes out again at start (a crash may have kept it
     // from a region); a copy already there is left as it is.
@@ -33,9 +34,12 @@ pub async fn run_checkpointer(
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
         let signer = log.clone();
-        match tokio::task::spawn_blocking(move || signer.checkpoint()).await {
+        match crate::tasks::blocking(move || signer.checkpoint()).await {
             Ok(Ok(Some((size, note)))) => {
                 let regions = replication
                     .regions

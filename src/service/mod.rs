@@ -1,13 +1,14 @@
 //! The service layer: long-running work and the rules that span rooms.
 //! Backups as jobs (the spool, the regions and the backup key together),
-//! the schema upgrade service, the audit checkpoint shipper and master-key
-//! rotation. Below it, rooms of one job each (`backup`, `replication`,
+//! the backup scheduler, the schema upgrade service, the audit checkpoint
+//! shipper and master-key rotation. Below it, rooms of one job each (`backup`, `replication`,
 //! `audit`, `storage`, `keys`); above it, only `api` and `cli`. Nothing
 //! below imports `service`.
 
 pub mod backups;
 pub mod checkpoints;
 pub mod key_rotation;
+pub mod scheduler;
 pub mod upgrade;
 
 pub use backups::Backups;

@@ -1,0 +1,87 @@
+//! Work off the async threads, one way each: [`blocking`] runs a blocking
+//! call on the blocking pool inside the caller's tracing span, and
+//! [`Background`] starts the host's long-lived loops (sweeper, scheduler,
+//! replicator, checkpointer) with one stop token, and at shutdown asks them
+//! to stop and waits for them, so that none is cut off in the middle of a
+//! step.
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use tokio_util::sync::CancellationToken as Stop;
+
+/// Runs `work` on the blocking pool, inside the current span. The work runs
+/// to completion even if the returned future is dropped.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(work)).await
+}
+
+/// The host's background loops, and the token that stops them.
+#[derive(Default)]
+pub struct Background {
+    stop: Stop,
+    running: Vec<(&'static str, tokio::task::JoinHandle<()>)>,
+}
+
+impl Background {
+    pub fn new() -> Background {
+        Background::default()
+    }
+
+    /// Starts `task` with the stop token; it should return soon after the
+    /// token is cancelled (between two steps, never in the middle of one).
+    pub fn spawn<F>(&mut self, name: &'static str, task: impl FnOnce(Stop) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let handle = tokio::spawn(task(self.stop.clone()));
+        self.running.push((name, handle));
+    }
+
+    /// Cancels the token and waits up to `within` for every loop to return;
+    /// a loop that does not is named in the log and abandoned.
+    pub async fn stop(self, within: Duration) {
+        self.stop.cancel();
+        let deadline = tokio::time::Instant::now() + within;
+        for (name, handle) in self.running {
+            match tokio::time::timeout_at(deadline, handle).await {
+                Ok(Ok(())) => tracing::debug!(task = name, "background task stopped"),
+                Ok(Err(error)) => tracing::error!(task = name, %error, "background task failed"),
+                Err(_) => tracing::warn!(task = name, "background task did not stop in time"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn stop_waits_for_a_loop_to_finish_its_step() {
+        let finished = Arc::new(AtomicBool::new(false));
+        let mut background = Background::new();
+        let done = finished.clone();
+        background.spawn("stepper", move |stop| async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                }
+                // One step that must not be cut off in the middle.
+                blocking(|| std::thread::sleep(Duration::from_millis(20)))
+                    .await
+                    .unwrap();
+            }
+            done.store(true, Ordering::SeqCst);
+        });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        background.stop(Duration::from_secs(5)).await;
+        assert!(finished.load(Ordering::SeqCst));
+    }
+}
