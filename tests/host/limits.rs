@@ -454,20 +454,9 @@ fn long_jobs_are_bounded_stalled_exports_are_cut_off_and_a_purge_ends_an_export(
     let dir = TempDir::new("long-jobs");
     let data = dir.path().join("data");
     let (big, big_admin) = large_tenant_offline(&data, 16 * 1024);
-    let config = dir.path().join("limits.toml");
-    std::fs::write(
-        &config,
-        "[limits]\nlong_jobs_per_tenant = 2\nlong_jobs_total = 2\nstall_timeout = \"2s\"\n",
-    )
-    .unwrap();
-    let host = Host::start(
+    let host = Host::start_configured(
         &data,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--backup-interval",
-            "0s",
-        ],
+        "[limits]\nlong_jobs_per_tenant = 2\nlong_jobs_total = 2\nstall_timeout = \"2s\"\n",
     );
     // Two exports whose clients read nothing hold the tenant's two slots.
     let stalled: Vec<_> = (0..2)

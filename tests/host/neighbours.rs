@@ -50,22 +50,11 @@ fn two_hundred_stalled_exports_leave_other_tenants_and_operators_served() {
     let dir = TempDir::new("stalled-200");
     let data = dir.path().join("data");
     let (big, big_admin) = large_tenant_offline(&data, 16 * 1024);
-    let config = dir.path().join("host.toml");
     // Limits raised above the blocking pool's 128 threads, so that only the
     // host's design (long jobs on threads of their own) keeps it serving.
-    std::fs::write(
-        &config,
-        "[limits]\nlong_jobs_per_tenant = 250\nlong_jobs_total = 250\nstall_timeout = \"300s\"\n",
-    )
-    .unwrap();
-    let host = Host::start(
+    let host = Host::start_configured(
         &data,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--backup-interval",
-            "0s",
-        ],
+        "[limits]\nlong_jobs_per_tenant = 250\nlong_jobs_total = 250\nstall_timeout = \"300s\"\n",
     );
     let (small, small_admin) = host.create_tenant("small", "crm");
     let stalled: Vec<_> = (0..200)
@@ -172,20 +161,9 @@ fn deactivating_or_purging_a_tenant_stops_its_running_backup_and_restore() {
     let data = dir.path().join("data");
     // ~3.5 MiB of sealed archive at 1 MiB/s: each job runs for seconds.
     let (big, big_admin) = large_tenant_offline(&data, 4 * 1024);
-    let config = dir.path().join("host.toml");
-    std::fs::write(
-        &config,
-        "[limits]\njob_max_mb_per_s = 1\n\n[audit]\ncheckpoint_interval = \"200ms\"\n",
-    )
-    .unwrap();
-    let host = Host::start(
+    let host = Host::start_configured(
         &data,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--backup-interval",
-            "0s",
-        ],
+        "[limits]\njob_max_mb_per_s = 1\n\n[audit]\ncheckpoint_interval = \"200ms\"\n",
     );
     let start = |host: &Host| {
         let r = host.call(

@@ -63,6 +63,22 @@ impl Host {
 
     /// Starts a host whose clock is the real one plus the seconds written in
     /// `clock_file` (debug builds honour `COFFER_TEST_CLOCK_FILE`).
+    /// A host on `data` configured by `toml` (written beside it), with no
+    /// scheduled backups.
+    pub fn start_configured(data: &Path, toml: &str) -> Host {
+        let config = data.with_extension("toml");
+        std::fs::write(&config, toml).unwrap();
+        Host::start(
+            data,
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                "--backup-interval",
+                "0s",
+            ],
+        )
+    }
+
     pub fn start_with_clock(data_dir: &Path, extra: &[&str], clock_file: &Path) -> Host {
         let clock = clock_file.to_str().unwrap();
         Self::try_start_env(data_dir, extra, &[("COFFER_TEST_CLOCK_FILE", clock)])
