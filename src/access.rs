@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 
 use crate::audit::Receipt;
 use crate::auth::Principal;
-use crate::grants::{Grant, GrantState, Scope, GRANTS_TREE};
+use crate::grants::{Grant, GrantState, Scope, GRANTS};
 use crate::ids::unix_now;
 use crate::ids::RecordId;
 use crate::schema::{self, Collection, RecordError, Registry, Schema};
@@ -138,9 +138,8 @@ pub fn open(
         // Whether a grant exists, and in which state, is said only to the
         // engineer it is for; anyone else learns only that it is not theirs.
         let not_yours = || AccessError::NotYourGrant;
-        let grant: Grant = storage
-            .catalog
-            .get_json(GRANTS_TREE, id)?
+        let grant: Grant = GRANTS
+            .get(&storage.catalog, id)?
             .filter(|g: &Grant| g.tenant == tenant.id && g.requester == principal.token_id)
             .ok_or_else(not_yours)?;
         let now = unix_now();

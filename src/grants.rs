@@ -18,8 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{Principal, Role};
 use crate::ids::TenantId;
+use crate::storage::Kind;
 
-pub const GRANTS_TREE: &str = "grants";
+pub const GRANTS: Kind<Grant> = Kind::new("grants");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -376,7 +377,7 @@ mod tests {
     }
 }
 
-pub const RECOVERIES_TREE: &str = "admin_recoveries";
+pub const RECOVERIES: Kind<Recovery> = Kind::new("admin_recoveries");
 
 /// An operator-driven admin recovery, for a tenant that lost every admin
 /// token. Asked by one operator; shown in the tenant's access log at once;

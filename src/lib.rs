@@ -59,9 +59,10 @@
 //! - [`tasks`] — the one blocking helper (keeps the span) and the host's
 //!   background loops, stopped by one token and waited for at shutdown.
 //! - [`config`] — TOML file + flags → one checked `Config` (a leaf).
+//! - [`client`] — the one HTTP client (ureq) of the CLI's tooling, the tests
+//!   and the benches: a host, a token, JSON, streamed answers. A leaf.
 //! - [`cli`] — `coffer serve`, `coffer keys rotate`, `coffer backup export|list|
-//!   restore|verify`, `coffer tenant move`; start-up glue and a small HTTP client
-//!   for the tooling.
+//!   restore|verify`, `coffer tenant move`; start-up glue.
 //!
 //!
 //! ## Invariants
@@ -108,6 +109,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     // leaves
     ("crypto", &[]),
     ("tasks", &[]),
+    ("client", &[]),
     ("ids", &["crypto"]),
     ("secret_file", &["crypto"]),
     ("schema", &["ids"]),
@@ -185,6 +187,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
             "api",
             "audit",
             "backup",
+            "client",
             "config",
             "crypto",
             "ids",
@@ -206,6 +209,7 @@ pub mod audit;
 pub mod auth;
 pub mod backup;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod fleet;

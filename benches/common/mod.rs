@@ -3,8 +3,8 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -82,21 +82,18 @@ pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// A keep-alive HTTP/1.1 connection that knows just enough of the protocol for
-/// Coffer's JSON answers (Content-Length bodies).
+/// A keep-alive connection to one host, through the crate's HTTP client (its
+/// pool keeps the connection open between requests).
 pub struct Conn {
-    reader: BufReader<TcpStream>,
-    addr: SocketAddr,
+    client: coffer::client::Client,
 }
 
 impl Conn {
     pub fn open(addr: SocketAddr) -> Conn {
-        let stream = TcpStream::connect(addr).unwrap();
-        stream.set_nodelay(true).unwrap();
-        Conn {
-            reader: BufReader::new(stream),
-            addr,
-        }
+        let client =
+            coffer::client::Client::new(&format!("http://{addr}"), None, Duration::from_secs(600))
+                .unwrap();
+        Conn { client }
     }
 
     /// Like `request`, streaming the body (Content-Length or chunked) to `out`.
@@ -107,8 +104,13 @@ impl Conn {
         token: &str,
         out: &mut dyn Write,
     ) -> u16 {
-        self.send(method, path, token, b"");
-        self.read_response(out)
+        let bearer = format!("Bearer {token}");
+        let mut response = self
+            .client
+            .send(method, path, &[("Authorization", &bearer)], None)
+            .unwrap();
+        response.copy_body(out, |_| {}).unwrap();
+        response.status
     }
 
     pub fn request(
@@ -130,86 +132,13 @@ impl Conn {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> (u16, Vec<u8>) {
-        self.send_with(method, path, token, headers, body);
-        let mut response = Vec::new();
-        let status = self.read_response(&mut response);
-        (status, response)
-    }
-
-    fn send(&mut self, method: &str, path: &str, token: &str, body: &[u8]) {
-        self.send_with(method, path, token, &[], body)
-    }
-
-    fn send_with(
-        &mut self,
-        method: &str,
-        path: &str,
-        token: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) {
-        let extra: String = headers
-            .iter()
-            .map(|(k, v)| format!("{k}: {v}\r\n"))
-            .collect();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            self.addr,
-            body.len()
-        );
-        let stream = self.reader.get_mut();
-        stream.write_all(head.as_bytes()).unwrap();
-        stream.write_all(body).unwrap();
-    }
-
-    /// Reads one response, writing its body (Content-Length or chunked) to `out`.
-    fn read_response(&mut self, out: &mut dyn Write) -> u16 {
-        let mut status_line = String::new();
-        self.reader.read_line(&mut status_line).unwrap();
-        let status: u16 = status_line.split(' ').nth(1).unwrap().parse().unwrap();
-        let (mut length, mut chunked) = (0usize, false);
-        loop {
-            let mut line = String::new();
-            self.reader.read_line(&mut line).unwrap();
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse().unwrap();
-                }
-                if name.eq_ignore_ascii_case("transfer-encoding") && value.contains("chunked") {
-                    chunked = true;
-                }
-            }
-        }
-        let mut buffer = vec![0u8; 64 * 1024];
-        if chunked {
-            loop {
-                let mut size = String::new();
-                self.reader.read_line(&mut size).unwrap();
-                let mut left = usize::from_str_radix(size.trim(), 16).unwrap();
-                if left == 0 {
-                    let mut end = String::new();
-                    self.reader.read_line(&mut end).unwrap();
-                    break;
-                }
-                while left > 0 {
-                    let n = self.reader.read(&mut buffer[..left.min(65536)]).unwrap();
-                    assert!(n > 0, "transfer broke off");
-                    out.write_all(&buffer[..n]).unwrap();
-                    left -= n;
-                }
-                let mut crlf = [0u8; 2];
-                self.reader.read_exact(&mut crlf).unwrap();
-            }
-        } else {
-            let mut body = vec![0u8; length];
-            self.reader.read_exact(&mut body).unwrap();
-            out.write_all(&body).unwrap();
-        }
-        status
+        let bearer = format!("Bearer {token}");
+        let mut all = vec![("Authorization", bearer.as_str())];
+        all.extend_from_slice(headers);
+        let body = (!body.is_empty()).then_some(body);
+        let mut response = self.client.send(method, path, &all, body).unwrap();
+        let bytes = response.bytes().unwrap();
+        (response.status, bytes)
     }
 }
 

@@ -19,7 +19,7 @@ use super::{
 use crate::access::{self, AccessError, Door};
 use crate::audit::Event;
 use crate::auth::{Principal, Role};
-use crate::backup::{self, BackupError, BackupJob, JobState, JOBS_TREE};
+use crate::backup::{self, BackupError, BackupJob, JobState, JOBS};
 use crate::crypto::age::AgeRecipient;
 use crate::ids::{rfc3339, unix_now, BackupId, TenantId};
 use crate::replication::{Replica, Replication};
@@ -208,10 +208,8 @@ pub async fn start(state: &Arc<AppState>, id: TenantId) -> Result<Response<Body>
 /// host does not know (disaster recovery on a new host), the backups found in
 /// its regions' stores. Call from a blocking thread.
 fn backups_of(state: &AppState, id: &TenantId) -> Result<Vec<Value>, ApiError> {
-    let mut jobs: Vec<BackupJob> = state
-        .storage
-        .catalog
-        .list_json::<BackupJob>(JOBS_TREE)?
+    let mut jobs: Vec<BackupJob> = JOBS
+        .all(&state.storage.catalog)?
         .into_iter()
         .filter(|j| &j.tenant == id)
         .collect();
@@ -324,10 +322,7 @@ pub async fn copies(state: &Arc<AppState>, id: TenantId) -> Result<Response<Body
     let inner = state.clone();
     let body = blocking(move || -> Result<Value, ApiError> {
         let backups = backups_of(&inner, &id)?;
-        let erased = inner
-            .storage
-            .catalog
-            .get_json::<u64>(crate::replication::ERASED_TREE, id.as_str())?
+        let erased = crate::replication::ERASED.get(&inner.storage.catalog, id.as_str())?
             .is_some();
         let spool: Vec<String> = inner
             .backups

@@ -15,7 +15,7 @@ use crate::audit::{Actor, Entry, Event};
 use crate::auth::{Principal, Role};
 use crate::crypto::encode_hex;
 use crate::grants::{
-    Grant, GrantError, GrantState, Recovery, RecoveryError, Scope, GRANTS_TREE, RECOVERIES_TREE,
+    Grant, GrantError, GrantState, Recovery, RecoveryError, Scope, GRANTS, RECOVERIES,
 };
 use crate::ids::{rfc3339, unix_now, TenantId};
 use crate::storage::TenantState;
@@ -221,16 +221,14 @@ pub async fn request(
     .await?;
     let stored = grant.clone();
     let storage = state.storage.clone();
-    blocking(move || storage.catalog.put_json(GRANTS_TREE, &stored.id, &stored)).await??;
+    blocking(move || GRANTS.put(&storage.catalog, &stored.id, &stored)).await??;
     tracing::info!(grant_id = %grant.id, tenant_id = %grant.tenant, emergency = grant.emergency, "access requested");
     Ok(json_response(StatusCode::CREATED, &grant_json(&grant, now)))
 }
 
 fn load(state: &AppState, id: &str) -> Result<Grant, ApiError> {
-    state
-        .storage
-        .catalog
-        .get_json::<Grant>(GRANTS_TREE, id)?
+    GRANTS
+        .get(&state.storage.catalog, id)?
         .ok_or_else(|| ApiError::NotFound("no such access request".into()))
 }
 
@@ -306,7 +304,7 @@ pub async fn decide(
     audit(state, event).await?;
     let stored = grant.clone();
     let storage = state.storage.clone();
-    blocking(move || storage.catalog.put_json(GRANTS_TREE, &stored.id, &stored)).await??;
+    blocking(move || GRANTS.put(&storage.catalog, &stored.id, &stored)).await??;
     tracing::info!(grant_id = %grant.id, tenant_id = %grant.tenant, event = kind, "access request decided");
     Ok(json_response(StatusCode::OK, &grant_json(&grant, now)))
 }
@@ -380,12 +378,7 @@ pub async fn request_recovery(
     .await?;
     let stored = recovery.clone();
     let storage = state.storage.clone();
-    blocking(move || {
-        storage
-            .catalog
-            .put_json(RECOVERIES_TREE, &stored.id, &stored)
-    })
-    .await??;
+    blocking(move || RECOVERIES.put(&storage.catalog, &stored.id, &stored)).await??;
     tracing::warn!(recovery_id = %recovery.id, tenant_id = %tenant, "admin recovery requested");
     Ok(json_response(
         StatusCode::CREATED,
@@ -394,10 +387,8 @@ pub async fn request_recovery(
 }
 
 fn load_recovery(state: &AppState, id: &str) -> Result<Recovery, ApiError> {
-    state
-        .storage
-        .catalog
-        .get_json(RECOVERIES_TREE, id)?
+    RECOVERIES
+        .get(&state.storage.catalog, id)?
         .ok_or_else(|| ApiError::NotFound("no such admin recovery".into()))
 }
 
@@ -430,9 +421,7 @@ pub async fn approve_recovery(
     let (stored, storage) = (recovery.clone(), state.storage.clone());
     let by = principal.person();
     let secret = blocking(move || -> Result<String, ApiError> {
-        storage
-            .catalog
-            .put_json(RECOVERIES_TREE, &stored.id, &stored)?;
+        RECOVERIES.put(&storage.catalog, &stored.id, &stored)?;
         let (_, secret) = storage.issue_token(crate::storage::NewToken::admin(
             &stored.tenant,
             "recovered admin",
@@ -469,12 +458,7 @@ pub async fn cancel_recovery(
     )
     .await?;
     let (stored, storage) = (recovery.clone(), state.storage.clone());
-    blocking(move || {
-        storage
-            .catalog
-            .put_json(RECOVERIES_TREE, &stored.id, &stored)
-    })
-    .await??;
+    blocking(move || RECOVERIES.put(&storage.catalog, &stored.id, &stored)).await??;
     tracing::warn!(recovery_id = %recovery.id, tenant_id = %recovery.tenant, "admin recovery cancelled by the tenant");
     Ok(json_response(
         StatusCode::OK,
@@ -517,18 +501,12 @@ pub async fn access_log(
     let inner = state.clone();
     let body = blocking(move || -> Result<Value, ApiError> {
         let now = unix_now();
-        let mut grants: Vec<Grant> = inner
-            .storage
-            .catalog
-            .list_json::<Grant>(GRANTS_TREE)?
+        let mut grants: Vec<Grant> = GRANTS.all(&inner.storage.catalog)?
             .into_iter()
             .filter(|g| g.tenant == tenant)
             .collect();
         grants.sort_by_key(|g| g.requested_at);
-        let mut recoveries: Vec<Recovery> = inner
-            .storage
-            .catalog
-            .list_json::<Recovery>(RECOVERIES_TREE)?
+        let mut recoveries: Vec<Recovery> = RECOVERIES.all(&inner.storage.catalog)?
             .into_iter()
             .filter(|r| r.tenant == tenant)
             .collect();

@@ -213,10 +213,12 @@ async fn route(
     let inner = state.clone();
     let result: Result<Response<Body>, ApiError> = async move {
         let state = inner;
+        if let routes::Check::Action(action) = endpoint.check() {
+            allow(&principal, action)?;
+        }
         let query = routes::parse_query(request.uri().query().unwrap_or(""))?;
         if endpoint == Endpoint::ImportTenant {
             // An archive: streamed to the importer, never held whole in memory.
-            allow(&principal, Action::ImportTenant)?;
             audit(
                 &state,
                 Event::new("tenant.imported", grants::actor(&principal)),
@@ -238,13 +240,6 @@ async fn route(
             ))
         })??;
         if let Endpoint::MoveTenant(id, step) = endpoint {
-            allow(
-                &principal,
-                match step {
-                    MoveStep::Approve => Action::ApproveMove(&id),
-                    _ => Action::MoveTenant(&id),
-                },
-            )?;
             return moves::step(&state, &principal, id, step, &body, bearer).await;
         }
         dispatch(&state, &principal, endpoint, query, body).await
@@ -315,6 +310,7 @@ fn allow(principal: &Principal, action: Action<'_>) -> Result<(), ApiError> {
     auth::authorize(principal, &action).map_err(|denied| ApiError::Forbidden(denied.0.into()))
 }
 
+/// The handler of each endpoint, its caller already checked (`Endpoint::check`).
 /// Calls on records made through a grant write their own audit entries
 /// (`records::run`): the data path's types ask for the receipts.
 async fn dispatch(
@@ -324,69 +320,29 @@ async fn dispatch(
     query: Vec<(String, String)>,
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
-    dispatch_endpoint(state, principal, endpoint, query, body).await
-}
-
-async fn dispatch_endpoint(
-    state: &Arc<AppState>,
-    principal: &Principal,
-    endpoint: Endpoint,
-    query: Vec<(String, String)>,
-    body: Bytes,
-) -> Result<Response<Body>, ApiError> {
     let storage = state.storage.clone();
     match endpoint {
         Endpoint::AuditPublicKey => Ok(grants::public_key(state)),
-        Endpoint::RequestAccess => {
-            allow(principal, Action::RequestAccess)?;
-            grants::request(state, principal, &body).await
-        }
-        Endpoint::ReadAccessRequest(id) => {
-            allow(principal, Action::HandleAccessRequest)?;
-            grants::read(state, principal, id).await
-        }
+        Endpoint::RequestAccess => grants::request(state, principal, &body).await,
+        Endpoint::ReadAccessRequest(id) => grants::read(state, principal, id).await,
         Endpoint::DecideAccessRequest(id, decision) => {
-            allow(principal, Action::HandleAccessRequest)?;
             grants::decide(state, principal, id, decision).await
         }
         Endpoint::RequestAdminRecovery(id) => {
-            allow(principal, Action::AdminRecovery)?;
             grants::request_recovery(state, principal, id, &body).await
         }
-        Endpoint::ApproveAdminRecovery(id) => {
-            allow(principal, Action::AdminRecovery)?;
-            grants::approve_recovery(state, principal, id).await
-        }
-        Endpoint::CancelAdminRecovery(id) => {
-            allow(principal, Action::CancelAdminRecovery)?;
-            grants::cancel_recovery(state, principal, id).await
-        }
+        Endpoint::ApproveAdminRecovery(id) => grants::approve_recovery(state, principal, id).await,
+        Endpoint::CancelAdminRecovery(id) => grants::cancel_recovery(state, principal, id).await,
         Endpoint::MintToken => tokens::mint(state, principal, &body).await,
-        Endpoint::ListTokens => {
-            allow(principal, Action::ManageTokens)?;
-            tokens::list(state, principal).await
-        }
-        Endpoint::RevokeToken(id) => {
-            allow(principal, Action::ManageTokens)?;
-            tokens::revoke(state, principal, id).await
-        }
-        Endpoint::ApproveToken(id) => {
-            allow(principal, Action::ApproveOperator)?;
-            tokens::approve(state, principal, id).await
-        }
-        Endpoint::AccessLog(id) => {
-            allow(principal, Action::ReadAuditTrail(&id))?;
-            grants::access_log(state, principal, id).await
-        }
-        Endpoint::AuditProof(id) => {
-            allow(principal, Action::ReadAuditTrail(&id))?;
-            grants::audit_proof(state, principal, id, query).await
-        }
+        Endpoint::ListTokens => tokens::list(state, principal).await,
+        Endpoint::RevokeToken(id) => tokens::revoke(state, principal, id).await,
+        Endpoint::ApproveToken(id) => tokens::approve(state, principal, id).await,
+        Endpoint::AccessLog(id) => grants::access_log(state, principal, id).await,
+        Endpoint::AuditProof(id) => grants::audit_proof(state, principal, id, query).await,
         Endpoint::Health | Endpoint::ImportTenant => {
             unreachable!("answered before the body is read")
         }
         Endpoint::ExportTenant(id) => {
-            allow(principal, Action::ExportTenant(&id))?;
             known_tenant(&storage, &id)?;
             audit(
                 state,
@@ -396,7 +352,6 @@ async fn dispatch_endpoint(
             backups::export(state, principal, id, query).await
         }
         Endpoint::StartBackup(id) => {
-            allow(principal, Action::Backups(&id))?;
             known_tenant(&storage, &id)?;
             audit(
                 state,
@@ -405,37 +360,21 @@ async fn dispatch_endpoint(
             .await?;
             backups::start(state, id).await
         }
-        Endpoint::ListBackups(id) => {
-            allow(principal, Action::Backups(&id))?;
-            backups::list(state, id).await
-        }
-        Endpoint::ReadBackup(id, backup) => {
-            allow(principal, Action::Backups(&id))?;
-            backups::read(state, id, backup).await
-        }
-        Endpoint::Copies(id) => {
-            allow(principal, Action::ReadCopies(&id))?;
-            backups::copies(state, id).await
-        }
-        Endpoint::ListRegions => {
-            allow(principal, Action::ReadRegions)?;
-            backups::regions(state).await
-        }
-        Endpoint::RegionTenants(region) => {
-            allow(principal, Action::ReadRegions)?;
-            backups::region_tenants(state, region).await
-        }
+        Endpoint::ListBackups(id) => backups::list(state, id).await,
+        Endpoint::ReadBackup(id, backup) => backups::read(state, id, backup).await,
+        Endpoint::Copies(id) => backups::copies(state, id).await,
+        Endpoint::ListRegions => backups::regions(state).await,
+        Endpoint::RegionTenants(region) => backups::region_tenants(state, region).await,
         Endpoint::SetBackupSchedule(id) => {
             tenants::set_backup_schedule(state, principal, id, body).await
         }
         Endpoint::UpgradeTenant(id) => tenants::upgrade(state, principal, id, body).await,
         Endpoint::RestoreBackup(id, backup) => {
-            allow(principal, Action::RestoreBackup(&id))?;
             backups::restore(state, principal, id, backup, &body).await
         }
         Endpoint::CreateTenant => tenants::create(state, principal, body).await,
-        Endpoint::ListTenants => tenants::list(state, principal).await,
-        Endpoint::ReadTenant(id) => tenants::read(state, principal, id).await,
+        Endpoint::ListTenants => tenants::list(state).await,
+        Endpoint::ReadTenant(id) => tenants::read(state, id).await,
         Endpoint::DeactivateTenant(id) => tenants::deactivate(state, principal, id).await,
         Endpoint::ReactivateTenant(id) => tenants::reactivate(state, principal, id).await,
         Endpoint::MoveTenant(..) => unreachable!("answered before dispatch"),
@@ -456,7 +395,6 @@ async fn dispatch_endpoint(
             records::list(state, principal, id, collection, query).await
         }
         Endpoint::RotateMasterKey => {
-            allow(principal, Action::RotateMasterKey)?;
             let source = state.config.key_source.clone();
             audit(state, Event::new("keys.rotated", grants::actor(principal))).await?;
             let report = blocking(move || {

@@ -17,7 +17,7 @@ use super::{audit, blocking, json_response, known_tenant, parse_json, tenant_jso
 use super::{ApiError, AppState, Body, MoveStep};
 use crate::audit::Event;
 use crate::auth::Principal;
-use crate::backup::{BackupJob, JobState, JOBS_TREE};
+use crate::backup::{BackupJob, JobState, JOBS};
 use crate::ids::{unix_now, Region, TenantId};
 use crate::lifecycle;
 use crate::storage::{MovedTo, TenantState};
@@ -179,10 +179,7 @@ async fn confirm_target(
         && remote["state"] == "active";
     let (inner, tenant) = (state.clone(), id.clone());
     let jobs: Vec<BackupJob> = blocking(move || {
-        inner
-            .storage
-            .catalog
-            .list_json::<BackupJob>(JOBS_TREE)
+        JOBS.all(&inner.storage.catalog)
             .map(|jobs| jobs.into_iter().filter(|j| j.tenant == tenant).collect())
     })
     .await??;

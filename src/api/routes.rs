@@ -5,6 +5,7 @@ use hyper::Method;
 
 use super::grants::Decision;
 use super::ApiError;
+use crate::auth::Action;
 use crate::ids::{BackupId, RecordId, TenantId, TokenId};
 use crate::schema::is_identifier;
 
@@ -58,6 +59,16 @@ pub enum Endpoint {
     CancelAdminRecovery(String),
     ListRegions,
     RegionTenants(String),
+}
+
+/// How an endpoint's caller is checked (see [`Endpoint::check`]).
+pub enum Check<'a> {
+    /// Anyone, signed in or not.
+    Public,
+    /// The policy table's verdict on this action.
+    Action(Action<'a>),
+    /// The named handler checks: what is asked depends on more than the path.
+    InHandler(&'static str),
 }
 
 impl Endpoint {
@@ -225,6 +236,54 @@ impl Endpoint {
 
     /// The audited state change this endpoint asks for, named as its outcome
     /// entry names it; `None` for reads.
+    /// Who may call it: the one place that maps an endpoint to the policy
+    /// table's action (`auth::authorize`), checked before the body is read.
+    pub fn check(&self) -> Check<'_> {
+        use Action as A;
+        Check::Action(match self {
+            Endpoint::Health | Endpoint::AuditPublicKey => return Check::Public,
+            // The role asked for is in the body.
+            Endpoint::MintToken => return Check::InHandler("tokens::mint"),
+            // Checked inside `records::run`, so that a refusal through a
+            // grant is recorded in the tenant's access log.
+            Endpoint::CreateRecord(..)
+            | Endpoint::ListRecords(..)
+            | Endpoint::ReadRecord(..)
+            | Endpoint::ReplaceRecord(..)
+            | Endpoint::DeleteRecord(..) => return Check::InHandler("records::run"),
+            Endpoint::CreateTenant => A::CreateTenant,
+            Endpoint::ListTenants => A::ListTenants,
+            Endpoint::ReadTenant(t) => A::ReadTenant(t),
+            Endpoint::DeactivateTenant(t) => A::DeactivateTenant(t),
+            Endpoint::ReactivateTenant(t) => A::ReactivateTenant(t),
+            Endpoint::PurgeTenant(t) => A::PurgeTenant(t),
+            Endpoint::ListTokens | Endpoint::RevokeToken(_) => A::ManageTokens,
+            Endpoint::ApproveToken(_) => A::ApproveOperator,
+            Endpoint::RotateMasterKey => A::RotateMasterKey,
+            Endpoint::ExportTenant(t) => A::ExportTenant(t),
+            Endpoint::StartBackup(t)
+            | Endpoint::ListBackups(t)
+            | Endpoint::ReadBackup(t, _)
+            | Endpoint::SetBackupSchedule(t) => A::Backups(t),
+            Endpoint::RestoreBackup(t, _) => A::RestoreBackup(t),
+            Endpoint::ImportTenant => A::ImportTenant,
+            Endpoint::UpgradeTenant(t) => A::UpgradeTenant(t),
+            Endpoint::Copies(t) => A::ReadCopies(t),
+            Endpoint::MoveTenant(t, MoveStep::Approve) => A::ApproveMove(t),
+            Endpoint::MoveTenant(t, _) => A::MoveTenant(t),
+            Endpoint::RequestAccess => A::RequestAccess,
+            Endpoint::ReadAccessRequest(_) | Endpoint::DecideAccessRequest(..) => {
+                A::HandleAccessRequest
+            }
+            Endpoint::AccessLog(t) | Endpoint::AuditProof(t) => A::ReadAuditTrail(t),
+            Endpoint::RequestAdminRecovery(_) | Endpoint::ApproveAdminRecovery(_) => {
+                A::AdminRecovery
+            }
+            Endpoint::CancelAdminRecovery(_) => A::CancelAdminRecovery,
+            Endpoint::ListRegions | Endpoint::RegionTenants(_) => A::ReadRegions,
+        })
+    }
+
     pub fn state_change(&self) -> Option<&'static str> {
         Some(match self {
             Endpoint::CreateTenant => "tenant.create",

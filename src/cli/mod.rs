@@ -13,7 +13,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-mod client;
 mod moving;
 mod progress;
 
@@ -440,11 +439,15 @@ fn tokens_command(command: TokensCommand) -> anyhow::Result<()> {
     }
 }
 
-fn remote_client(remote: &Remote) -> anyhow::Result<client::Client> {
+fn remote_client(remote: &Remote) -> anyhow::Result<crate::client::Client> {
     keys::check_private(&remote.token_file)?;
     let token = std::fs::read_to_string(&remote.token_file)
         .with_context(|| format!("read token file {}", remote.token_file.display()))?;
-    client::Client::new(&remote.url, token.trim().to_string())
+    crate::client::Client::new(
+        &remote.url,
+        Some(token.trim().to_string()),
+        std::time::Duration::from_secs(300),
+    )
 }
 
 fn backup(command: BackupCommand) -> anyhow::Result<()> {

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
-use super::client::Client;
+use crate::client::Client;
 
 pub fn move_tenant(
     source: &Client,

@@ -46,19 +46,19 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::backup::store::{LocalStore, StoredBackup};
-use crate::backup::{BackupJob, JobState, JOBS_TREE};
+use crate::backup::{BackupJob, JobState, JOBS};
 use crate::ids::{rfc3339, unix_now, Region, TenantId};
-use crate::storage::{Storage, StorageError};
+use crate::storage::{Kind, Storage, StorageError};
 pub use store::{RegionStore, StoreError};
 
-pub const REPLICAS_TREE: &str = "replicas";
+pub const REPLICAS: Kind<Replica> = Kind::new("replicas");
 /// Keys of the replicas with work left (not verified): what the replicator
 /// and the lag report walk, so their cost does not grow with every backup
 /// ever verified.
-pub const DUE_TREE: &str = "replicas_due";
+pub const DUE: Kind<bool> = Kind::new("replicas_due");
 /// Tenants whose backups an operator erased: backups finishing later are
 /// erased too (key: tenant id).
-pub const ERASED_TREE: &str = "erased_tenants";
+pub const ERASED: Kind<u64> = Kind::new("erased_tenants");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -137,13 +137,11 @@ impl Replica {
 
 /// Stores a replica's state, and whether it still has work left.
 fn put_replica(storage: &Storage, replica: &Replica) -> Result<(), StorageError> {
-    storage
-        .catalog
-        .put_json(REPLICAS_TREE, &replica.key(), replica)?;
+    REPLICAS.put(&storage.catalog, &replica.key(), replica)?;
     if replica.state == ReplicaState::Verified {
-        storage.catalog.remove_json(DUE_TREE, &replica.key())
+        DUE.remove(&storage.catalog, &replica.key())
     } else {
-        storage.catalog.put_json(DUE_TREE, &replica.key(), &true)
+        DUE.put(&storage.catalog, &replica.key(), &true)
     }
 }
 
@@ -230,10 +228,7 @@ impl Replication {
     pub fn register(&self, storage: &Storage, stored: &StoredBackup) -> Result<(), StorageError> {
         let tenant = TenantId::parse(&stored.tenant_id)
             .ok_or_else(|| StorageError::Damaged("backup of a malformed tenant id".into()))?;
-        let erased = storage
-            .catalog
-            .get_json::<u64>(ERASED_TREE, tenant.as_str())?
-            .is_some();
+        let erased = ERASED.get(&storage.catalog, tenant.as_str())?.is_some();
         for region in &self.regions {
             let replica = Replica {
                 backup: stored.backup_id.clone(),
@@ -260,18 +255,10 @@ impl Replication {
 
     /// Replicas with work left: pending, replicated, failed or deleting.
     pub fn unfinished(&self, storage: &Storage) -> Vec<Replica> {
-        storage
-            .catalog
-            .keys(DUE_TREE)
+        DUE.keys(&storage.catalog)
             .unwrap_or_default()
             .iter()
-            .filter_map(|key| {
-                storage
-                    .catalog
-                    .get_json::<Replica>(REPLICAS_TREE, key)
-                    .ok()
-                    .flatten()
-            })
+            .filter_map(|key| REPLICAS.get(&storage.catalog, key).ok().flatten())
             .collect()
     }
 
@@ -279,9 +266,8 @@ impl Replication {
         self.regions
             .iter()
             .filter_map(|r| {
-                storage
-                    .catalog
-                    .get_json::<Replica>(REPLICAS_TREE, &replica_key(backup, &r.name))
+                REPLICAS
+                    .get(&storage.catalog, &replica_key(backup, &r.name))
                     .ok()
                     .flatten()
             })
@@ -299,8 +285,8 @@ impl Replication {
         if replicas.is_empty() {
             // Never registered (failed before the spool was complete): only
             // the job record and any spool leftovers remain.
-            if let Some(job) = storage.catalog.get_json::<BackupJob>(JOBS_TREE, backup)? {
-                storage.catalog.remove_json(JOBS_TREE, backup)?;
+            if let Some(job) = JOBS.get(&storage.catalog, backup)? {
+                JOBS.remove(&storage.catalog, backup)?;
                 tracing::info!(backup_id = backup, tenant_id = %job.tenant, reason = why, "backup record removed; no copies existed");
             }
             return Ok(());
@@ -326,10 +312,8 @@ impl Replication {
         storage: &Storage,
         tenant: &TenantId,
     ) -> Result<usize, StorageError> {
-        storage
-            .catalog
-            .put_json(ERASED_TREE, tenant.as_str(), &unix_now())?;
-        let jobs: Vec<BackupJob> = storage.catalog.list_json(JOBS_TREE)?;
+        ERASED.put(&storage.catalog, tenant.as_str(), &unix_now())?;
+        let jobs: Vec<BackupJob> = JOBS.all(&storage.catalog)?;
         let mut count = 0;
         for job in jobs.iter().filter(|j| &j.tenant == tenant) {
             self.tombstone(storage, &job.id, "erased")?;
@@ -342,13 +326,11 @@ impl Replication {
     /// erased tenant that is not being deleted yet. Returns how many.
     pub fn sweep_retention(&self, storage: &Storage) -> usize {
         let now = unix_now();
-        let jobs: Vec<BackupJob> = storage.catalog.list_json(JOBS_TREE).unwrap_or_default();
+        let jobs: Vec<BackupJob> = JOBS.all(&storage.catalog).unwrap_or_default();
         let mut count = 0;
         for job in jobs {
             let erased = matches!(
-                storage
-                    .catalog
-                    .get_json::<u64>(ERASED_TREE, job.tenant.as_str()),
+                ERASED.get(&storage.catalog, job.tenant.as_str()),
                 Ok(Some(_))
             );
             let expired = erased
@@ -620,10 +602,7 @@ impl Replicator {
                 self.drop_spool_when_everywhere(&replica).await;
             }
             Ok(None) => {
-                let _ = self
-                    .storage
-                    .catalog
-                    .remove_json(REPLICAS_TREE, &replica.key());
+                let _ = REPLICAS.remove(&self.storage.catalog, &replica.key());
                 tracing::info!(
                     reason = replica.deleting_because.as_deref().unwrap_or(""),
                     "replica deleted"
@@ -647,11 +626,7 @@ impl Replicator {
     }
 
     fn save(&self, replica: &Replica) -> Result<(), StorageError> {
-        match self
-            .storage
-            .catalog
-            .get_json::<Replica>(REPLICAS_TREE, &replica.key())?
-        {
+        match REPLICAS.get(&self.storage.catalog, &replica.key())? {
             // A tombstone set while this step ran wins over the step's outcome
             // (and the retention sweep re-tombstones anything that slips by).
             Some(current)
@@ -829,16 +804,12 @@ impl Replicator {
             return;
         }
         self.spool.remove(replica.tenant.as_str(), &replica.backup);
-        let _ = self.storage.catalog.remove_json(JOBS_TREE, &replica.backup);
+        let _ = JOBS.remove(&self.storage.catalog, &replica.backup);
         tracing::info!(
             reason = replica.deleting_because.as_deref().unwrap_or(""),
             "every copy of the backup is gone"
         );
-        let jobs: Vec<BackupJob> = self
-            .storage
-            .catalog
-            .list_json(JOBS_TREE)
-            .unwrap_or_default();
+        let jobs: Vec<BackupJob> = JOBS.all(&self.storage.catalog).unwrap_or_default();
         if replica.deleting_because.as_deref() == Some("erased")
             && !jobs.iter().any(|j| j.tenant == replica.tenant)
         {

@@ -13,7 +13,7 @@ use crate::backup::store::{LocalStore, StoredBackup};
 use crate::backup::watch::Watch;
 use crate::backup::{
     export, restore_archive, sealed, tenant_schema, BackupError, BackupJob, HashingWriter,
-    JobState, Restored, Schedule, JOBS_TREE, SCHEDULES_TREE,
+    JobState, Restored, JOBS, SCHEDULES,
 };
 use crate::crypto::{self, SecretKey};
 use crate::ids::{unix_now, Region, TenantId};
@@ -58,7 +58,7 @@ impl Backups {
     /// removed), and a job published to the spool but not yet registered for
     /// replication (a crash between the two) is registered.
     pub fn recover(&self, storage: &Storage) {
-        let jobs: Vec<BackupJob> = storage.catalog.list_json(JOBS_TREE).unwrap_or_default();
+        let jobs: Vec<BackupJob> = JOBS.all(&storage.catalog).unwrap_or_default();
         for mut job in jobs {
             match job.state {
                 JobState::Pending | JobState::Running => {
@@ -66,7 +66,7 @@ impl Backups {
                     job.state = JobState::Failed;
                     job.error = Some("interrupted by a host restart".into());
                     job.finished_at = Some(unix_now());
-                    let _ = storage.catalog.put_json(JOBS_TREE, &job.id, &job);
+                    let _ = JOBS.put(&storage.catalog, &job.id, &job);
                     tracing::warn!(backup_id = %job.id, "backup interrupted by a restart marked failed");
                 }
                 JobState::Done => {
@@ -106,7 +106,7 @@ impl Backups {
             error: None,
             stored: None,
         };
-        storage.catalog.put_json(JOBS_TREE, &job.id, &job)?;
+        JOBS.put(&storage.catalog, &job.id, &job)?;
         Ok(job)
     }
 
@@ -119,7 +119,7 @@ impl Backups {
         retain_secs: u64,
     ) -> BackupJob {
         job.state = JobState::Running;
-        let _ = storage.catalog.put_json(JOBS_TREE, &job.id, &job);
+        let _ = JOBS.put(&storage.catalog, &job.id, &job);
         match self.write_backup(storage, schemas, &job, retain_secs) {
             Ok(stored) => {
                 job.state = JobState::Done;
@@ -133,7 +133,7 @@ impl Backups {
             }
         }
         job.finished_at = Some(unix_now());
-        if let Err(error) = storage.catalog.put_json(JOBS_TREE, &job.id, &job) {
+        if let Err(error) = JOBS.put(&storage.catalog, &job.id, &job) {
             tracing::error!(backup_id = %job.id, %error, "record backup outcome");
         }
         job
@@ -316,17 +316,14 @@ impl Backups {
         default_secs: Option<u64>,
         before: &dyn Fn(&TenantId) -> bool,
     ) -> usize {
-        let jobs: Vec<BackupJob> = storage.catalog.list_json(JOBS_TREE).unwrap_or_default();
+        let jobs: Vec<BackupJob> = JOBS.all(&storage.catalog).unwrap_or_default();
         let now = unix_now();
         let mut ran = 0;
         for tenant in storage.catalog.tenants() {
             if tenant.state != crate::storage::TenantState::Active {
                 continue;
             }
-            let interval = match storage
-                .catalog
-                .get_json::<Schedule>(SCHEDULES_TREE, tenant.id.as_str())
-            {
+            let interval = match SCHEDULES.get(&storage.catalog, tenant.id.as_str()) {
                 Ok(Some(schedule)) => Some(schedule.interval_hours * 3600).filter(|s| *s > 0),
                 _ => default_secs,
             };

@@ -6,9 +6,11 @@
 //! are operator metadata, not tenant data; no record content ever reaches here.
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::path::Path;
 use std::sync::{Mutex, RwLock};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::StorageError;
@@ -214,6 +216,47 @@ pub struct Identity {
     /// approved it.
     pub approved_by: Option<String>,
     pub pending: bool,
+}
+
+/// One kind of host record kept in a tree of the catalog: backup jobs, grants,
+/// replicas, schedules… The module that owns the kind declares it once
+/// (`pub const JOBS: Kind<BackupJob> = Kind::new("backups")`), so the tree's
+/// name lives in one place and its values can only be read and written as that
+/// type. Every write is flushed before it returns.
+pub struct Kind<T> {
+    tree: &'static str,
+    value: PhantomData<fn() -> T>,
+}
+
+impl<T: Serialize + DeserializeOwned> Kind<T> {
+    pub const fn new(tree: &'static str) -> Kind<T> {
+        Kind {
+            tree,
+            value: PhantomData,
+        }
+    }
+
+    pub fn get(&self, catalog: &Catalog, key: &str) -> Result<Option<T>, StorageError> {
+        catalog.get_json(self.tree, key)
+    }
+
+    pub fn put(&self, catalog: &Catalog, key: &str, value: &T) -> Result<(), StorageError> {
+        catalog.put_json(self.tree, key, value)
+    }
+
+    /// Every value, in key order.
+    pub fn all(&self, catalog: &Catalog) -> Result<Vec<T>, StorageError> {
+        catalog.list_json(self.tree)
+    }
+
+    /// Every key, in order.
+    pub fn keys(&self, catalog: &Catalog) -> Result<Vec<String>, StorageError> {
+        catalog.keys(self.tree)
+    }
+
+    pub fn remove(&self, catalog: &Catalog, key: &str) -> Result<(), StorageError> {
+        catalog.remove_json(self.tree, key)
+    }
 }
 
 /// Who created identities and tokens before identities existed.
@@ -527,20 +570,13 @@ impl Catalog {
         Ok(())
     }
 
-    /// Stores a JSON value in a named tree of the catalog (jobs and other small
-    /// host records of the modules above storage), durably.
-    pub fn put_json<T: Serialize>(
-        &self,
-        tree: &str,
-        key: &str,
-        value: &T,
-    ) -> Result<(), StorageError> {
+    fn put_json<T: Serialize>(&self, tree: &str, key: &str, value: &T) -> Result<(), StorageError> {
         self.db.open_tree(tree)?.insert(key, to_json(value))?;
         self.db.flush()?;
         Ok(())
     }
 
-    pub fn get_json<T: serde::de::DeserializeOwned>(
+    fn get_json<T: DeserializeOwned>(
         &self,
         tree: &str,
         key: &str,
@@ -553,10 +589,7 @@ impl Catalog {
         }
     }
 
-    pub fn list_json<T: serde::de::DeserializeOwned>(
-        &self,
-        tree: &str,
-    ) -> Result<Vec<T>, StorageError> {
+    fn list_json<T: DeserializeOwned>(&self, tree: &str) -> Result<Vec<T>, StorageError> {
         self.db
             .open_tree(tree)?
             .iter()
@@ -568,8 +601,7 @@ impl Catalog {
             .collect()
     }
 
-    /// The keys of a named tree, in order.
-    pub fn keys(&self, tree: &str) -> Result<Vec<String>, StorageError> {
+    fn keys(&self, tree: &str) -> Result<Vec<String>, StorageError> {
         self.db
             .open_tree(tree)?
             .iter()
@@ -578,7 +610,7 @@ impl Catalog {
             .collect()
     }
 
-    pub fn remove_json(&self, tree: &str, key: &str) -> Result<(), StorageError> {
+    fn remove_json(&self, tree: &str, key: &str) -> Result<(), StorageError> {
         self.db.open_tree(tree)?.remove(key)?;
         self.db.flush()?;
         Ok(())

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 pub use catalog::{
-    Catalog, CopyOf, Identity, MovedTo, PendingUpgrade, Revocation, Role, TenantRecord,
+    Catalog, CopyOf, Identity, Kind, MovedTo, PendingUpgrade, Revocation, Role, TenantRecord,
     TenantState, TokenRecord, WrappedDek, DATA_DIR_CREATOR, FIRST_OPERATOR,
 };
 pub use tenant_db::{Record, Snapshot, SnapshotRecords, TenantDb};

@@ -1,12 +1,12 @@
 //! Test harness: starts the real `coffer` binary on 127.0.0.1:0 with a temporary
-//! data directory and talks HTTP/1.1 to it over plain TCP.
+//! data directory and talks to it through the crate's HTTP client (`coffer::client`).
 
 #![allow(dead_code)]
 
 pub mod garage;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -263,7 +263,7 @@ impl Response {
     }
 }
 
-/// One HTTP/1.1 request on a fresh connection (`Connection: close`).
+/// One request through the crate's HTTP client, on a connection of its own.
 pub fn http(
     addr: SocketAddr,
     method: &str,
@@ -272,79 +272,22 @@ pub fn http(
     body: Option<&[u8]>,
     headers: &[(&str, &str)],
 ) -> Response {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(token) = token {
-        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
-    }
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    let body = body.unwrap_or(b"");
-    if !body.is_empty() || matches!(method, "POST" | "PUT") {
-        head.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
-    // A server may answer (413) before reading a large body; a broken pipe then is fine.
-    let _ = stream.write_all(body);
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw);
-    parse_response(&raw)
-}
-
-fn parse_response(raw: &[u8]) -> Response {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP head in {:?}", String::from_utf8_lossy(raw)));
-    let head = std::str::from_utf8(&raw[..split]).unwrap();
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let mut body = raw[split + 4..].to_vec();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    if chunked {
-        body = dechunk(&body);
-    }
+    let client = coffer::client::Client::new(
+        &format!("http://{addr}"),
+        token.map(str::to_string),
+        Duration::from_secs(60),
+    )
+    .expect("client");
+    let mut answer = client
+        .send(method, path, headers, body)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e:#}"));
+    let body = answer
+        .bytes()
+        .unwrap_or_else(|e| panic!("{method} {path}: {e:#}"));
     Response {
-        status,
-        headers,
+        status: answer.status,
+        headers: answer.headers,
         body,
-    }
-}
-
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(end) = data.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let size_text = std::str::from_utf8(&data[..end]).unwrap();
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap();
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&data[end + 2..end + 2 + size]);
-        data = &data[end + 2 + size + 2..];
     }
 }
 
