@@ -1,0 +1,196 @@
+//! The write path: a write is applied under the tenant's write lock (unique
+//! checks, index entries in, the record, stale entries out, pre-images for
+//! running snapshots) and acknowledged once group commit made it durable.
+
+use serde_json::{Map, Value};
+
+use crate::crypto::record_aad;
+use crate::ids::RecordId;
+use crate::schema::{index_form, legacy_index_forms, same_indexed_value, Collection, Field};
+use crate::storage::StorageError;
+
+use super::layout::*;
+use super::snapshot::line_len;
+use super::{TenantDb, PRE_IMAGE_ABSENT, PRE_IMAGE_VALUE};
+
+impl TenantDb {
+    /// Applies a write and waits until it is durable (group commit).
+    pub(super) fn write(
+        &self,
+        collection_name: &str,
+        collection: &Collection,
+        id: &RecordId,
+        fields: Option<&Map<String, Value>>,
+        must_exist: bool,
+    ) -> Result<(), StorageError> {
+        let started = std::time::Instant::now();
+        self.apply(collection_name, collection, id, fields, must_exist)?;
+        let applied = started.elapsed();
+        let result = self
+            .commit
+            .wait_durable(|| self.db.flush().map(|_| ()))
+            .map_err(StorageError::Flush);
+        let total = started.elapsed();
+        if total > std::time::Duration::from_millis(500) {
+            tracing::warn!(
+                apply_ms = applied.as_millis() as u64,
+                durable_ms = (total - applied).as_millis() as u64,
+                "slow write"
+            );
+        }
+        result
+    }
+
+    /// Applies a write in memory (sled's log); durable at the next flush.
+    pub(super) fn apply(
+        &self,
+        collection_name: &str,
+        collection: &Collection,
+        id: &RecordId,
+        fields: Option<&Map<String, Value>>,
+        must_exist: bool,
+    ) -> Result<(), StorageError> {
+        {
+            let mut state = self.write_lock.lock().expect("tenant write lock poisoned");
+            if self.frozen.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StorageError::Frozen);
+            }
+            let key = record_key(collection_name, id);
+            // A fresh id (128 bits, 80 of them random) has no old version to read.
+            let (old, old_sealed) = if must_exist {
+                match self.data.get(&key)? {
+                    Some(sealed) => (
+                        Some(self.open_record(collection_name, id, &sealed)?),
+                        Some(sealed),
+                    ),
+                    None => return Err(StorageError::NotFound),
+                }
+            } else {
+                (None, None)
+            };
+            // Every open snapshot keeps the first pre-image of every record changed
+            // after it was taken; see `Snapshot`.
+            for (_, tree) in &state.snapshots {
+                if !tree.contains_key(&key)? {
+                    let mut pre_image =
+                        Vec::with_capacity(1 + old_sealed.as_ref().map_or(0, |v| v.len()));
+                    match &old_sealed {
+                        Some(sealed) => {
+                            pre_image.push(PRE_IMAGE_VALUE);
+                            pre_image.extend_from_slice(sealed);
+                        }
+                        None => pre_image.push(PRE_IMAGE_ABSENT),
+                    }
+                    tree.insert(&key, pre_image)?;
+                }
+            }
+            state.writes += 1;
+            let old_tags = old
+                .as_ref()
+                .map(|o| self.index_tags(collection_name, collection, o))
+                .unwrap_or_default();
+            let new_tags = fields
+                .map(|f| self.index_tags(collection_name, collection, f))
+                .unwrap_or_default();
+            let added: Vec<_> = new_tags.iter().filter(|t| !old_tags.contains(t)).collect();
+            let dropped: Vec<_> = old_tags.iter().filter(|t| !new_tags.contains(t)).collect();
+            for (field, _, unique) in &added {
+                if *unique {
+                    let value = fields
+                        .and_then(|f| f.get(field))
+                        .expect("a tag has a value");
+                    let spec = &collection.fields[field];
+                    self.check_unique(collection_name, field, spec, value, id)?;
+                }
+            }
+            let sealed = match fields {
+                Some(fields) => {
+                    let plain = serde_json::to_vec(fields).expect("a JSON map always serialises");
+                    Some(self.cipher.seal(
+                        &record_aad(self.tenant.as_str(), collection_name, id.as_str()),
+                        &plain,
+                    )?)
+                }
+                None => None,
+            };
+            // Order matters for crashes: new index entries, then the record, then
+            // the removal of stale entries. sled recovers a prefix of its log, so a
+            // crash leaves at worst index entries that no longer match their
+            // record, which `find` and `check_unique` verify and skip.
+            for (field, tag, _) in &added {
+                self.data
+                    .insert(index_key(collection_name, field, tag, id), &[])?;
+            }
+            let id_len = id.as_str().len();
+            let before = old_sealed.as_ref().and_then(|v| line_len(id_len, v.len()));
+            let after = sealed.as_ref().and_then(|v| line_len(id_len, v.len()));
+            match sealed {
+                Some(sealed) => self.data.insert(key, sealed)?,
+                None => self.data.remove(key)?,
+            };
+            state.book(collection_name, before, after);
+            for (field, tag, _) in &dropped {
+                self.data
+                    .remove(index_key(collection_name, field, tag, id))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `Duplicate` if another record really holds `value` in `field`. Index
+    /// entries left stale by a crash (their record no longer holds the value) do
+    /// not count, and are removed.
+    /// Refuses `value` for unique `field` when another record holds the same
+    /// value (as the index compares it), under today's index key or one an
+    /// index from before normalisation used. Index entries whose record no
+    /// longer holds the value are stale and removed on the way.
+    pub(super) fn check_unique(
+        &self,
+        collection: &str,
+        field: &str,
+        spec: &Field,
+        value: &Value,
+        writer: &RecordId,
+    ) -> Result<(), StorageError> {
+        for key in std::iter::once(index_form(spec, value)).chain(legacy_index_forms(spec, value)) {
+            let tag = self.cipher.blind_index(collection, field, &key);
+            let prefix = index_prefix(collection, field, &tag);
+            for item in self.data.scan_prefix(&prefix) {
+                let (key, _) = item?;
+                let holder = record_id_from(&key[prefix.len()..])?;
+                if &holder == writer {
+                    continue;
+                }
+                let holds = self
+                    .get(collection, &holder)?
+                    .and_then(|(_, fields)| fields.get(field).cloned())
+                    .is_some_and(|stored| same_indexed_value(spec, &stored, value));
+                if holds {
+                    return Err(StorageError::Duplicate(field.to_string()));
+                }
+                self.data.remove(key)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn index_tags(
+        &self,
+        collection_name: &str,
+        collection: &Collection,
+        fields: &Map<String, Value>,
+    ) -> Vec<(String, [u8; TAG_LEN], bool)> {
+        collection
+            .fields
+            .iter()
+            .filter(|(_, spec)| spec.is_indexed())
+            .filter_map(|(name, spec)| {
+                let value = fields.get(name).filter(|v| !v.is_null())?;
+                let tag = self
+                    .cipher
+                    .blind_index(collection_name, name, &index_form(spec, value));
+                Some((name.clone(), tag, spec.unique))
+            })
+            .collect()
+    }
+}
