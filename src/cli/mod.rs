@@ -1,20 +1,24 @@
 //! The `coffer` command line: argument parsing and start-up glue (the only place,
 //! with `main`, that uses `anyhow` for errors that end the process).
 //!
-//! Over 800 lines because every command's handler still lives here; one file
-//! per command (serve, backup, audit, tokens, keys) is the open part of the
-//! structure work.
+//! One file per command: `serve`, `backup`, `tokens`, `audit`, `keys`, and
+//! `moving` (`coffer tenant move`); the argument types and what they share
+//! (opening a host, tracing) are here.
 
 use std::io::IsTerminal;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+mod audit;
+mod backup;
 mod moving;
 mod progress;
+mod rotate;
+mod serve;
+mod tokens;
 
 /// JSON output when asked for, or when stdout is not a terminal (a pipe or a
 /// file: a script is reading).
@@ -22,15 +26,10 @@ fn machine_output(flag: bool) -> bool {
     flag || !std::io::stdout().is_terminal()
 }
 
-use crate::api::{self, AppState};
-use crate::audit::note::Verifier;
 use crate::config::{Config, Overrides};
 use crate::keys;
-use crate::lifecycle;
-use crate::replication::{Backoff, RegionStore, Replication, Replicator};
 use crate::schema::Registry;
-use crate::service::Backups;
-use crate::storage::{Role, Storage, FIRST_OPERATOR};
+use crate::storage::Storage;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -294,12 +293,12 @@ enum KeysCommand {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve::serve(args),
         Command::Keys {
             command: KeysCommand::Rotate { host, pace_ms },
-        } => rotate(host, pace_ms),
-        Command::Backup { command } => backup(command),
-        Command::Tokens { command } => tokens_command(command),
+        } => rotate::rotate(host, pace_ms),
+        Command::Backup { command } => backup::backup(command),
+        Command::Tokens { command } => tokens::tokens_command(command),
         Command::Audit {
             command:
                 AuditCommand::Verify {
@@ -311,7 +310,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     strict,
                     json,
                 },
-        } => audit_verify(data_dir, config, bundle, public_key, seen, strict, json),
+        } => audit::audit_verify(data_dir, config, bundle, public_key, seen, strict, json),
         Command::Tenant {
             command:
                 TenantCommand::Move {
@@ -349,240 +348,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     report["region"].as_str().unwrap_or("?"),
                     report["records"],
                     report["source_purges_after"].as_str().unwrap_or("its delay"),
-                );
-            }
-            Ok(())
-        }
-    }
-}
-
-fn tokens_command(command: TokensCommand) -> anyhow::Result<()> {
-    match command {
-        TokensCommand::Add { host, role, name } => {
-            let role = match role.as_str() {
-                "operator" => Role::Operator,
-                "support" => Role::Support,
-                "backup-agent" => Role::BackupAgent,
-                other => anyhow::bail!("--role {other:?}: use operator, support or backup-agent"),
-            };
-            let name = name.trim();
-            if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
-                anyhow::bail!("--name must be 1 to 200 printable characters");
-            }
-            let config = Config::resolve(overrides(host))?;
-            let (storage, _) = open_host(&config)?;
-            // Audited like every token: no durable entry, no token.
-            let audit = crate::audit::AuditLog::open(&config.data_dir, config.region.as_str())
-                .context("open the audit log")?;
-            audit
-                .append(
-                    crate::audit::Event::new(
-                        "token.added-offline",
-                        crate::audit::Actor {
-                            role: "operator".into(),
-                            token: None,
-                            identity: Some(crate::storage::DATA_DIR_CREATOR.into()),
-                        },
-                    )
-                    .detail("role", role.as_str())
-                    .detail("identity", name),
-                )
-                .map_err(|e| anyhow::anyhow!("{e}; no token was added"))?;
-            audit.checkpoint().map_err(|e| anyhow::anyhow!("{e}"))?;
-            let minted = crate::tokens::add_offline(&storage, role, name)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            // The secret goes to stdout once; nothing else is printed there.
-            println!("{}", minted.secret);
-            eprintln!(
-                "added a {} token (id {}) for identity {name:?}; it is shown once",
-                role.as_str(),
-                minted.token.id
-            );
-            Ok(())
-        }
-        TokensCommand::List { remote } => {
-            let client = remote_client(&remote)?;
-            let listing = client.json("GET", "/v1/tokens", None)?;
-            if machine_output(remote.json) {
-                println!("{listing}");
-            } else {
-                for t in listing["tokens"].as_array().into_iter().flatten() {
-                    println!(
-                        "{}  {:<12} {:<18} {:<24} created {}  last used {}  expires {}",
-                        t["id"].as_str().unwrap_or(""),
-                        t["role"].as_str().unwrap_or(""),
-                        t["state"].as_str().unwrap_or(""),
-                        t["identity"].as_str().or(t["name"].as_str()).unwrap_or(""),
-                        t["created"].as_str().unwrap_or(""),
-                        t["last_used"].as_str().unwrap_or("never"),
-                        t["expires_at"].as_str().unwrap_or("never"),
-                    );
-                }
-            }
-            Ok(())
-        }
-        TokensCommand::Revoke { remote, id } => {
-            if crate::ids::TokenId::parse(&id).is_none() {
-                anyhow::bail!(
-                    "--id {id:?}: a token id is 32 lowercase hex digits (see `coffer tokens list`)"
-                );
-            }
-            let client = remote_client(&remote)?;
-            let revoked = client.json("DELETE", &format!("/v1/tokens/{id}"), None)?;
-            if machine_output(remote.json) {
-                println!("{revoked}");
-            } else {
-                println!("token {id} revoked");
-            }
-            Ok(())
-        }
-    }
-}
-
-fn remote_client(remote: &Remote) -> anyhow::Result<crate::client::Client> {
-    keys::check_private(&remote.token_file)?;
-    let token = std::fs::read_to_string(&remote.token_file)
-        .with_context(|| format!("read token file {}", remote.token_file.display()))?;
-    crate::client::Client::new(
-        &remote.url,
-        Some(token.trim().to_string()),
-        std::time::Duration::from_secs(300),
-    )
-}
-
-fn backup(command: BackupCommand) -> anyhow::Result<()> {
-    match command {
-        BackupCommand::Verify {
-            file,
-            backup_key_file,
-            max_bytes,
-            json,
-        } => {
-            let key = backup_key_file
-                .as_deref()
-                .map(keys::read_key_file)
-                .transpose()?;
-            let schemas = Registry::embedded()?;
-            let limits = crate::backup::format::Limits {
-                max_total_bytes: max_bytes,
-                ..Default::default()
-            };
-            let report = crate::backup::verify_file(&file, key.as_ref(), &schemas, limits)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!(
-                    "ok: {} of tenant {} ({} v{}): {} records in {} collections, {} bytes unpacked",
-                    report.kind,
-                    report.tenant,
-                    report.schema,
-                    report.schema_version,
-                    report.records,
-                    report.collections.len(),
-                    report.decompressed_bytes
-                );
-            }
-            Ok(())
-        }
-        BackupCommand::Export {
-            remote,
-            tenant,
-            output,
-        } => {
-            let client = remote_client(&remote)?;
-            let output =
-                output.unwrap_or_else(|| PathBuf::from(format!("coffer-{tenant}.tar.zst")));
-            let path = format!("/v1/tenants/{tenant}/export");
-            let mut response = client.request("GET", &path, None)?;
-            if response.status != 200 {
-                let mut text = Vec::new();
-                response.copy_body(&mut text, |_| {})?;
-                let value: serde_json::Value = serde_json::from_slice(&text).unwrap_or_default();
-                anyhow::bail!(
-                    "export: {} {}",
-                    response.status,
-                    value["error"].as_str().unwrap_or("")
-                );
-            }
-            let partial = output.with_extension("partial");
-            let mut file = std::fs::File::create(&partial)
-                .with_context(|| format!("create {}", partial.display()))?;
-            let bar = progress::bytes("exporting", remote.json);
-            let result = response.copy_body(&mut file, |bytes| bar.set_position(bytes));
-            bar.finish_and_clear();
-            let bytes = match result {
-                Ok(bytes) => bytes,
-                Err(error) => {
-                    let _ = std::fs::remove_file(&partial);
-                    return Err(error);
-                }
-            };
-            file.sync_all()?;
-            std::fs::rename(&partial, &output)?;
-            if machine_output(remote.json) {
-                println!("{}", serde_json::json!({"file": output, "bytes": bytes}));
-            } else {
-                println!(
-                    "exported tenant {tenant} to {} ({bytes} bytes)",
-                    output.display()
-                );
-            }
-            Ok(())
-        }
-        BackupCommand::List { remote, tenant } => {
-            let client = remote_client(&remote)?;
-            let value = client.json("GET", &format!("/v1/tenants/{tenant}/backups"), None)?;
-            if machine_output(remote.json) {
-                println!("{value}");
-            } else {
-                for b in value["backups"].as_array().into_iter().flatten() {
-                    let regions: Vec<String> = b["regions"]
-                        .as_object()
-                        .into_iter()
-                        .flatten()
-                        .map(|(r, s)| format!("{r}={}", s["state"].as_str().unwrap_or("?")))
-                        .collect();
-                    println!(
-                        "{}  {}  {:<8} {:<10} records={} {}",
-                        b["id"].as_str().unwrap_or(""),
-                        b["created_at"].as_str().unwrap_or(""),
-                        b["state"].as_str().unwrap_or(""),
-                        b["kind"].as_str().unwrap_or(""),
-                        b["records"],
-                        regions.join(" ")
-                    );
-                }
-            }
-            Ok(())
-        }
-        BackupCommand::Restore {
-            remote,
-            tenant,
-            backup,
-            name,
-            region,
-        } => {
-            let client = remote_client(&remote)?;
-            let mut body = serde_json::json!({ "name": name });
-            if let Some(region) = region {
-                body["region"] = serde_json::Value::from(region);
-            }
-            let value = client.json(
-                "POST",
-                &format!("/v1/tenants/{tenant}/backups/{backup}/restore"),
-                Some(&body),
-            )?;
-            if machine_output(remote.json) {
-                println!("{value}");
-            } else {
-                println!(
-                    "restored backup {backup} into new tenant {}{}",
-                    value["id"].as_str().unwrap_or("?"),
-                    match value["admin_token"].as_str() {
-                        Some(token) => format!("; admin token (shown once): {token}"),
-                        None => "; its admins are the source tenant's admins".into(),
-                    }
                 );
             }
             Ok(())
@@ -639,321 +404,13 @@ fn open_host(config: &Config) -> anyhow::Result<(Storage, Registry)> {
     Ok((storage, schemas))
 }
 
-fn open_backups(config: &Config, runtime: tokio::runtime::Handle) -> anyhow::Result<Backups> {
-    let key = keys::load_backup_key(&config.data_dir, config.backup_key_file.as_deref())
-        .context("load backup key")?;
-    let regions = config
-        .backup_regions
-        .iter()
-        .map(|spec| RegionStore::open(spec).with_context(|| format!("backup region {}", spec.name)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let replication = Replication::new(
-        regions,
-        Backoff {
-            base: config.retry_base,
-            cap: config.retry_cap,
-        },
-        runtime,
-    );
-    let mut backups = Backups::new(
-        &config.backup_spool,
-        Arc::new(replication),
-        key,
-        config.region.clone(),
-        config.backup_retention.as_secs(),
+fn remote_client(remote: &Remote) -> anyhow::Result<crate::client::Client> {
+    keys::check_private(&remote.token_file)?;
+    let token = std::fs::read_to_string(&remote.token_file)
+        .with_context(|| format!("read token file {}", remote.token_file.display()))?;
+    crate::client::Client::new(
+        &remote.url,
+        Some(token.trim().to_string()),
+        std::time::Duration::from_secs(300),
     )
-    .context("open backup store")?;
-    backups.limits.max_total_bytes = config.max_archive_bytes;
-    backups.max_rate = config.limits.job_max_bytes_per_s;
-    Ok(backups)
-}
-
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = Config::resolve(Overrides {
-        listen: args.listen,
-        region: args.region,
-        grace_period: args.grace_period,
-        move_purge_delay: args.move_purge_delay,
-        sweep_interval: args.sweep_interval,
-        open_tenants_max: args.open_tenants_max,
-        backup_store: args.backup_store,
-        backup_key_file: args.backup_key_file,
-        backup_interval: args.backup_interval,
-        backup_retention: args.backup_retention,
-        ..overrides(args.host)
-    })?;
-    init_tracing();
-    let (storage, schemas) = open_host(&config)?;
-    write_first_operator_token(&storage, &config.data_dir)?;
-    let storage = Arc::new(storage);
-    // Blocking threads carry sled work and wait on group commit; cap them so a
-    // burst of clients cannot grow the process without bound.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .max_blocking_threads(128)
-        .enable_all()
-        .build()
-        .context("start async runtime")?;
-    let backups = Arc::new(open_backups(&config, runtime.handle().clone())?);
-    let audit = Arc::new(
-        crate::audit::AuditLog::open(&config.data_dir, config.region.as_str())
-            .context("open the audit log")?,
-    );
-    // Entries a crash left unsigned are covered before anything else happens.
-    audit
-        .checkpoint()
-        .context("sign the audit log's checkpoint")?;
-    backups.recover(&storage);
-    for region in &backups.replication.regions {
-        tracing::info!(region = %region.name, store = %region.location, "backup region");
-    }
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("listen on {}", config.listen))?;
-        let address = listener.local_addr()?;
-        tracing::info!(%address, region = %config.region, data_dir = %config.data_dir.display(), "coffer serving");
-        // One plain line on stdout, for people and for scripts that started us on port 0.
-        println!("coffer listening on http://{address}");
-        let mut background = crate::tasks::Background::new();
-        {
-            let (storage, audit, every) = (storage.clone(), audit.clone(), config.sweep_interval);
-            background.spawn("sweeper", move |stop| lifecycle::run_sweeper(storage, audit, every, stop));
-        }
-        {
-            let (backups, storage, schemas, audit) = (backups.clone(), storage.clone(), schemas.clone(), audit.clone());
-            let default = config.backup_interval;
-            background.spawn("scheduler", move |stop| {
-                crate::service::scheduler::run_scheduler(backups, storage, schemas, audit, default, stop)
-            });
-        }
-        {
-            let replicator = Replicator {
-                replication: backups.replication.clone(),
-                storage: storage.clone(),
-                spool: backups.spool.clone(),
-                parallel: 6,
-                retention_sweep: config.sweep_interval,
-                etags: Default::default(),
-            };
-            background.spawn("replicator", move |stop| replicator.run(stop));
-        }
-        {
-            let (audit, replication, every) = (audit.clone(), backups.replication.clone(), config.checkpoint_interval);
-            background.spawn("checkpointer", move |stop| {
-                crate::service::checkpoints::run_checkpointer(audit, replication, every, stop)
-            });
-        }
-        let state = Arc::new(AppState::new(storage, schemas, config, backups.clone(), audit.clone()));
-        api::serve(state, listener, shutdown_signal()).await?;
-        // Each loop ends between two steps; a backup round or an upload in
-        // flight finishes first.
-        background.stop(std::time::Duration::from_secs(10)).await;
-        // A last checkpoint covers every acknowledged entry, here and in the regions.
-        match audit.checkpoint() {
-            Ok(Some((size, note))) => {
-                let regions = backups.replication.regions.iter().map(|r| r.name.to_string()).collect();
-                let mut unshipped = vec![(size, note, regions)];
-                let _ = tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    crate::service::checkpoints::ship(&audit, &backups.replication, &mut unshipped),
-                )
-                .await;
-            }
-            Ok(None) => {}
-            Err(error) => tracing::error!(%error, "final audit checkpoint"),
-        }
-        Ok(())
-    })
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(error) => {
-            tracing::error!(%error, "install SIGTERM handler");
-            return std::future::pending().await;
-        }
-    };
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-    }
-}
-
-/// On a new data directory, mints the first operator token into
-/// `<data-dir>/operator.token` (0600) and says where it is.
-fn write_first_operator_token(storage: &Storage, data_dir: &Path) -> anyhow::Result<()> {
-    // Keyed on the first operator's identity, not on "no tokens": an
-    // operator added offline before the first start does not replace it.
-    if storage.catalog.identity(FIRST_OPERATOR).is_some() {
-        return Ok(());
-    }
-    let minted = crate::tokens::add_offline(storage, Role::Operator, FIRST_OPERATOR)
-        .context("mint the first operator token")?;
-    let secret = minted.secret;
-    let path = data_dir.join("operator.token");
-    keys::write_secret(&path, format!("{secret}\n").as_bytes())?;
-    tracing::info!(path = %path.display(), "wrote the first operator token (mode 0600)");
-    Ok(())
-}
-
-fn verifier_key(given: Option<&str>, default_file: Option<PathBuf>) -> anyhow::Result<Verifier> {
-    let text = match (given, default_file) {
-        (Some(text), _) if Path::new(text).is_file() => std::fs::read_to_string(text)?,
-        (Some(text), _) => text.to_string(),
-        (None, Some(file)) => {
-            std::fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?
-        }
-        (None, None) => anyhow::bail!("give the host's key with --public-key"),
-    };
-    Verifier::parse(text.trim()).map_err(|e| anyhow::anyhow!("public key: {e}"))
-}
-
-fn audit_verify(
-    data_dir: Option<PathBuf>,
-    config: Option<PathBuf>,
-    bundle: Option<PathBuf>,
-    public_key: Option<String>,
-    seen: Option<String>,
-    strict: bool,
-    json: bool,
-) -> anyhow::Result<()> {
-    use crate::audit::verify;
-    if let Some(file) = bundle {
-        let verifier = verifier_key(public_key.as_deref(), None)?;
-        let text = std::fs::read(&file).with_context(|| format!("read {}", file.display()))?;
-        let bundle: verify::Bundle = serde_json::from_slice(&text)
-            .map_err(|e| anyhow::anyhow!("{}: not a proof bundle: {e}", file.display()))?;
-        let previous = match seen {
-            None => None,
-            Some(text) => {
-                let (size, root) = text.split_once(':').context("--seen is SIZE:ROOT")?;
-                let root: [u8; 32] = crate::crypto::decode_hex(root)
-                    .and_then(|b| b.try_into().ok())
-                    .context("--seen ROOT is 64 hex digits")?;
-                Some((
-                    size.parse::<u64>().context("--seen SIZE is a number")?,
-                    root,
-                ))
-            }
-        };
-        let report = verify::verify_bundle(&bundle, &verifier, previous)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-        if machine_output(json) {
-            println!("{}", serde_json::to_string(&report)?);
-        } else {
-            println!(
-                "ok: {} entries of tenant {} proven in the signed log of {} entries{}",
-                report.entries,
-                report.tenant,
-                report.size,
-                if report.consistency > 0 {
-                    ", consistent with the sizes seen before"
-                } else {
-                    ""
-                }
-            );
-        }
-        return Ok(());
-    }
-    let data_dir =
-        data_dir.context("give --data-dir (a host's log) or --bundle (a tenant's proofs)")?;
-    let audit_dir = data_dir.join("audit");
-    let verifier = verifier_key(public_key.as_deref(), Some(audit_dir.join("public.key")))?;
-    let mut copies = Vec::new();
-    if let Some(config_file) = config {
-        let config = Config::resolve(Overrides {
-            config_file: Some(config_file),
-            data_dir: Some(data_dir.clone()),
-            ..Default::default()
-        })?;
-        let origin =
-            std::fs::read_to_string(audit_dir.join("origin")).context("read the log's origin")?;
-        let dir = crate::audit::region_checkpoint_dir(origin.trim());
-        let parts: Vec<&str> = dir.iter().map(String::as_str).collect();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        for spec in &config.backup_regions {
-            let store = RegionStore::open(spec)?;
-            let names = runtime
-                .block_on(store.list_names(&parts))
-                .map_err(|e| anyhow::anyhow!("region {}: {e}", spec.name))?;
-            for name in names {
-                let mut object = parts.clone();
-                object.push(&name);
-                let bytes = runtime
-                    .block_on(store.get_bytes(&store.path(&object)))
-                    .map_err(|e| anyhow::anyhow!("region {}: {e}", spec.name))?;
-                copies.push((
-                    format!("checkpoint {name} in region {}", spec.name),
-                    String::from_utf8_lossy(&bytes).into_owned(),
-                ));
-            }
-        }
-    }
-    let report = verify::verify_log(&audit_dir, &verifier, &copies)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", audit_dir.display()))?;
-    if let Some((first, last)) = report.unsigned {
-        let what = format!(
-            "entries {first}..{last} are chained but not yet under a signed checkpoint (appended after the newest one, e.g. before a crash; the host signs them at its next start)"
-        );
-        if strict {
-            anyhow::bail!("{}: {what}", audit_dir.display());
-        }
-        eprintln!("warning: {what}");
-    }
-    if machine_output(json) {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        match report.unsigned {
-            None => println!(
-                "ok: {} entries, every one chained and covered by {} signed checkpoints (newest: {})",
-                report.entries, report.checkpoints, report.newest_checkpoint
-            ),
-            Some((first, last)) => println!(
-                "ok: {} entries, every one chained; {} signed checkpoints cover entries below {} (unsigned tail {first}..{last})",
-                report.entries, report.checkpoints, report.newest_checkpoint
-            ),
-        }
-    }
-    Ok(())
-}
-
-fn rotate(host: HostArgs, pace_ms: u64) -> anyhow::Result<()> {
-    let config = Config::resolve(overrides(host))?;
-    let (storage, _) = open_host(&config)?;
-    // Audited like the online rotation: no durable entry, no rotation.
-    let audit = crate::audit::AuditLog::open(&config.data_dir, config.region.as_str())
-        .context("open the audit log")?;
-    audit
-        .append(crate::audit::Event::new(
-            "keys.rotated",
-            crate::audit::Actor {
-                role: "operator".into(),
-                token: None,
-                identity: Some(crate::storage::DATA_DIR_CREATOR.into()),
-            },
-        ))
-        .map_err(|e| anyhow::anyhow!("{e}; the key was not rotated"))?;
-    audit.checkpoint().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let bar = progress::count("re-wrapping tenant keys", false);
-    let report =
-        crate::service::key_rotation::rotate(&storage, &config.key_source, |done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-            if pace_ms > 0 {
-                std::thread::sleep(std::time::Duration::from_millis(pace_ms));
-            }
-        });
-    bar.finish_and_clear();
-    let report = report?;
-    println!(
-        "master key rotated: new key {}, {} tenant keys re-wrapped, {} old key(s) retired",
-        report.new_kek_id,
-        report.rewrapped,
-        report.retired.len()
-    );
-    Ok(())
 }

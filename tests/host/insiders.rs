@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use crate::backups::start_backup;
+use crate::support::backups::start_backup;
 use crate::support::{add_staff_offline, Host, Response, TempDir, BIN};
 
 fn records(tenant: &str) -> String {

@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::backups::{all_records, populated_tenant, start_backup, wait_verified, CRM};
+use crate::support::backups::{start_backup, wait_verified};
 use crate::support::garage::Garage;
+use crate::support::records::{all_records, populated_tenant, CRM};
 use crate::support::{contains, files_under, Host, TempDir};
 
 const REGIONS: &[&str] = &["in", "sg", "uk"];

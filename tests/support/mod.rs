@@ -3,7 +3,11 @@
 
 #![allow(dead_code)]
 
+pub mod archives;
+pub mod backups;
 pub mod garage;
+pub mod grants;
+pub mod records;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

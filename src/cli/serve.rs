@@ -1,0 +1,178 @@
+//! `coffer serve`: open the host, start the API and the background work, stop on a signal.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::api::{self, AppState};
+use crate::config::{Config, Overrides};
+use crate::keys;
+use crate::lifecycle;
+use crate::replication::{Backoff, RegionStore, Replication, Replicator};
+use crate::service::Backups;
+use crate::storage::{Role, Storage, FIRST_OPERATOR};
+
+use super::*;
+
+pub(super) fn open_backups(
+    config: &Config,
+    runtime: tokio::runtime::Handle,
+) -> anyhow::Result<Backups> {
+    let key = keys::load_backup_key(&config.data_dir, config.backup_key_file.as_deref())
+        .context("load backup key")?;
+    let regions = config
+        .backup_regions
+        .iter()
+        .map(|spec| RegionStore::open(spec).with_context(|| format!("backup region {}", spec.name)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let replication = Replication::new(
+        regions,
+        Backoff {
+            base: config.retry_base,
+            cap: config.retry_cap,
+        },
+        runtime,
+    );
+    let mut backups = Backups::new(
+        &config.backup_spool,
+        Arc::new(replication),
+        key,
+        config.region.clone(),
+        config.backup_retention.as_secs(),
+    )
+    .context("open backup store")?;
+    backups.limits.max_total_bytes = config.max_archive_bytes;
+    backups.max_rate = config.limits.job_max_bytes_per_s;
+    Ok(backups)
+}
+
+pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Config::resolve(Overrides {
+        listen: args.listen,
+        region: args.region,
+        grace_period: args.grace_period,
+        move_purge_delay: args.move_purge_delay,
+        sweep_interval: args.sweep_interval,
+        open_tenants_max: args.open_tenants_max,
+        backup_store: args.backup_store,
+        backup_key_file: args.backup_key_file,
+        backup_interval: args.backup_interval,
+        backup_retention: args.backup_retention,
+        ..overrides(args.host)
+    })?;
+    init_tracing();
+    let (storage, schemas) = open_host(&config)?;
+    write_first_operator_token(&storage, &config.data_dir)?;
+    let storage = Arc::new(storage);
+    // Blocking threads carry sled work and wait on group commit; cap them so a
+    // burst of clients cannot grow the process without bound.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(128)
+        .enable_all()
+        .build()
+        .context("start async runtime")?;
+    let backups = Arc::new(open_backups(&config, runtime.handle().clone())?);
+    let audit = Arc::new(
+        crate::audit::AuditLog::open(&config.data_dir, config.region.as_str())
+            .context("open the audit log")?,
+    );
+    // Entries a crash left unsigned are covered before anything else happens.
+    audit
+        .checkpoint()
+        .context("sign the audit log's checkpoint")?;
+    backups.recover(&storage);
+    for region in &backups.replication.regions {
+        tracing::info!(region = %region.name, store = %region.location, "backup region");
+    }
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listen on {}", config.listen))?;
+        let address = listener.local_addr()?;
+        tracing::info!(%address, region = %config.region, data_dir = %config.data_dir.display(), "coffer serving");
+        // One plain line on stdout, for people and for scripts that started us on port 0.
+        println!("coffer listening on http://{address}");
+        let mut background = crate::tasks::Background::new();
+        {
+            let (storage, audit, every) = (storage.clone(), audit.clone(), config.sweep_interval);
+            background.spawn("sweeper", move |stop| lifecycle::run_sweeper(storage, audit, every, stop));
+        }
+        {
+            let (backups, storage, schemas, audit) = (backups.clone(), storage.clone(), schemas.clone(), audit.clone());
+            let default = config.backup_interval;
+            background.spawn("scheduler", move |stop| {
+                crate::service::scheduler::run_scheduler(backups, storage, schemas, audit, default, stop)
+            });
+        }
+        {
+            let replicator = Replicator {
+                replication: backups.replication.clone(),
+                storage: storage.clone(),
+                spool: backups.spool.clone(),
+                parallel: 6,
+                retention_sweep: config.sweep_interval,
+                etags: Default::default(),
+            };
+            background.spawn("replicator", move |stop| replicator.run(stop));
+        }
+        {
+            let (audit, replication, every) = (audit.clone(), backups.replication.clone(), config.checkpoint_interval);
+            background.spawn("checkpointer", move |stop| {
+                crate::service::checkpoints::run_checkpointer(audit, replication, every, stop)
+            });
+        }
+        let state = Arc::new(AppState::new(storage, schemas, config, backups.clone(), audit.clone()));
+        api::serve(state, listener, shutdown_signal()).await?;
+        // Each loop ends between two steps; a backup round or an upload in
+        // flight finishes first.
+        background.stop(std::time::Duration::from_secs(10)).await;
+        // A last checkpoint covers every acknowledged entry, here and in the regions.
+        match audit.checkpoint() {
+            Ok(Some((size, note))) => {
+                let regions = backups.replication.regions.iter().map(|r| r.name.to_string()).collect();
+                let mut unshipped = vec![(size, note, regions)];
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    crate::service::checkpoints::ship(&audit, &backups.replication, &mut unshipped),
+                )
+                .await;
+            }
+            Ok(None) => {}
+            Err(error) => tracing::error!(%error, "final audit checkpoint"),
+        }
+        Ok(())
+    })
+}
+
+pub(super) async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::error!(%error, "install SIGTERM handler");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// On a new data directory, mints the first operator token into
+/// `<data-dir>/operator.token` (0600) and says where it is.
+pub(super) fn write_first_operator_token(storage: &Storage, data_dir: &Path) -> anyhow::Result<()> {
+    // Keyed on the first operator's identity, not on "no tokens": an
+    // operator added offline before the first start does not replace it.
+    if storage.catalog.identity(FIRST_OPERATOR).is_some() {
+        return Ok(());
+    }
+    let minted = crate::tokens::add_offline(storage, Role::Operator, FIRST_OPERATOR)
+        .context("mint the first operator token")?;
+    let secret = minted.secret;
+    let path = data_dir.join("operator.token");
+    keys::write_secret(&path, format!("{secret}\n").as_bytes())?;
+    tracing::info!(path = %path.display(), "wrote the first operator token (mode 0600)");
+    Ok(())
+}
