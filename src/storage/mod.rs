@@ -11,17 +11,21 @@
 //! keys/             master keys (owned by the `keys` module, never read here)
 //! ```
 //!
-//! Over 800 lines because the pool, staging, token primitives and re-wrap
-//! still live here beside `Storage`; moving the pool and staging into their
-//! own files is the open part of the structure work.
+//! Rooms: `catalog`, `tenant_db`, `commit` (group commit), `pool` (open
+//! tenant databases), `new_token`; `Storage` and its crash-safe steps here.
 
 mod catalog;
 mod commit;
+mod new_token;
+mod pool;
 mod tenant_db;
 
-use std::collections::HashMap;
+use new_token::new_token;
+pub use new_token::NewToken;
+use pool::Pool;
+
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock};
 
 pub use catalog::{
     Catalog, CopyOf, Identity, Kind, MovedTo, PendingUpgrade, Revocation, Role, TenantRecord,
@@ -706,148 +710,5 @@ impl Storage {
             }
         }
         Ok(())
-    }
-}
-
-/// What a new token is: its role, tenant (admins), owner and lifetime.
-#[derive(Debug, Clone)]
-pub struct NewToken {
-    pub role: Role,
-    pub tenant: Option<TenantId>,
-    pub name: String,
-    /// The staff identity it belongs to (staff tokens only).
-    pub identity: Option<String>,
-    pub created_by: String,
-    pub expires_at: Option<u64>,
-}
-
-impl NewToken {
-    pub fn admin(tenant: &TenantId, name: &str, created_by: &str) -> NewToken {
-        NewToken {
-            role: Role::TenantAdmin,
-            tenant: Some(tenant.clone()),
-            name: name.to_string(),
-            identity: None,
-            created_by: created_by.to_string(),
-            expires_at: None,
-        }
-    }
-
-    pub fn staff(role: Role, identity: &str, created_by: &str) -> NewToken {
-        NewToken {
-            role,
-            tenant: None,
-            name: identity.to_string(),
-            identity: Some(identity.to_string()),
-            created_by: created_by.to_string(),
-            expires_at: None,
-        }
-    }
-}
-
-fn new_token(new: NewToken) -> Result<(TokenRecord, String), StorageError> {
-    let secret = format!(
-        "coffer_{}",
-        crypto::encode_hex(&crypto::random_bytes::<32>()?)
-    );
-    let record = TokenRecord {
-        format: catalog::CATALOG_FORMAT_V1,
-        id: TokenId::generate()?,
-        role: new.role,
-        tenant: new.tenant,
-        also: Vec::new(),
-        name: new.name,
-        created_at: unix_now(),
-        digest: crypto::encode_hex(&crypto::token_digest(&secret)),
-        identity: new.identity,
-        created_by: Some(new.created_by),
-        expires_at: new.expires_at,
-        revoked: None,
-    };
-    Ok((record, secret))
-}
-
-/// A bounded set of open tenant databases, least recently used evicted first.
-/// sled keeps file handles and a page cache per open database, so a host with
-/// many tenants keeps only `capacity` open and reopens cold ones on demand. An
-/// evicted database that a request still holds stays reachable through `alive`
-/// so that it is never opened twice (sled locks its directory).
-struct Pool {
-    capacity: usize,
-    inner: Mutex<PoolInner>,
-}
-
-#[derive(Default)]
-struct PoolInner {
-    open: HashMap<TenantId, (Arc<TenantDb>, u64)>,
-    alive: HashMap<TenantId, Weak<TenantDb>>,
-    tick: u64,
-}
-
-impl Pool {
-    fn new(capacity: usize) -> Self {
-        Pool {
-            capacity: capacity.max(1),
-            inner: Mutex::new(PoolInner::default()),
-        }
-    }
-
-    fn get_or_open(
-        &self,
-        id: &TenantId,
-        open: impl FnOnce() -> Result<TenantDb, StorageError>,
-    ) -> Result<Arc<TenantDb>, StorageError> {
-        let mut inner = self.inner.lock().expect("pool lock poisoned");
-        inner.tick += 1;
-        let tick = inner.tick;
-        if let Some((db, used)) = inner.open.get_mut(id) {
-            *used = tick;
-            return Ok(db.clone());
-        }
-        let db = match inner.alive.get(id).and_then(Weak::upgrade) {
-            Some(db) => db,
-            None => Arc::new(open()?),
-        };
-        self.admit(&mut inner, id.clone(), db.clone(), tick);
-        Ok(db)
-    }
-
-    fn insert(&self, id: TenantId, db: Arc<TenantDb>) {
-        let mut inner = self.inner.lock().expect("pool lock poisoned");
-        inner.tick += 1;
-        let tick = inner.tick;
-        self.admit(&mut inner, id, db, tick);
-    }
-
-    fn admit(&self, inner: &mut PoolInner, id: TenantId, db: Arc<TenantDb>, tick: u64) {
-        inner.alive.insert(id.clone(), Arc::downgrade(&db));
-        inner.open.insert(id, (db, tick));
-        while inner.open.len() > self.capacity {
-            let coldest = inner
-                .open
-                .iter()
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(id, _)| id.clone())
-                .expect("pool over capacity is not empty");
-            inner.open.remove(&coldest);
-        }
-        if inner.alive.len() > 2 * self.capacity {
-            inner.alive.retain(|_, weak| weak.strong_count() > 0);
-        }
-    }
-
-    fn forget(&self, id: &TenantId) {
-        let mut inner = self.inner.lock().expect("pool lock poisoned");
-        inner.open.remove(id);
-        inner.alive.remove(id);
-    }
-
-    fn open_count(&self) -> usize {
-        let inner = self.inner.lock().expect("pool lock poisoned");
-        inner
-            .alive
-            .values()
-            .filter(|weak| weak.strong_count() > 0)
-            .count()
     }
 }
