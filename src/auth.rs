@@ -136,6 +136,8 @@ pub enum Action<'a> {
     RestoreBackup(&'a TenantId),
     ImportTenant,
     UpgradeTenant(&'a TenantId),
+    /// How the tenant's writes are acknowledged (`local`, `replicated`).
+    SetDurability(&'a TenantId),
     /// Begin, complete or abort a move to another host.
     MoveTenant(&'a TenantId),
     /// Where a tenant's data and backups are.
@@ -183,7 +185,8 @@ pub fn authorize(principal: &Principal, action: &Action<'_>) -> Result<(), Denie
             Action::ReadTenant(t)
             | Action::DeactivateTenant(t)
             | Action::ReactivateTenant(t)
-            | Action::UpgradeTenant(t),
+            | Action::UpgradeTenant(t)
+            | Action::SetDurability(t),
             role,
         ) => role == Operator || own(t),
         (Action::PurgeTenant(_), role) => role == Operator,

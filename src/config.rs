@@ -48,6 +48,14 @@
 //! [audit]
 //! checkpoint_interval = "2s"                 # signed checkpoints while entries arrive
 //!
+//! [changelog]                                # continuous backup (point-in-time restore)
+//! enabled = true
+//! segment_after = "2s"                       # a segment closes once its oldest change is this old
+//! segment_mb = 4                             # ...or once it holds this much
+//! replicated_regions = 2                     # `replicated` tenants: regions a write waits for
+//! replicated_timeout = "30s"                 # then the write answers 503 (it stays and ships)
+//! retention_days = 30                        # the point-in-time window
+//!
 //! [backup]
 //! regions = ["eu", "us"]                     # default: every [regions.*] table; with none,
 //!                                            # three directories under data_dir
@@ -115,6 +123,18 @@ pub struct Config {
     /// The fleet's hosts by region (`[hosts]`): the only move targets.
     pub hosts: std::collections::BTreeMap<Region, String>,
     pub limits: Limits,
+    /// Continuous backup; `None` when `[changelog] enabled = false`.
+    pub changelog: Option<ChangeLogConfig>,
+}
+
+/// `[changelog]`: how change logs ship.
+#[derive(Debug, Clone)]
+pub struct ChangeLogConfig {
+    pub segment_after: Duration,
+    pub segment_bytes: usize,
+    pub replicated_regions: usize,
+    pub replicated_timeout: Duration,
+    pub retention: Duration,
 }
 
 /// Bounds on long jobs, so that no tenant (or broken client) takes the host.
@@ -184,6 +204,19 @@ struct RawConfig {
     hosts: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    changelog: RawChangeLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChangeLog {
+    enabled: Option<bool>,
+    segment_after: Option<String>,
+    segment_mb: Option<usize>,
+    replicated_regions: Option<usize>,
+    replicated_timeout: Option<String>,
+    retention_days: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -403,6 +436,27 @@ impl Config {
                 )?,
             },
             hosts: fleet_hosts(&raw.hosts)?,
+            changelog: match raw.changelog.enabled {
+                Some(false) => None,
+                _ => Some(ChangeLogConfig {
+                    segment_after: duration(
+                        "changelog.segment_after",
+                        raw.changelog.segment_after,
+                        "2s",
+                    )?
+                    .max(Duration::from_millis(50)),
+                    segment_bytes: raw.changelog.segment_mb.unwrap_or(4).clamp(1, 64) << 20,
+                    replicated_regions: raw.changelog.replicated_regions.unwrap_or(2).max(1),
+                    replicated_timeout: duration(
+                        "changelog.replicated_timeout",
+                        raw.changelog.replicated_timeout,
+                        "30s",
+                    )?,
+                    retention: Duration::from_secs(
+                        raw.changelog.retention_days.unwrap_or(30).max(1) * 86_400,
+                    ),
+                }),
+            },
             limits: Limits {
                 long_jobs_per_tenant: raw.limits.long_jobs_per_tenant.unwrap_or(2).max(1),
                 long_jobs_total: raw.limits.long_jobs_total.unwrap_or(16).max(1),

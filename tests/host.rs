@@ -23,6 +23,8 @@ mod lifecycle;
 mod limits;
 #[path = "host/neighbours.rs"]
 mod neighbours;
+#[path = "host/pitr.rs"]
+mod pitr;
 #[path = "host/records.rs"]
 mod records;
 #[path = "host/replication.rs"]

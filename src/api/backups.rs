@@ -36,6 +36,7 @@ impl From<BackupError> for ApiError {
             BackupError::Storage(inner) => ApiError::from(inner),
             BackupError::Store(message) => ApiError::Unavailable(message),
             BackupError::Stopped(message) => ApiError::Conflict(message),
+            BackupError::Conflict(message) => ApiError::Conflict(message),
             other => ApiError::internal(other),
         }
     }
@@ -329,9 +330,11 @@ pub async fn copies(state: &Arc<AppState>, id: TenantId) -> Result<Response<Body
             .spool
             .list(id.as_str())?
             .into_iter()
+            .filter(|s| s.log.is_none())
             .map(|s| s.backup_id)
             .collect();
         let live = tenant.state != TenantState::Destroyed;
+        let change_log = super::continuous::change_log_json(&inner, &tenant);
         // Every tenant restored or imported from this one, and what its
         // removal does to each.
         let copies: Vec<Value> = crate::lifecycle::copies_of(&inner.storage, &id)
@@ -366,6 +369,7 @@ pub async fn copies(state: &Arc<AppState>, id: TenantId) -> Result<Response<Body
                 "regions": b["regions"],
                 "on_host_spool": spool.iter().any(|s| b["id"] == s.as_str()),
             })).collect::<Vec<_>>(),
+            "change_log": change_log,
             "backups_erased": erased,
             "copies_remaining": backups.len(),
             "copies": copies,

@@ -14,6 +14,7 @@
 //! audits requests made through a grant, and dispatches.
 
 mod backups;
+mod continuous;
 mod error;
 mod grants;
 mod limits;
@@ -68,6 +69,8 @@ pub struct AppState {
     /// Bytes of request bodies held in memory, host-wide.
     pub(crate) bodies: limits::BodyBudget,
     next_request: AtomicU64,
+    /// Continuous backup, when the host keeps change logs.
+    pub changelog: Option<Arc<crate::service::changelog::ChangeLog>>,
 }
 
 impl AppState {
@@ -90,7 +93,16 @@ impl AppState {
             bodies,
             grant_lock: tokio::sync::Mutex::new(()),
             next_request: AtomicU64::new(1),
+            changelog: None,
         }
+    }
+
+    pub fn with_changelog(
+        mut self,
+        changelog: Option<Arc<crate::service::changelog::ChangeLog>>,
+    ) -> Self {
+        self.changelog = changelog;
+        self
     }
 }
 
@@ -369,6 +381,10 @@ async fn dispatch(
             tenants::set_backup_schedule(state, principal, id, body).await
         }
         Endpoint::UpgradeTenant(id) => tenants::upgrade(state, principal, id, body).await,
+        Endpoint::SetDurability(id) => {
+            continuous::set_durability(state, principal, id, &body).await
+        }
+        Endpoint::PointInTimeRestore(id) => continuous::restore(state, principal, id, &body).await,
         Endpoint::RestoreBackup(id, backup) => {
             backups::restore(state, principal, id, backup, &body).await
         }

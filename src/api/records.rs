@@ -25,6 +25,7 @@ pub async fn create(
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
     let record: Value = parse_json(&body)?;
+    let (held, tenant) = (state.clone(), id.clone());
     let (state, principal) = (state.clone(), principal.clone());
     let record_id = blocking(move || {
         let call = Call::write("POST", &id, &collection, None, StatusCode::CREATED);
@@ -37,6 +38,7 @@ pub async fn create(
         )
     })
     .await??;
+    super::continuous::hold_for_regions(&held, &tenant).await?;
     Ok(json_response(
         StatusCode::CREATED,
         &json!({ "id": record_id.as_str() }),
@@ -74,6 +76,7 @@ pub async fn replace(
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
     let record: Value = parse_json(&body)?;
+    let (held, tenant) = (state.clone(), id.clone());
     let (state, principal) = (state.clone(), principal.clone());
     let stored = blocking(move || {
         let call = Call::write("PUT", &id, &collection, Some(&record_id), StatusCode::OK);
@@ -89,6 +92,7 @@ pub async fn replace(
         )
     })
     .await??;
+    super::continuous::hold_for_regions(&held, &tenant).await?;
     Ok(json_response(StatusCode::OK, &record_json(stored)))
 }
 
@@ -99,6 +103,7 @@ pub async fn delete(
     collection: String,
     record_id: RecordId,
 ) -> Result<Response<Body>, ApiError> {
+    let (held, tenant) = (state.clone(), id.clone());
     let (state, principal) = (state.clone(), principal.clone());
     blocking(move || {
         let call = Call::write(
@@ -117,6 +122,7 @@ pub async fn delete(
         )
     })
     .await??;
+    super::continuous::hold_for_regions(&held, &tenant).await?;
     Ok(empty_response(StatusCode::NO_CONTENT))
 }
 

@@ -45,6 +45,8 @@ pub enum Endpoint {
     RestoreBackup(TenantId, BackupId),
     ImportTenant,
     UpgradeTenant(TenantId),
+    SetDurability(TenantId),
+    PointInTimeRestore(TenantId),
     SetBackupSchedule(TenantId),
     Copies(TenantId),
     MoveTenant(TenantId, MoveStep),
@@ -123,6 +125,10 @@ impl Endpoint {
             }
             (&M::POST, ["v1", "tenants", id, "purge"]) => Endpoint::PurgeTenant(tenant(id)?),
             (&M::POST, ["v1", "tenants", id, "upgrade"]) => Endpoint::UpgradeTenant(tenant(id)?),
+            (&M::PUT, ["v1", "tenants", id, "durability"]) => Endpoint::SetDurability(tenant(id)?),
+            (&M::POST, ["v1", "tenants", id, "restore"]) => {
+                Endpoint::PointInTimeRestore(tenant(id)?)
+            }
             (&M::PUT, ["v1", "tenants", id, "backup-schedule"]) => {
                 Endpoint::SetBackupSchedule(tenant(id)?)
             }
@@ -200,7 +206,12 @@ impl Endpoint {
             ["healthz"]
                 | ["v1", "tenants"]
                 | ["v1", "tenants", _]
-                | ["v1", "tenants", _, "reactivate" | "purge" | "upgrade"]
+                | [
+                    "v1",
+                    "tenants",
+                    _,
+                    "reactivate" | "purge" | "upgrade" | "durability" | "restore"
+                ]
                 | ["v1", "tenants", _, "collections", _, "records"]
                 | ["v1", "tenants", _, "collections", _, "records", _]
                 | ["v1", "tokens"]
@@ -268,6 +279,8 @@ impl Endpoint {
             Endpoint::RestoreBackup(t, _) => A::RestoreBackup(t),
             Endpoint::ImportTenant => A::ImportTenant,
             Endpoint::UpgradeTenant(t) => A::UpgradeTenant(t),
+            Endpoint::SetDurability(t) => A::SetDurability(t),
+            Endpoint::PointInTimeRestore(t) => A::RestoreBackup(t),
             Endpoint::Copies(t) => A::ReadCopies(t),
             Endpoint::MoveTenant(t, MoveStep::Approve) => A::ApproveMove(t),
             Endpoint::MoveTenant(t, _) => A::MoveTenant(t),
@@ -291,6 +304,8 @@ impl Endpoint {
             Endpoint::ReactivateTenant(_) => "tenant.reactivate",
             Endpoint::PurgeTenant(_) => "tenant.purge",
             Endpoint::UpgradeTenant(_) => "tenant.upgrade",
+            Endpoint::SetDurability(_) => "tenant.durability",
+            Endpoint::PointInTimeRestore(_) => "tenant.restore",
             Endpoint::SetBackupSchedule(_) => "backup.schedule",
             Endpoint::StartBackup(_) => "backup.start",
             Endpoint::RestoreBackup(..) => "backup.restore",
@@ -331,6 +346,8 @@ impl Endpoint {
             | Endpoint::ReadBackup(t, _)
             | Endpoint::RestoreBackup(t, _)
             | Endpoint::UpgradeTenant(t)
+            | Endpoint::SetDurability(t)
+            | Endpoint::PointInTimeRestore(t)
             | Endpoint::SetBackupSchedule(t)
             | Endpoint::Copies(t)
             | Endpoint::MoveTenant(t, _)

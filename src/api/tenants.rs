@@ -93,6 +93,10 @@ pub async fn create(
 ) -> Result<Response<Body>, ApiError> {
     let storage = state.storage.clone();
     let request: CreateTenantRequest = parse_json(&body)?;
+    let mode = match &request.durability {
+        Some(mode) => super::continuous::checked_mode(state, mode)?,
+        None => Default::default(),
+    };
     let mut new = checked_new_tenant(state, request)?;
     let id = TenantId::generate().map_err(ApiError::internal)?;
     new.id = Some(id.clone());
@@ -105,9 +109,21 @@ pub async fn create(
             .detail("region", new.region.as_str()),
     )
     .await?;
-    let (tenant, admin_token) = blocking(move || lifecycle::create(&storage, new)).await??;
+    let (tenant, admin_token) = blocking(move || -> Result<_, ApiError> {
+        let (tenant, token) = lifecycle::create(&storage, new)?;
+        let tenant = if mode == Default::default() {
+            tenant
+        } else {
+            storage.update_tenant(&tenant.id, |t| -> Result<(), ApiError> {
+                t.durability = mode;
+                Ok(())
+            })??
+        };
+        Ok((tenant, token))
+    })
+    .await??;
     tracing::info!(tenant_id = %tenant.id, "tenant created");
-    let mut body = tenant_json(&tenant);
+    let mut body = super::continuous::with_durability(state, &tenant);
     body["admin_token"] = Value::from(admin_token);
     Ok(json_response(StatusCode::CREATED, &body))
 }
@@ -124,7 +140,10 @@ pub async fn list(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
 pub async fn read(state: &Arc<AppState>, id: TenantId) -> Result<Response<Body>, ApiError> {
     let storage = state.storage.clone();
     let tenant = known_tenant(&storage, &id)?;
-    Ok(json_response(StatusCode::OK, &tenant_json(&tenant)))
+    Ok(json_response(
+        StatusCode::OK,
+        &super::continuous::with_durability(state, &tenant),
+    ))
 }
 
 pub async fn deactivate(
@@ -190,6 +209,7 @@ pub async fn purge(
     )
     .await?;
     let replication = state.backups.replication.clone();
+    let changelog = state.changelog.clone();
     let log = state.audit.clone();
     let (tenant, erasing, copies) = blocking(move || -> Result<_, ApiError> {
         let tenant = if existing.state == crate::storage::TenantState::Destroyed {
@@ -201,6 +221,9 @@ pub async fn purge(
             lifecycle::destroy(&storage, &id)?
         };
         let erasing = if request.erase_backups {
+            if let Some(log) = &changelog {
+                log.erase(&id)?;
+            }
             Some(replication.erase_tenant(&storage, &id)?)
         } else {
             None
@@ -239,6 +262,8 @@ struct CreateTenantRequest {
     schema: String,
     #[serde(default)]
     schema_version: Option<u32>,
+    #[serde(default)]
+    durability: Option<String>,
 }
 
 #[derive(Deserialize)]

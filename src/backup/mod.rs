@@ -18,6 +18,7 @@ pub mod export;
 pub mod format;
 pub mod import;
 pub mod sealed;
+pub mod segment;
 pub mod store;
 pub mod watch;
 
@@ -55,6 +56,10 @@ pub enum BackupError {
     /// Stopped because its tenant was deactivated or purged meanwhile.
     #[error("{0}")]
     Stopped(String),
+    /// What was asked cannot be done from what is stored (a point-in-time
+    /// restore without a base or across a gap in the log).
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
     #[error(transparent)]
@@ -164,6 +169,52 @@ pub fn restore_archive(
     mint_token: bool,
     copy_of: Option<CopyOf>,
 ) -> Result<Restored, BackupError> {
+    restore_archive_then(
+        storage,
+        schemas,
+        reader,
+        NewCopy {
+            name,
+            keep_id,
+            region,
+            inherit,
+            mint_token,
+            copy_of,
+        },
+        limits,
+        &mut |_, _| Ok(()),
+    )
+}
+
+/// Who a restored tenant is, besides its records.
+pub struct NewCopy<'a> {
+    pub name: String,
+    pub keep_id: Option<TenantId>,
+    pub region: Region,
+    pub inherit: &'a [InheritedAdmin],
+    pub mint_token: bool,
+    pub copy_of: Option<CopyOf>,
+}
+
+/// Like [`restore_archive`], with `then` run on the staged tenant once the
+/// archive is in and before it is published (a point-in-time restore replays
+/// its change log there). Its error removes the staged tenant.
+pub fn restore_archive_then(
+    storage: &Storage,
+    schemas: &Registry,
+    reader: impl Read,
+    copy: NewCopy<'_>,
+    limits: Limits,
+    then: &mut dyn FnMut(&crate::storage::TenantDb, &Schema) -> Result<(), BackupError>,
+) -> Result<Restored, BackupError> {
+    let NewCopy {
+        name,
+        keep_id,
+        region,
+        inherit,
+        mint_token,
+        copy_of,
+    } = copy;
     let mut sink = StagingSink {
         storage,
         name,
@@ -172,8 +223,22 @@ pub fn restore_archive(
         staged: None,
         schema: None,
     };
-    let result = import::read_archive(reader, schemas, limits, &mut sink);
+    let mut result = import::read_archive(reader, schemas, limits, &mut sink);
     let staged = sink.staged.take();
+    if let (Ok(summary), Some(staged), Some(schema)) = (&mut result, &staged, &sink.schema) {
+        match then(staged.db(), schema) {
+            Ok(()) => {
+                // Replayed changes alter what the archive counted.
+                let mut total = 0;
+                for (collection, count) in summary.manifest.counts.iter_mut() {
+                    *count = staged.db().count(collection)?;
+                    total += *count;
+                }
+                summary.records = total;
+            }
+            Err(error) => result = Err(error),
+        }
+    }
     match (result, staged) {
         (Ok(summary), Some(mut staged)) => {
             staged.record.copy_of = copy_of.and_then(|mut copy| {

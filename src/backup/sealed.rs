@@ -39,6 +39,10 @@ pub struct Envelope {
     pub tenant_id: String,
     /// Admin credentials of the source tenant (token digests, never tokens).
     pub admins: Vec<crate::storage::InheritedAdmin>,
+    /// A change-log segment's range, sealed with it so that a manifest that
+    /// lies about it is caught when the segment is opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<crate::backup::segment::LogRange>,
 }
 
 /// Writes the header and returns a writer that seals everything written to it.
@@ -300,6 +304,7 @@ mod tests {
             backup_id: "ab".repeat(16),
             tenant_id: tenant.to_string(),
             admins: vec![],
+            log: None,
         };
         let mut writer = seal(Vec::new(), &key, &[0xab; 16], &tenant, &envelope).unwrap();
         writer.write_all(plain).unwrap();

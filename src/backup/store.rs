@@ -32,6 +32,13 @@ pub struct StoredBackup {
     pub archive_size: u64,
     pub archive_sha256: String,
     pub records: u64,
+    /// Full backups: the tenant's write sequence at the snapshot (its change
+    /// log continues after it) and the log's generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub covers: Option<crate::backup::segment::Covers>,
+    /// Change-log segments (`kind` = `log`): what the segment holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<crate::backup::segment::LogRange>,
 }
 
 #[derive(Debug, Clone)]

@@ -10,6 +10,7 @@ use crate::config::{Config, Overrides};
 use crate::keys;
 use crate::lifecycle;
 use crate::replication::{Backoff, RegionStore, Replication, Replicator};
+use crate::service::changelog::{ChangeLog, LogSettings};
 use crate::service::Backups;
 use crate::storage::{Role, Storage, FIRST_OPERATOR};
 
@@ -63,6 +64,10 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })?;
     init_tracing();
     let (storage, schemas) = open_host(&config)?;
+    let keep_logs = config.changelog.is_some() && !config.backup_regions.is_empty();
+    if keep_logs {
+        storage.keep_change_logs();
+    }
     write_first_operator_token(&storage, &config.data_dir)?;
     let storage = Arc::new(storage);
     // Blocking threads carry sled work and wait on group commit; cap them so a
@@ -82,6 +87,24 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .checkpoint()
         .context("sign the audit log's checkpoint")?;
     backups.recover(&storage);
+    let changelog = match (&config.changelog, keep_logs) {
+        (Some(settings), true) => {
+            let log = Arc::new(ChangeLog::new(
+                storage.clone(),
+                backups.clone(),
+                LogSettings {
+                    segment_after: settings.segment_after,
+                    segment_bytes: settings.segment_bytes,
+                    replicated_regions: settings.replicated_regions,
+                    replicated_timeout: settings.replicated_timeout,
+                    retention_secs: settings.retention.as_secs(),
+                },
+            ));
+            log.recover();
+            Some(log)
+        }
+        _ => None,
+    };
     for region in &backups.replication.regions {
         tracing::info!(region = %region.name, store = %region.location, "backup region");
     }
@@ -122,11 +145,23 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 crate::service::checkpoints::run_checkpointer(audit, replication, every, stop)
             });
         }
-        let state = Arc::new(AppState::new(storage, schemas, config, backups.clone(), audit.clone()));
+        if let Some(log) = changelog.clone() {
+            background.spawn("changelog", move |stop| log.run(stop));
+        }
+        let state = Arc::new(
+            AppState::new(storage, schemas, config, backups.clone(), audit.clone())
+                .with_changelog(changelog.clone()),
+        );
         api::serve(state, listener, shutdown_signal()).await?;
         // Each loop ends between two steps; a backup round or an upload in
         // flight finishes first.
         background.stop(std::time::Duration::from_secs(10)).await;
+        // Changes logged since the last segment go to the spool (replication
+        // takes them from there after the restart if not before).
+        if let Some(log) = &changelog {
+            let log = log.clone();
+            let _ = crate::tasks::blocking(move || log.ship_all()).await;
+        }
         // A last checkpoint covers every acknowledged entry, here and in the regions.
         match audit.checkpoint() {
             Ok(Some((size, note))) => {

@@ -359,6 +359,11 @@ pub fn record_aad(tenant: &str, collection: &str, record_id: &str) -> Vec<u8> {
     length_prefixed(b"coffer record v1", &[tenant, collection, record_id])
 }
 
+/// Associated data of one entry of a tenant's change log.
+pub fn change_aad(tenant: &str, seq: u64) -> Vec<u8> {
+    length_prefixed(b"coffer change v1", &[tenant, &seq.to_string()])
+}
+
 fn dek_aad(tenant: &str, kek_id: &str) -> Vec<u8> {
     length_prefixed(b"coffer dek v1", &[tenant, kek_id])
 }

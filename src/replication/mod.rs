@@ -164,6 +164,8 @@ pub struct Replication {
     runtime: tokio::runtime::Handle,
     wake: tokio::sync::Notify,
     in_flight: Mutex<HashSet<String>>,
+    /// Woken whenever a replica is verified (writes that wait for regions).
+    pub verified: tokio::sync::Notify,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +190,7 @@ impl Replication {
             runtime,
             wake: tokio::sync::Notify::new(),
             in_flight: Mutex::new(HashSet::new()),
+            verified: tokio::sync::Notify::new(),
         }
     }
 
@@ -399,8 +402,16 @@ impl Replication {
     }
 
     /// Published backups of a tenant in every region (for a host that does
-    /// not know the tenant: disaster recovery). Regions that fail are skipped.
+    /// not know the tenant: disaster recovery), change-log segments left out.
     pub fn list_everywhere(&self, tenant: &str) -> BTreeMap<String, (StoredBackup, Vec<Region>)> {
+        let mut all = self.list_everything(tenant);
+        all.retain(|_, (stored, _)| stored.log.is_none());
+        all
+    }
+
+    /// Published backups and change-log segments of a tenant in every
+    /// region. Regions that fail are skipped.
+    pub fn list_everything(&self, tenant: &str) -> BTreeMap<String, (StoredBackup, Vec<Region>)> {
         let mut out: BTreeMap<String, (StoredBackup, Vec<Region>)> = BTreeMap::new();
         for region in &self.regions {
             match self.block_on(region.list(tenant)) {

@@ -153,7 +153,8 @@ impl Replicator {
                     tracing::error!(%error, "record replica state");
                     return;
                 }
-                tracing::info!(attempts = replica.attempts, "replica verified");
+                tracing::debug!(attempts = replica.attempts, "replica verified");
+                self.replication.verified.notify_waiters();
                 self.drop_spool_when_everywhere(&replica).await;
             }
             Ok(None) => {

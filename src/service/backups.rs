@@ -9,6 +9,7 @@ use std::io::Read;
 use std::path::Path;
 
 use crate::backup::format::Limits;
+use crate::backup::segment::Covers;
 use crate::backup::store::{LocalStore, StoredBackup};
 use crate::backup::watch::Watch;
 use crate::backup::{
@@ -158,6 +159,7 @@ impl Backups {
             backup_id: job.id.clone(),
             tenant_id: tenant.id.to_string(),
             admins: storage.admin_credentials(&tenant.id)?,
+            log: None,
         };
         let backup_id: [u8; 16] = crypto::decode_hex(&job.id)
             .and_then(|b| b.try_into().ok())
@@ -191,6 +193,12 @@ impl Backups {
             archive_size: size,
             archive_sha256: sha256,
             records: summary.records,
+            covers: db.log_generation().map(|generation| Covers {
+                generation,
+                seq: snapshot.log_seq,
+                at_ms: snapshot.taken_at_ms,
+            }),
+            log: None,
         };
         self.spool.publish(&stored)?;
         self.replication.register(storage, &stored)?;
@@ -200,13 +208,15 @@ impl Backups {
     /// Opens a stored backup's archive stream from `region`, or from the
     /// spool or the first region that has it. The sealed chunks authenticate
     /// every byte as it is read (truncation included).
-    pub fn open_stored(
+    /// The stored object of a backup or segment, unopened: from `region`, or
+    /// from the spool or the first region that has it.
+    pub fn open_raw(
         &self,
         tenant: &str,
         backup: &str,
         region: Option<&str>,
-    ) -> Result<(sealed::Envelope, impl Read), BackupError> {
-        let source: Box<dyn Read + Send> = match region {
+    ) -> Result<Box<dyn Read + Send>, BackupError> {
+        Ok(match region {
             Some(region) => Box::new(self.open_in_region(region, tenant, backup)?),
             None => match self.spool.get(tenant, backup)? {
                 Some(_) => Box::new(self.spool.open_archive(tenant, backup)?),
@@ -226,7 +236,21 @@ impl Backups {
                     Box::new(found.ok_or(last)?)
                 }
             },
-        };
+        })
+    }
+
+    /// The key segments and backups are sealed under (for `changelog`).
+    pub(super) fn backup_key(&self) -> &SecretKey {
+        &self.backup_key
+    }
+
+    pub fn open_stored(
+        &self,
+        tenant: &str,
+        backup: &str,
+        region: Option<&str>,
+    ) -> Result<(sealed::Envelope, impl Read), BackupError> {
+        let source = self.open_raw(tenant, backup, region)?;
         let (header, envelope, reader) = sealed::open(
             std::io::BufReader::with_capacity(256 * 1024, source),
             &self.backup_key,

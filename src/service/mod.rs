@@ -6,6 +6,7 @@
 //! below imports `service`.
 
 pub mod backups;
+pub mod changelog;
 pub mod checkpoints;
 pub mod key_rotation;
 pub mod scheduler;

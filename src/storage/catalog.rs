@@ -87,6 +87,37 @@ pub struct TenantRecord {
     /// Set when this tenant was made from another tenant's backup or export.
     #[serde(default)]
     pub copy_of: Option<CopyOf>,
+    /// How its writes are acknowledged.
+    #[serde(default)]
+    pub durability: Durability,
+}
+
+/// How a tenant's writes are acknowledged (continuous backup).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Once durable on this host; the change log ships within seconds.
+    #[default]
+    Local,
+    /// Once its change is verified in enough backup regions.
+    Replicated,
+}
+
+impl Durability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Local => "local",
+            Durability::Replicated => "replicated",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Durability> {
+        match text {
+            "local" => Some(Durability::Local),
+            "replicated" => Some(Durability::Replicated),
+            _ => None,
+        }
+    }
 }
 
 /// Where a restored or imported tenant came from.

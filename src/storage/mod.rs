@@ -28,10 +28,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 pub use catalog::{
-    Catalog, CopyOf, Identity, Kind, MovedTo, PendingUpgrade, Revocation, Role, TenantRecord,
-    TenantState, TokenRecord, WrappedDek, DATA_DIR_CREATOR, FIRST_OPERATOR,
+    Catalog, CopyOf, Durability, Identity, Kind, MovedTo, PendingUpgrade, Revocation, Role,
+    TenantRecord, TenantState, TokenRecord, WrappedDek, DATA_DIR_CREATOR, FIRST_OPERATOR,
 };
-pub use tenant_db::{Record, Snapshot, SnapshotRecords, TenantDb};
+pub use tenant_db::{Change, ChangeFeed, Record, Snapshot, SnapshotRecords, TenantDb};
 
 use crate::crypto::{self, CryptoError, Keyring, MasterKey, SecretKey, TenantCipher};
 use crate::ids::{unix_now, Region, TenantId, TokenId};
@@ -143,6 +143,9 @@ pub struct Storage {
     /// Held for a whole master-key rotation: two at once could retire each
     /// other's new key.
     pub rotation: Mutex<()>,
+    /// Tenants with changes to ship, when live tenants keep change logs.
+    pub changes: Arc<ChangeFeed>,
+    change_logs: std::sync::atomic::AtomicBool,
 }
 
 impl Storage {
@@ -166,6 +169,8 @@ impl Storage {
             cache_bytes_per_tenant,
             tenant_update: Mutex::new(()),
             rotation: Mutex::new(()),
+            changes: Arc::new(ChangeFeed::default()),
+            change_logs: std::sync::atomic::AtomicBool::new(false),
         };
         storage.recover_upgrades()?;
         storage.sweep_orphans()?;
@@ -174,6 +179,20 @@ impl Storage {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Live tenants opened from now on log every write (`coffer serve` with
+    /// the change log on; call before any tenant is opened).
+    pub fn keep_change_logs(&self) {
+        self.change_logs
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn live(&self, db: TenantDb) -> Result<TenantDb, StorageError> {
+        if self.change_logs.load(std::sync::atomic::Ordering::SeqCst) {
+            db.log_to(self.changes.clone())?;
+        }
+        Ok(db)
     }
 
     fn tenant_dir(&self, id: &TenantId) -> PathBuf {
@@ -220,6 +239,7 @@ impl Storage {
             moved_to: None,
             proposed_move: None,
             copy_of: None,
+            durability: Default::default(),
             wrapped_dek: Some(wrapped_dek),
         };
         Ok((record, dek))
@@ -232,12 +252,12 @@ impl Storage {
         let id = record.id.clone();
         // The directory first: a crash before the catalog write leaves an orphan
         // directory that the next start removes, never a tenant without a home.
-        let db = TenantDb::open(
+        let db = self.live(TenantDb::open(
             &self.tenant_dir(&id),
             id.clone(),
             TenantCipher::new(&dek),
             self.cache_bytes_per_tenant,
-        )?;
+        )?)?;
         let (token, secret) = new_token(NewToken::admin(&id, "initial admin", DATA_DIR_CREATOR))?;
         self.catalog
             .create_tenant(&record, &token, &crypto::token_digest(&secret))?;
@@ -459,6 +479,7 @@ impl Storage {
                 TenantCipher::new(&dek),
                 self.cache_bytes_per_tenant,
             )
+            .and_then(|db| self.live(db))
         })
     }
 

@@ -48,11 +48,14 @@ fn host_with_regions(
     Host::start(&dir.path().join(name), &args)
 }
 
+/// The tenant's backup objects in a region (its change-log segments,
+/// `tenants/<tenant>/log-…`, are not backups).
 fn objects_of(garage: &Garage, region: &str, tenant: &str) -> Vec<(String, u64)> {
     garage
         .objects(region)
         .into_iter()
         .filter(|(name, _)| name.starts_with(&format!("tenants/{tenant}/")))
+        .filter(|(name, _)| !name.starts_with(&format!("tenants/{tenant}/log-")))
         .collect()
 }
 

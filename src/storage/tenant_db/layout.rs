@@ -8,6 +8,24 @@ pub const TENANT_LAYOUT_V1: u8 = 1;
 
 pub(super) const TAG_LEN: usize = 32;
 
+/// First byte of the change log's keys: `l` seq (u64 BE).
+pub(super) const LOG_PREFIX: u8 = b'l';
+
+pub(super) fn log_key(seq: u64) -> [u8; 9] {
+    let mut key = [LOG_PREFIX; 9];
+    key[1..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+pub(super) fn log_seq_from(key: &[u8]) -> Result<u64, StorageError> {
+    match key {
+        [LOG_PREFIX, rest @ ..] if rest.len() == 8 => {
+            Ok(u64::from_be_bytes(rest.try_into().expect("eight bytes")))
+        }
+        _ => Err(StorageError::Damaged("a change log key".into())),
+    }
+}
+
 pub(super) fn collection_prefix(collection: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(collection.len() + 2);
     key.push(b'r');

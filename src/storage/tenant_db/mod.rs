@@ -23,6 +23,7 @@
 //! views and their NDJSON lines, for exports and backups); opening, reads and
 //! the raw access of tooling are here.
 
+mod changelog;
 mod layout;
 mod snapshot;
 #[cfg(test)]
@@ -41,10 +42,12 @@ use crate::crypto::{record_aad, TenantCipher};
 use crate::ids::{RecordId, TenantId};
 use crate::schema::{index_form, legacy_index_forms, same_indexed_value, Collection, Field};
 
+pub use changelog::{Change, ChangeFeed};
 pub use layout::TENANT_LAYOUT_V1;
 use layout::*;
 pub use snapshot::{Snapshot, SnapshotRecords};
 use snapshot::{PRE_IMAGE_ABSENT, PRE_IMAGE_VALUE};
+use writes::Old;
 
 /// sled's log segment (and write buffer) size for tenant databases. Persisted by
 /// sled in each database's `conf`: never change it. sled's default (512 KiB) is
@@ -65,6 +68,9 @@ pub struct TenantDb {
     /// Records loaded by [`TenantDb::load_with_id`].
     loads: std::sync::atomic::AtomicU64,
     commit: GroupCommit,
+    /// Set on live tenants of a host that keeps change logs (see `changelog`).
+    log: std::sync::OnceLock<std::sync::Arc<ChangeFeed>>,
+    generation: std::sync::OnceLock<String>,
 }
 
 /// Loads between flushes of a bulk load (see [`TenantDb::load_with_id`]).
@@ -82,6 +88,8 @@ struct WriterState {
     stats: Option<LineStats>,
     /// While a snapshot counts: its id, and the changes written since it was taken.
     counting: Option<(u64, Changes)>,
+    /// The tenant's write sequence: the last change logged.
+    seq: u64,
 }
 
 impl WriterState {
@@ -149,16 +157,22 @@ impl TenantDb {
                 db.drop_tree(&name)?;
             }
         }
+        let seq = TenantDb::stored_seq(&db, &data)?;
         Ok(TenantDb {
             tenant,
             cipher,
             db,
             data,
-            write_lock: Mutex::new(WriterState::default()),
+            write_lock: Mutex::new(WriterState {
+                seq,
+                ..WriterState::default()
+            }),
             frozen: std::sync::atomic::AtomicBool::new(false),
             next_snapshot: std::sync::atomic::AtomicU64::new(0),
             loads: std::sync::atomic::AtomicU64::new(0),
             commit: GroupCommit::default(),
+            log: std::sync::OnceLock::new(),
+            generation: std::sync::OnceLock::new(),
         })
     }
 
@@ -195,7 +209,14 @@ impl TenantDb {
         if self.data.contains_key(record_key(collection_name, id))? {
             return Err(StorageError::Duplicate("id".into()));
         }
-        self.apply(collection_name, collection, id, Some(fields), false)?;
+        self.apply(
+            collection_name,
+            collection,
+            id,
+            Some(fields),
+            Old::Fresh,
+            false,
+        )?;
         let loaded = self
             .loads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -203,6 +224,22 @@ impl TenantDb {
             self.db.flush()?;
         }
         Ok(())
+    }
+
+    /// Replays one logged change on a staged tenant (point-in-time restore):
+    /// the record becomes what the change says, whatever it was. Not logged,
+    /// not durable on return (like `load_with_id`).
+    pub fn replay(&self, collection: &Collection, change: &Change) -> Result<(), StorageError> {
+        let id = RecordId::parse(&change.id)
+            .ok_or_else(|| StorageError::Damaged(format!("change {}: a record id", change.seq)))?;
+        self.apply(
+            &change.collection,
+            collection,
+            &id,
+            change.fields.as_ref(),
+            Old::MayExist,
+            false,
+        )
     }
 
     /// Replaces an existing record; `NotFound` if it does not exist.

@@ -83,7 +83,9 @@ impl TenantDb {
             id,
             tree,
             sequence: state.writes,
+            log_seq: state.seq,
             taken_at: crate::ids::unix_now(),
+            taken_at_ms: super::changelog::now_ms(),
             stats: state.stats.clone(),
         })
     }
@@ -115,8 +117,12 @@ pub struct Snapshot {
     tree: sled::Tree,
     /// Writes since the database was opened, at the moment of the snapshot.
     pub sequence: u64,
+    /// The tenant's write sequence at the snapshot: the change log continues
+    /// after it.
+    pub log_seq: u64,
     /// Unix seconds when the snapshot was taken.
     pub taken_at: u64,
+    pub taken_at_ms: u64,
     /// The tenant's [`LineStats`] at the snapshot, when the writers kept them.
     pub(super) stats: Option<LineStats>,
 }

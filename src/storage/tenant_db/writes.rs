@@ -9,9 +9,21 @@ use crate::ids::RecordId;
 use crate::schema::{index_form, legacy_index_forms, same_indexed_value, Collection, Field};
 use crate::storage::StorageError;
 
+use super::changelog::{now_ms, Change};
 use super::layout::*;
 use super::snapshot::line_len;
 use super::{TenantDb, PRE_IMAGE_ABSENT, PRE_IMAGE_VALUE};
+
+/// What a write expects of the record's old version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Old {
+    /// A fresh id: there is none (not even read).
+    Fresh,
+    /// Replace or delete: `NotFound` without one.
+    MustExist,
+    /// Replaying a change: either (deleting an absent record is a no-op).
+    MayExist,
+}
 
 impl TenantDb {
     /// Applies a write and waits until it is durable (group commit).
@@ -24,12 +36,22 @@ impl TenantDb {
         must_exist: bool,
     ) -> Result<(), StorageError> {
         let started = std::time::Instant::now();
-        self.apply(collection_name, collection, id, fields, must_exist)?;
+        let old = if must_exist {
+            Old::MustExist
+        } else {
+            Old::Fresh
+        };
+        self.apply(collection_name, collection, id, fields, old, true)?;
         let applied = started.elapsed();
         let result = self
             .commit
             .wait_durable(|| self.db.flush().map(|_| ()))
             .map_err(StorageError::Flush);
+        if result.is_ok() {
+            if let Some(feed) = self.log.get() {
+                feed.mark(&self.tenant);
+            }
+        }
         let total = started.elapsed();
         if total > std::time::Duration::from_millis(500) {
             tracing::warn!(
@@ -42,13 +64,15 @@ impl TenantDb {
     }
 
     /// Applies a write in memory (sled's log); durable at the next flush.
+    /// `logged`: also into the change log, when this database keeps one.
     pub(super) fn apply(
         &self,
         collection_name: &str,
         collection: &Collection,
         id: &RecordId,
         fields: Option<&Map<String, Value>>,
-        must_exist: bool,
+        old: Old,
+        logged: bool,
     ) -> Result<(), StorageError> {
         {
             let mut state = self.write_lock.lock().expect("tenant write lock poisoned");
@@ -57,16 +81,17 @@ impl TenantDb {
             }
             let key = record_key(collection_name, id);
             // A fresh id (128 bits, 80 of them random) has no old version to read.
-            let (old, old_sealed) = if must_exist {
-                match self.data.get(&key)? {
+            let (old, old_sealed) = match old {
+                Old::Fresh => (None, None),
+                Old::MustExist | Old::MayExist => match self.data.get(&key)? {
                     Some(sealed) => (
                         Some(self.open_record(collection_name, id, &sealed)?),
                         Some(sealed),
                     ),
-                    None => return Err(StorageError::NotFound),
-                }
-            } else {
-                (None, None)
+                    None if old == Old::MustExist => return Err(StorageError::NotFound),
+                    None if fields.is_none() => return Ok(()),
+                    None => (None, None),
+                },
             };
             // Every open snapshot keeps the first pre-image of every record changed
             // after it was taken; see `Snapshot`.
@@ -132,6 +157,17 @@ impl TenantDb {
             for (field, tag, _) in &dropped {
                 self.data
                     .remove(index_key(collection_name, field, tag, id))?;
+            }
+            // Last: an entry that survives a crash names a change that did.
+            if logged && self.log.get().is_some() {
+                state.seq += 1;
+                self.append_change(&Change {
+                    seq: state.seq,
+                    at_ms: now_ms(),
+                    collection: collection_name.to_string(),
+                    id: id.as_str().to_string(),
+                    fields: fields.cloned(),
+                })?;
             }
         }
         Ok(())

@@ -1,0 +1,681 @@
+//! Continuous backup: every tenant's change log shipped to every backup
+//! region in sealed segments, `replicated` writes held until their segment is
+//! verified in enough regions, and point-in-time restores (the newest full
+//! backup before the point, then the log up to it).
+//!
+//! The shipper takes the tenants whose databases logged changes
+//! (`Storage::changes`), and for each one, once its oldest unshipped change is
+//! `segment_after` old (at once when a `replicated` write waits), seals the
+//! changes into a segment in the spool (`backup::segment`), records it
+//! (`SEGMENTS`), registers it with replication — which uploads, verifies,
+//! retries and catches up exactly as for backups — and only then trims the
+//! tenant's local log. A crash before the trim ships the same changes again
+//! under a new id: restores take either copy.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::backups::Backups;
+use crate::backup::segment::{self, LogRange, SEGMENT_KIND};
+use crate::backup::store::StoredBackup;
+use crate::backup::{BackupError, HashingWriter, NewCopy, Restored};
+use crate::crypto;
+use crate::ids::{unix_now, unix_now_ms, Region, TenantId};
+use crate::replication::ReplicaState;
+use crate::schema::Registry;
+use crate::storage::{Change, CopyOf, Kind, Storage, StorageError, TenantState};
+
+/// Every segment this host shipped (key: segment id), until retention or
+/// erasure removes it everywhere.
+pub const SEGMENTS: Kind<SegmentRecord> = Kind::new("log_segments");
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SegmentRecord {
+    pub id: String,
+    pub tenant: TenantId,
+    pub range: LogRange,
+    pub created_at: u64,
+}
+
+/// How the log ships (`[changelog]` in the config).
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    /// A segment closes once its oldest change is this old.
+    pub segment_after: Duration,
+    /// ...or once it holds this many bytes of sealed changes.
+    pub segment_bytes: usize,
+    /// `replicated` writes wait for this many regions.
+    pub replicated_regions: usize,
+    /// How long a `replicated` write waits before it answers 503.
+    pub replicated_timeout: Duration,
+    /// Seconds segments are kept (the point-in-time window).
+    pub retention_secs: u64,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            segment_after: Duration::from_secs(2),
+            segment_bytes: 4 << 20,
+            replicated_regions: 2,
+            replicated_timeout: Duration::from_secs(30),
+            retention_secs: 30 * 86_400,
+        }
+    }
+}
+
+/// A point to restore to.
+#[derive(Debug, Clone, Copy)]
+pub enum Target {
+    /// Everything up to this Unix millisecond.
+    At(u64),
+    /// Everything up to this sequence.
+    Sequence(u64),
+    /// As far as the log goes.
+    Latest,
+}
+
+/// The exact point a restore reached.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RestoredTo {
+    pub sequence: u64,
+    pub at_ms: u64,
+}
+
+/// A tenant's segments on their way to the regions.
+#[derive(Default)]
+struct Acked {
+    /// (segment id, its last sequence, when it was sealed), oldest first.
+    waiting: Vec<(String, u64, Instant)>,
+    /// Every change up to this one is verified in enough regions.
+    upto: u64,
+}
+
+pub struct ChangeLog {
+    pub storage: Arc<Storage>,
+    pub backups: Arc<Backups>,
+    pub settings: LogSettings,
+    /// Tenants with unshipped changes, and since when.
+    pending: Mutex<HashMap<TenantId, Instant>>,
+    /// Tenants a `replicated` write waits for.
+    urgent: Mutex<Vec<TenantId>>,
+    wake: tokio::sync::Notify,
+    /// Per tenant: segments shipped but not yet verified in enough regions
+    /// (id, last sequence), and the sequence verified so far.
+    acked: Mutex<HashMap<TenantId, Acked>>,
+}
+
+impl ChangeLog {
+    pub fn new(storage: Arc<Storage>, backups: Arc<Backups>, settings: LogSettings) -> ChangeLog {
+        ChangeLog {
+            storage,
+            backups,
+            settings,
+            pending: Mutex::new(HashMap::new()),
+            urgent: Mutex::new(Vec::new()),
+            wake: tokio::sync::Notify::new(),
+            acked: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// After a restart: every tenant whose database still holds changes is
+    /// shipped, and a segment recorded but never registered (a crash between
+    /// the two) is registered or forgotten.
+    pub fn recover(&self) {
+        for record in SEGMENTS.all(&self.storage.catalog).unwrap_or_default() {
+            if !self
+                .backups
+                .replication
+                .replicas_of(&self.storage, &record.id)
+                .is_empty()
+            {
+                continue;
+            }
+            match self.backups.spool.get(record.tenant.as_str(), &record.id) {
+                Ok(Some(stored)) => {
+                    if let Err(error) = self.backups.replication.register(&self.storage, &stored) {
+                        tracing::error!(%error, segment = %record.id, "register a log segment");
+                    }
+                }
+                _ => {
+                    let _ = SEGMENTS.remove(&self.storage.catalog, &record.id);
+                }
+            }
+        }
+        let now = Instant::now();
+        let mut pending = self.pending.lock().expect("pending");
+        for tenant in self.storage.catalog.tenants() {
+            if matches!(tenant.state, TenantState::Destroyed | TenantState::Moved) {
+                continue;
+            }
+            pending.insert(tenant.id.clone(), now);
+        }
+    }
+
+    /// Ships until `stop`.
+    pub async fn run(self: Arc<Self>, stop: crate::tasks::Stop) {
+        loop {
+            let due = self.due();
+            for tenant in due {
+                let this = self.clone();
+                let shipped = crate::tasks::blocking(move || this.ship(&tenant)).await;
+                match shipped {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => tracing::error!(%error, "ship the change log"),
+                    Err(error) => tracing::error!(%error, "ship the change log"),
+                }
+            }
+            {
+                let this = self.clone();
+                let _ = crate::tasks::blocking(move || this.prune()).await;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    }
+
+    /// Ships every tenant with changes now (shutdown).
+    pub fn ship_all(&self) {
+        let mut tenants: Vec<TenantId> = self
+            .pending
+            .lock()
+            .expect("pending")
+            .drain()
+            .map(|(t, _)| t)
+            .collect();
+        tenants.extend(self.storage.changes.take());
+        for tenant in tenants {
+            if let Err(error) = self.ship(&tenant) {
+                tracing::error!(%error, tenant_id = %tenant, "ship the change log");
+            }
+        }
+    }
+
+    /// Tenants whose segment should close now.
+    fn due(&self) -> Vec<TenantId> {
+        let now = Instant::now();
+        let mut pending = self.pending.lock().expect("pending");
+        for tenant in self.storage.changes.take() {
+            pending.entry(tenant).or_insert(now);
+        }
+        let urgent = std::mem::take(&mut *self.urgent.lock().expect("urgent"));
+        let mut due: Vec<TenantId> = pending
+            .iter()
+            .filter(|(t, since)| {
+                urgent.contains(t) || now.duration_since(**since) >= self.settings.segment_after
+            })
+            .map(|(t, _)| t.clone())
+            .collect();
+        for tenant in urgent {
+            if !due.contains(&tenant) {
+                due.push(tenant);
+            }
+        }
+        for tenant in &due {
+            pending.remove(tenant);
+        }
+        due
+    }
+
+    /// Seals a tenant's logged changes into segments and hands them to
+    /// replication; returns how many changes went.
+    pub fn ship(&self, tenant: &TenantId) -> Result<u64, BackupError> {
+        let Some(record) = self.storage.catalog.tenant(tenant) else {
+            return Ok(0);
+        };
+        if record.wrapped_dek.is_none() {
+            return Ok(0);
+        }
+        let db = self.storage.tenant_db(&record)?;
+        let Some(generation) = db.log_generation() else {
+            return Ok(0);
+        };
+        let mut shipped = 0;
+        loop {
+            let changes = db.changes_after(0, self.settings.segment_bytes)?;
+            let (Some(first), Some(last)) = (changes.first(), changes.last()) else {
+                return Ok(shipped);
+            };
+            let range = LogRange {
+                generation: generation.clone(),
+                first_seq: first.seq,
+                last_seq: last.seq,
+                first_at_ms: first.at_ms,
+                last_at_ms: last.at_ms,
+                schema: record.schema.clone(),
+                schema_version: record.schema_version,
+            };
+            let id = self.write_segment(tenant, &range, &changes)?;
+            db.trim_log(last.seq)?;
+            shipped += changes.len() as u64;
+            let mut acked = self.acked.lock().expect("acked");
+            acked
+                .entry(tenant.clone())
+                .or_default()
+                .waiting
+                .push((id, last.seq, Instant::now()));
+        }
+    }
+
+    fn write_segment(
+        &self,
+        tenant: &TenantId,
+        range: &LogRange,
+        changes: &[Change],
+    ) -> Result<String, BackupError> {
+        let raw: [u8; 16] = crypto::random_bytes()?;
+        let id = format!("{}{}", segment::SEGMENT_ID_PREFIX, crypto::encode_hex(&raw));
+        let spool = &self.backups.spool;
+        let (file, _) = spool.create_archive(tenant.as_str(), &id)?;
+        let hashing = HashingWriter::new(std::io::BufWriter::new(file));
+        let hashing = segment::write_segment(
+            hashing,
+            self.backups.backup_key(),
+            &raw,
+            tenant,
+            range,
+            changes,
+        )?;
+        let (size, sha256, buffered) = hashing.finish();
+        let file = buffered
+            .into_inner()
+            .map_err(|e| BackupError::Io(e.to_string()))?;
+        file.sync_all().map_err(BackupError::from_io)?;
+        let now = unix_now();
+        let stored = StoredBackup {
+            format: 1,
+            backup_id: id.clone(),
+            tenant_id: tenant.to_string(),
+            created_at: now,
+            kind: SEGMENT_KIND.into(),
+            retain_until: now + self.settings.retention_secs,
+            archive_size: size,
+            archive_sha256: sha256,
+            records: changes.len() as u64,
+            covers: None,
+            log: Some(range.clone()),
+        };
+        SEGMENTS.put(
+            &self.storage.catalog,
+            &id,
+            &SegmentRecord {
+                id: id.clone(),
+                tenant: tenant.clone(),
+                range: range.clone(),
+                created_at: now,
+            },
+        )?;
+        spool.publish(&stored)?;
+        self.backups.replication.register(&self.storage, &stored)?;
+        tracing::debug!(segment = %id, first = range.first_seq, last = range.last_seq, "log segment sealed");
+        Ok(id)
+    }
+
+    /// Regions a change must be verified in to count as safe.
+    fn need(&self) -> usize {
+        self.settings
+            .replicated_regions
+            .min(self.backups.replication.regions.len())
+            .max(1)
+    }
+
+    /// The sequence verified in at least `need()` regions.
+    fn verified_upto(&self, tenant: &TenantId) -> u64 {
+        let need = self.need();
+        let mut acked = self.acked.lock().expect("acked");
+        let entry = acked.entry(tenant.clone()).or_default();
+        while let Some((id, last, _)) = entry.waiting.first().cloned() {
+            let verified = self
+                .backups
+                .replication
+                .replicas_of(&self.storage, &id)
+                .iter()
+                .filter(|r| r.state == ReplicaState::Verified)
+                .count();
+            if verified < need {
+                break;
+            }
+            entry.upto = entry.upto.max(last);
+            entry.waiting.remove(0);
+        }
+        entry.upto
+    }
+
+    /// How long the tenant's oldest acknowledged change not yet verified in
+    /// enough regions has waited: what losing this host now would cost.
+    pub fn loss_window(&self, tenant: &TenantId) -> Duration {
+        self.verified_upto(tenant);
+        let unshipped = self
+            .pending
+            .lock()
+            .expect("pending")
+            .get(tenant)
+            .map(|since| since.elapsed());
+        let in_flight = self
+            .acked
+            .lock()
+            .expect("acked")
+            .get(tenant)
+            .and_then(|a| a.waiting.first().map(|(_, _, at)| at.elapsed()));
+        unshipped
+            .into_iter()
+            .chain(in_flight)
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// Drops what every tenant has verified from memory.
+    fn prune(&self) {
+        let tenants: Vec<TenantId> = self.acked.lock().expect("acked").keys().cloned().collect();
+        for tenant in tenants {
+            self.verified_upto(&tenant);
+        }
+    }
+
+    /// Waits until the tenant's change `seq` is verified in enough regions;
+    /// `false` when the wait timed out (the write stays on this host and ships).
+    pub async fn wait_replicated(&self, tenant: &TenantId, seq: u64) -> bool {
+        let deadline = Instant::now() + self.settings.replicated_timeout;
+        self.urgent.lock().expect("urgent").push(tenant.clone());
+        self.wake.notify_one();
+        loop {
+            if self.verified_upto(tenant) >= seq {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::select! {
+                _ = self.backups.replication.verified.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                    // Still in the log (the shipper was busy): ask again.
+                    self.urgent.lock().expect("urgent").push(tenant.clone());
+                    self.wake.notify_one();
+                }
+            }
+        }
+    }
+
+    /// Per region: the newest change of the tenant verified there (sequence
+    /// and time), from this host's segment records.
+    pub fn safe_points(&self, tenant: &TenantId) -> BTreeMap<Region, RestoredTo> {
+        let mut out: BTreeMap<Region, RestoredTo> = BTreeMap::new();
+        for record in SEGMENTS.all(&self.storage.catalog).unwrap_or_default() {
+            if &record.tenant != tenant {
+                continue;
+            }
+            for replica in self
+                .backups
+                .replication
+                .replicas_of(&self.storage, &record.id)
+            {
+                if replica.state != ReplicaState::Verified {
+                    continue;
+                }
+                let point = out.entry(replica.region.clone()).or_insert(RestoredTo {
+                    sequence: 0,
+                    at_ms: 0,
+                });
+                if record.range.last_seq > point.sequence {
+                    point.sequence = record.range.last_seq;
+                    point.at_ms = record.range.last_at_ms;
+                }
+            }
+        }
+        out
+    }
+
+    /// Erases the tenant's log everywhere (purge): every segment tombstoned.
+    pub fn erase(&self, tenant: &TenantId) -> Result<usize, StorageError> {
+        let mut count = 0;
+        for record in SEGMENTS.all(&self.storage.catalog)? {
+            if &record.tenant == tenant {
+                self.backups
+                    .replication
+                    .tombstone(&self.storage, &record.id, "erased")?;
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+}
+
+/// The full backup and the segments a point-in-time restore reads.
+#[derive(Debug)]
+pub struct Plan {
+    pub base: StoredBackup,
+    pub segments: Vec<StoredBackup>,
+    /// The last sequence the plan reaches (an `At` target may stop earlier).
+    pub upto: u64,
+}
+
+/// Chooses the newest full backup before `target` and the segments of its
+/// generation that follow it without a gap.
+pub fn plan(
+    backups: &[StoredBackup],
+    segments: &[StoredBackup],
+    target: Target,
+) -> Result<Plan, BackupError> {
+    let before = |b: &&StoredBackup| {
+        let Some(covers) = &b.covers else {
+            return false;
+        };
+        match target {
+            Target::At(ms) => covers.at_ms <= ms,
+            Target::Sequence(seq) => covers.seq <= seq,
+            Target::Latest => true,
+        }
+    };
+    let base = backups
+        .iter()
+        .filter(before)
+        .max_by_key(|b| b.covers.as_ref().map(|c| (c.at_ms, c.seq)))
+        .ok_or_else(|| {
+            BackupError::Conflict(
+                "no full backup taken with the change log on is older than that point: \
+                 take a backup, or restore a later point"
+                    .into(),
+            )
+        })?
+        .clone();
+    let covers = base.covers.clone().expect("filtered on covers");
+    let mut mine: Vec<&StoredBackup> = segments
+        .iter()
+        .filter(|s| {
+            s.log
+                .as_ref()
+                .is_some_and(|l| l.generation == covers.generation && l.last_seq > covers.seq)
+        })
+        .collect();
+    mine.sort_by_key(|s| s.log.as_ref().map(|l| (l.first_seq, l.last_seq)));
+    let mut chosen = Vec::new();
+    let mut next = covers.seq + 1;
+    let stop_seq = match target {
+        Target::Sequence(seq) => seq,
+        _ => u64::MAX,
+    };
+    while next <= stop_seq {
+        let candidate = mine
+            .iter()
+            .filter(|s| {
+                let l = s.log.as_ref().expect("segments");
+                l.first_seq <= next && l.last_seq >= next
+            })
+            .max_by_key(|s| s.log.as_ref().expect("segments").last_seq);
+        let Some(segment) = candidate else {
+            let later = mine
+                .iter()
+                .filter_map(|s| s.log.as_ref())
+                .filter(|l| l.first_seq > next)
+                .map(|l| l.first_seq)
+                .min();
+            let wanted_later = match (target, later) {
+                (Target::At(ms), Some(_)) => mine
+                    .iter()
+                    .filter_map(|s| s.log.as_ref())
+                    .any(|l| l.first_seq > next && l.first_at_ms <= ms),
+                (_, Some(_)) => true,
+                (_, None) => false,
+            };
+            if wanted_later {
+                return Err(BackupError::Conflict(format!(
+                    "the change log has a gap: changes {next} to {} are in no region",
+                    later.expect("a later segment") - 1
+                )));
+            }
+            if let Target::Sequence(seq) = target {
+                return Err(BackupError::Conflict(format!(
+                    "the change log ends at {}: changes {next} to {seq} are in no region",
+                    next - 1
+                )));
+            }
+            break;
+        };
+        let l = segment.log.as_ref().expect("segments");
+        if let Target::At(ms) = target {
+            if l.first_at_ms > ms {
+                break;
+            }
+        }
+        chosen.push((*segment).clone());
+        next = l.last_seq + 1;
+    }
+    Ok(Plan {
+        base,
+        segments: chosen,
+        upto: next - 1,
+    })
+}
+
+impl ChangeLog {
+    /// Every full backup and segment of a tenant this host can read: its
+    /// spool and every region (a fresh host has only the regions).
+    pub fn holdings(&self, tenant: &str) -> (Vec<StoredBackup>, Vec<StoredBackup>) {
+        let mut all: BTreeMap<String, StoredBackup> = BTreeMap::new();
+        for stored in self.backups.spool.list(tenant).unwrap_or_default() {
+            all.insert(stored.backup_id.clone(), stored);
+        }
+        for (id, (stored, _)) in self.backups.replication.list_everything(tenant) {
+            all.entry(id).or_insert(stored);
+        }
+        all.into_values().partition(|s| s.log.is_none())
+    }
+
+    /// Restores `tenant` to `target` into a new tenant: the newest full
+    /// backup before it, then its log replayed up to it.
+    pub fn restore(
+        &self,
+        schemas: &Registry,
+        tenant: &str,
+        target: Target,
+        region: Option<&str>,
+        copy: NewCopy<'_>,
+    ) -> Result<(Restored, RestoredTo), BackupError> {
+        let (full, segments) = self.holdings(tenant);
+        let plan = plan(&full, &segments, target)?;
+        let covers = plan.base.covers.clone().expect("a base covers a point");
+        let (envelope, reader) = self
+            .backups
+            .open_stored(tenant, &plan.base.backup_id, region)?;
+        let mut reached = RestoredTo {
+            sequence: covers.seq,
+            at_ms: covers.at_ms,
+        };
+        let copy = NewCopy {
+            inherit: if copy.inherit.is_empty() {
+                &envelope.admins
+            } else {
+                copy.inherit
+            },
+            ..copy
+        };
+        let limits = self.backups.limits;
+        let restored = crate::backup::restore_archive_then(
+            &self.storage,
+            schemas,
+            reader,
+            copy,
+            limits,
+            &mut |db, schema| {
+                self.replay(tenant, &plan, target, region, db, schema, &mut reached)?;
+                db.continue_from(reached.sequence)?;
+                Ok(())
+            },
+        )?;
+        Ok((restored, reached))
+    }
+
+    /// Replays the plan's segments on the staged tenant up to `target`.
+    #[allow(clippy::too_many_arguments)]
+    fn replay(
+        &self,
+        tenant: &str,
+        plan: &Plan,
+        target: Target,
+        region: Option<&str>,
+        db: &crate::storage::TenantDb,
+        schema: &crate::schema::Schema,
+        reached: &mut RestoredTo,
+    ) -> Result<(), BackupError> {
+        for segment in &plan.segments {
+            for change in self.read_segment(tenant, segment, region)? {
+                if change.seq <= reached.sequence {
+                    continue;
+                }
+                let past = match target {
+                    Target::At(ms) => change.at_ms > ms,
+                    Target::Sequence(seq) => change.seq > seq,
+                    Target::Latest => false,
+                };
+                if past {
+                    return Ok(());
+                }
+                let collection = schema.collection(&change.collection).ok_or_else(|| {
+                    BackupError::BadArchive(format!(
+                        "change {} names collection {:?}, which the schema lacks",
+                        change.seq, change.collection
+                    ))
+                })?;
+                db.replay(collection, &change)?;
+                *reached = RestoredTo {
+                    sequence: change.seq,
+                    at_ms: change.at_ms,
+                };
+            }
+        }
+        Ok(())
+    }
+
+    fn read_segment(
+        &self,
+        tenant: &str,
+        segment: &StoredBackup,
+        region: Option<&str>,
+    ) -> Result<Vec<Change>, BackupError> {
+        let reader = self.backups.open_raw(tenant, &segment.backup_id, region)?;
+        segment::read_segment(reader, self.backups.backup_key(), segment)
+    }
+}
+
+/// Who made a point-in-time copy.
+pub fn copy_of(source: &TenantId, made_by: String, role: crate::storage::Role) -> CopyOf {
+    CopyOf {
+        tenant: source.clone(),
+        backup: None,
+        kind: "point-in-time restore".into(),
+        made_by,
+        made_by_role: role,
+        at: unix_now(),
+    }
+}
+
+/// Milliseconds now (for the API's loss-window report).
+pub fn now_ms() -> u64 {
+    unix_now_ms()
+}

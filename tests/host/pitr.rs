@@ -1,0 +1,423 @@
+//! Continuous backup and point-in-time restore: the change log shipped to the
+//! regions in sealed segments, the wrong delete undone, a host lost with its
+//! disk and brought back from the regions (real Garage), gaps named.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::backups::{start_backup, wait_backup_done};
+use crate::support::garage::Garage;
+use crate::support::records::records_path;
+use crate::support::{contains, files_under, Host, TempDir};
+
+const REGIONS: &[&str] = &["in", "sg", "uk"];
+
+fn eventually<T: std::fmt::Debug>(
+    what: &str,
+    mut probe: impl FnMut() -> T,
+    check: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let seen = probe();
+        if check(&seen) {
+            return seen;
+        }
+        assert!(Instant::now() < deadline, "{what}: last saw {seen:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn contact(host: &Host, tenant: &str, token: &str, name: &str) -> String {
+    let r = host.json(
+        "POST",
+        &records_path(tenant, "contacts"),
+        Some(token),
+        json!({"name": name, "email": format!("{name}@example.com")}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.value()["id"].as_str().unwrap().to_string()
+}
+
+fn names(host: &Host, tenant: &str, token: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut after = String::new();
+    loop {
+        let r = host.call(
+            "GET",
+            &format!("{}?limit=1000{after}", records_path(tenant, "contacts")),
+            Some(token),
+            None,
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let page = r.value();
+        for record in page["records"].as_array().unwrap() {
+            names.push(record["name"].as_str().unwrap().to_string());
+        }
+        match page["next"].as_str() {
+            Some(next) => after = format!("&after={next}"),
+            None => break,
+        }
+    }
+    names.sort();
+    names
+}
+
+fn now_rfc3339_ms() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+fn restore(host: &Host, tenant: &str, token: &str, body: Value) -> crate::support::Response {
+    host.json(
+        "POST",
+        &format!("/v1/tenants/{tenant}/restore"),
+        Some(token),
+        body,
+    )
+}
+
+/// Waits until every change up to now is safe in every region (per `/copies`).
+fn wait_shipped(host: &Host, tenant: &str, token: &str, regions: &[&str]) -> Value {
+    eventually(
+        "the change log in every region",
+        || {
+            host.call(
+                "GET",
+                &format!("/v1/tenants/{tenant}/copies"),
+                Some(token),
+                None,
+            )
+            .value()["change_log"]
+                .clone()
+        },
+        |log| {
+            log["loss_window_seconds"].as_f64() == Some(0.0)
+                && regions
+                    .iter()
+                    .all(|r| log["newest_safe_write"][*r]["sequence"].as_u64().is_some())
+        },
+    )
+}
+
+#[test]
+fn the_wrong_delete_is_undone_by_a_restore_to_the_minute_before_it() {
+    let dir = TempDir::new("pitr-delete");
+    let host = Host::start(&dir.path().join("host"), &["--backup-interval", "0s"]);
+    let (tenant, admin) = host.create_tenant("Undo Co", "crm");
+    let before: Vec<String> = (0..6)
+        .map(|i| contact(&host, &tenant, &admin, &format!("kept-{i}")))
+        .collect();
+    let backup = start_backup(&host, &tenant, &admin);
+    wait_backup_done(&host, &tenant, &admin, backup["id"].as_str().unwrap());
+    // After the backup: more records, then a point in time to return to.
+    for i in 0..4 {
+        contact(&host, &tenant, &admin, &format!("later-{i}"));
+    }
+    std::thread::sleep(Duration::from_millis(30));
+    let noted = now_rfc3339_ms();
+    std::thread::sleep(Duration::from_millis(30));
+    // The wrong delete, and a write after it that the restore must not hold.
+    for id in &before {
+        let r = host.call(
+            "DELETE",
+            &format!("{}/{id}", records_path(&tenant, "contacts")),
+            Some(&admin),
+            None,
+        );
+        assert_eq!(r.status, 204);
+    }
+    contact(&host, &tenant, &admin, "after-the-delete");
+    assert_eq!(names(&host, &tenant, &admin).len(), 5);
+    wait_shipped(&host, &tenant, &admin, REGIONS_DIRS);
+
+    let r = restore(
+        &host,
+        &tenant,
+        &admin,
+        json!({"name": "Undo Co, before", "at": noted}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let copy = r.value();
+    let (copy_id, copy_admin) = (
+        copy["id"].as_str().unwrap().to_string(),
+        copy["admin_token"].as_str().unwrap().to_string(),
+    );
+    let mut expected: Vec<String> = (0..6)
+        .map(|i| format!("kept-{i}"))
+        .chain((0..4).map(|i| format!("later-{i}")))
+        .collect();
+    expected.sort();
+    assert_eq!(names(&host, &copy_id, &copy_admin), expected);
+    // The exact point: the tenth write (six, then four after the backup).
+    assert_eq!(copy["restored_to"]["sequence"], 10, "{copy}");
+    assert!(copy["restored_to"]["at"].as_str().unwrap() <= noted.as_str());
+
+    // By sequence: up to the first three deletes.
+    let r = restore(
+        &host,
+        &tenant,
+        &admin,
+        json!({"name": "Undo Co, 13", "sequence": 13}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let by_seq = r.value();
+    assert_eq!(by_seq["restored_to"]["sequence"], 13);
+    let token = by_seq["admin_token"].as_str().unwrap();
+    assert_eq!(names(&host, by_seq["id"].as_str().unwrap(), token).len(), 7);
+
+    // A sequence the log has not reached: refused, naming the range.
+    let r = restore(
+        &host,
+        &tenant,
+        &admin,
+        json!({"name": "Too far", "sequence": 999}),
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.error().contains("changes 18 to 999"), "{}", r.error());
+    // A point before any backup taken with the log: refused.
+    let r = restore(
+        &host,
+        &tenant,
+        &admin,
+        json!({"name": "Too early", "at": "2020-01-01T00:00:00Z"}),
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.error().contains("no full backup"), "{}", r.error());
+    // Bad input changes nothing.
+    for (body, status) in [
+        (json!({"name": "x", "at": "yesterday"}), 400),
+        (json!({"name": "x", "at": noted, "sequence": 3}), 400),
+        (json!({"name": "x", "sequence": -1}), 422),
+        (json!({"name": "x", "wat": 1}), 422),
+        (json!({"name": "x", "region": "mars"}), 422),
+    ] {
+        let r = restore(&host, &tenant, &admin, body.clone());
+        assert_eq!(r.status, status, "{body}: {}", r.text());
+    }
+    let listed = host
+        .call("GET", "/v1/tenants", Some(&host.operator), None)
+        .value();
+    assert_eq!(listed["tenants"].as_array().unwrap().len(), 3, "{listed}");
+
+    // The restored tenant logs on without a gap from its restored point: its
+    // next write is change 11, and a restore of it reaches that write.
+    contact(&host, &copy_id, &copy_admin, "written-to-the-copy");
+    eventually(
+        "the copy's base backup",
+        || {
+            host.call(
+                "GET",
+                &format!("/v1/tenants/{copy_id}/backups"),
+                Some(&copy_admin),
+                None,
+            )
+            .value()
+        },
+        |v| {
+            v["backups"]
+                .as_array()
+                .is_some_and(|b| b.iter().any(|b| b["state"] == "done"))
+        },
+    );
+    wait_shipped(&host, &copy_id, &copy_admin, REGIONS_DIRS);
+    let r = restore(
+        &host,
+        &copy_id,
+        &copy_admin,
+        json!({"name": "Copy of the copy"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let again = r.value();
+    assert_eq!(again["restored_to"]["sequence"], 11, "{again}");
+    let token = again["admin_token"].as_str().unwrap();
+    assert!(names(&host, again["id"].as_str().unwrap(), token)
+        .contains(&"written-to-the-copy".to_string()));
+
+    // No plaintext of any record in the spool or the regions' segments.
+    let stopped_dir = dir.path().join("host");
+    host.stop();
+    for file in files_under(&stopped_dir) {
+        let name = file.to_string_lossy().to_string();
+        if name.contains("/regions/") || name.contains("/backups/") {
+            let bytes = std::fs::read(&file).unwrap();
+            for canary in ["later-2", "after-the-delete", "written-to-the-copy"] {
+                assert!(!contains(&bytes, canary.as_bytes()), "{canary} in {name}");
+            }
+        }
+    }
+}
+
+/// The default regions of a host without `[regions.*]`: three directories.
+const REGIONS_DIRS: &[&str] = &["local", "local-2", "local-3"];
+
+fn start_on_garage(dir: &TempDir, garage: &Garage, name: &str, extra: &[&str]) -> Host {
+    let config = garage.write_config("in", &dir.path().join(format!("{name}.toml")));
+    let mut args = vec![
+        "--config",
+        config.to_str().unwrap(),
+        "--backup-interval",
+        "0s",
+    ];
+    args.extend_from_slice(extra);
+    Host::start(&dir.path().join(name), &args)
+}
+
+#[test]
+fn a_lost_host_comes_back_from_the_regions_with_every_replicated_write() {
+    let dir = TempDir::new("pitr-host-loss");
+    let garage = Garage::start(&dir.path().join("garage"), REGIONS);
+    let host = start_on_garage(&dir, &garage, "first", &[]);
+    let (replicated, r_admin) = host.create_tenant("Sync Co", "crm");
+    let (local, l_admin) = host.create_tenant("Async Co", "crm");
+    let r = host.json(
+        "PUT",
+        &format!("/v1/tenants/{replicated}/durability"),
+        Some(&r_admin),
+        json!({"mode": "replicated"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.value()["durability"]["mode"], "replicated");
+    for (tenant, token) in [(&replicated, &r_admin), (&local, &l_admin)] {
+        contact(&host, tenant, token, "before-the-backup");
+        let backup = start_backup(&host, tenant, token);
+        wait_backup_done(&host, tenant, token, backup["id"].as_str().unwrap());
+    }
+    // Writers on both tenants; the host dies under them.
+    let (addr, stop) = (
+        host.addr,
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    );
+    let paused = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = |tenant: String,
+                  token: String,
+                  pause: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>| {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // One keep-alive connection per writer.
+            let client = coffer::client::Client::new(
+                &format!("http://{addr}"),
+                Some(token.clone()),
+                Duration::from_secs(60),
+            )
+            .unwrap();
+            let mut acknowledged = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if pause
+                    .as_ref()
+                    .is_some_and(|p| p.load(std::sync::atomic::Ordering::SeqCst))
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                let name = format!("w-{i}");
+                let body =
+                    serde_json::to_vec(&json!({"name": name, "email": format!("{name}@x.test")}))
+                        .unwrap();
+                match client.request("POST", &records_path(&tenant, "contacts"), Some(&body)) {
+                    Ok(mut r) if r.status == 201 => {
+                        let _ = r.bytes();
+                        acknowledged.push((name, Instant::now()));
+                    }
+                    _ => break,
+                }
+                i += 1;
+            }
+            acknowledged
+        })
+    };
+    let w_replicated = writer(replicated.clone(), r_admin.clone(), None);
+    let w_local = writer(local.clone(), l_admin.clone(), Some(paused.clone()));
+    // The local tenant writes, pauses, and writes again up to the kill: its
+    // first writes are older than the loss window when the host dies.
+    std::thread::sleep(Duration::from_secs(3));
+    paused.store(true, std::sync::atomic::Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(6));
+    paused.store(false, std::sync::atomic::Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(2));
+    let killed_at = Instant::now();
+    let data_dir = dir.path().join("first");
+    host.kill();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let acked_replicated = w_replicated.join().unwrap();
+    let acked_local = w_local.join().unwrap();
+    assert!(
+        acked_replicated.len() >= 3,
+        "{} replicated writes",
+        acked_replicated.len()
+    );
+    // The disk is gone too; only the backup key survives (kept apart).
+    let backup_key = std::fs::read(data_dir.join("backup.key")).unwrap();
+    std::fs::remove_dir_all(&data_dir).unwrap();
+
+    let fresh_dir = dir.path().join("second");
+    std::fs::create_dir_all(&fresh_dir).unwrap();
+    let key_file = dir.path().join("backup.key");
+    std::fs::write(&key_file, &backup_key).unwrap();
+    let mut perms = std::fs::metadata(&key_file).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+    std::fs::set_permissions(&key_file, perms).unwrap();
+    let fresh = start_on_garage(
+        &dir,
+        &garage,
+        "second",
+        &["--backup-key-file", key_file.to_str().unwrap()],
+    );
+    let operator = fresh.operator.clone();
+
+    let r = restore(
+        &fresh,
+        &replicated,
+        &operator,
+        json!({"name": "Sync Co, back"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let back = r.value();
+    // The restored tenant keeps its source's admin credentials.
+    let have = names(&fresh, back["id"].as_str().unwrap(), &r_admin);
+    for (name, _) in &acked_replicated {
+        assert!(
+            have.contains(name),
+            "acknowledged replicated write {name} lost"
+        );
+    }
+
+    let r = restore(
+        &fresh,
+        &local,
+        &operator,
+        json!({"name": "Async Co, back", "region": "sg"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let back = r.value();
+    let have = names(&fresh, back["id"].as_str().unwrap(), &l_admin);
+    // Every local write acknowledged more than the loss window (target
+    // 5 s: 2 s segments and the upload) before the kill is there.
+    let window = Duration::from_secs(5);
+    let old_enough: Vec<&String> = acked_local
+        .iter()
+        .filter(|(_, at)| killed_at.duration_since(*at) > window)
+        .map(|(n, _)| n)
+        .collect();
+    for name in &old_enough {
+        assert!(
+            have.contains(name),
+            "local write {name}, acknowledged > 5 s before the kill, lost"
+        );
+    }
+    assert!(
+        !old_enough.is_empty(),
+        "no local write was older than the window"
+    );
+    let newer = acked_local.len() - old_enough.len();
+    let newer_kept = acked_local
+        .iter()
+        .filter(|(n, at)| killed_at.duration_since(*at) <= window && have.contains(n))
+        .count();
+    eprintln!(
+        "local mode: {} writes acknowledged, {newer} within 5 s of the kill, {newer_kept} of those restored; replicated: {} acknowledged, all restored",
+        acked_local.len(),
+        acked_replicated.len()
+    );
+}
