@@ -255,16 +255,23 @@ fn backups_of(state: &AppState, id: &TenantId) -> Result<Vec<Value>, ApiError> {
 }
 
 pub async fn list(state: &Arc<AppState>, id: TenantId) -> Result<Response<Body>, ApiError> {
-    let known = state.storage.catalog.tenant(&id).is_some();
+    let known = state.storage.catalog.tenant(&id);
     let inner = state.clone();
-    let backups = blocking(move || backups_of(&inner, &id)).await??;
-    if !known && backups.is_empty() {
+    let (backups, log) = blocking(move || -> Result<_, ApiError> {
+        let log = known
+            .as_ref()
+            .map(|t| super::continuous::change_log_json(&inner, t));
+        Ok((backups_of(&inner, &id)?, log))
+    })
+    .await??;
+    if log.is_none() && backups.is_empty() {
         return Err(ApiError::NotFound("unknown tenant".into()));
     }
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({ "backups": backups }),
-    ))
+    let mut body = json!({ "backups": backups });
+    if let Some(log) = log {
+        body["change_log"] = log;
+    }
+    Ok(json_response(StatusCode::OK, &body))
 }
 
 pub async fn read(

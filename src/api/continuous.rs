@@ -258,7 +258,10 @@ pub async fn restore(
 
 /// A new log generation starts with a full backup of its own, so that the
 /// restored tenant's log has a base from the point it was restored to.
-fn start_base_backup(state: &Arc<AppState>, tenant: &TenantId) {
+pub(crate) fn start_base_backup(state: &Arc<AppState>, tenant: &TenantId) {
+    if state.changelog.is_none() {
+        return;
+    }
     let inner = state.clone();
     let tenant = tenant.clone();
     std::thread::Builder::new()

@@ -70,6 +70,7 @@ pub async fn upgrade(
             &inner.backups,
             &tenant,
             request.schema_version,
+            inner.changelog.as_deref(),
         )
     })
     .await?
@@ -80,6 +81,8 @@ pub async fn upgrade(
         records = report.records,
         "tenant upgraded"
     );
+    // The upgraded database logs a new generation: it needs a base of its own.
+    super::continuous::start_base_backup(state, &id);
     let tenant = known_tenant(&state.storage, &id)?;
     let mut body = tenant_json(&tenant);
     body["upgrade"] = json!(report);

@@ -112,6 +112,27 @@ pub(super) fn backup(command: BackupCommand) -> anyhow::Result<()> {
                         regions.join(" ")
                     );
                 }
+                let log = &value["change_log"];
+                if log["change_log"] == true {
+                    let safe: Vec<String> = log["newest_safe_write"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(r, p)| {
+                            format!("{r}=#{} {}", p["sequence"], p["at"].as_str().unwrap_or(""))
+                        })
+                        .collect();
+                    println!(
+                        "change log: mode={} loss_window={}s newest safe write: {}",
+                        log["mode"].as_str().unwrap_or("?"),
+                        log["loss_window_seconds"],
+                        if safe.is_empty() {
+                            "none yet".to_string()
+                        } else {
+                            safe.join(" ")
+                        }
+                    );
+                }
             }
             Ok(())
         }
@@ -119,6 +140,8 @@ pub(super) fn backup(command: BackupCommand) -> anyhow::Result<()> {
             remote,
             tenant,
             backup,
+            at,
+            sequence,
             name,
             region,
         } => {
@@ -127,16 +150,30 @@ pub(super) fn backup(command: BackupCommand) -> anyhow::Result<()> {
             if let Some(region) = region {
                 body["region"] = serde_json::Value::from(region);
             }
-            let value = client.json(
-                "POST",
-                &format!("/v1/tenants/{tenant}/backups/{backup}/restore"),
-                Some(&body),
-            )?;
+            if let Some(at) = at {
+                body["at"] = serde_json::Value::from(at);
+            }
+            if let Some(sequence) = sequence {
+                body["sequence"] = serde_json::Value::from(sequence);
+            }
+            let path = match &backup {
+                Some(backup) => format!("/v1/tenants/{tenant}/backups/{backup}/restore"),
+                None => format!("/v1/tenants/{tenant}/restore"),
+            };
+            let value = client.json("POST", &path, Some(&body))?;
             if machine_output(remote.json) {
                 println!("{value}");
             } else {
+                let what = match &backup {
+                    Some(backup) => format!("backup {backup}"),
+                    None => format!(
+                        "the change log up to #{} ({})",
+                        value["restored_to"]["sequence"],
+                        value["restored_to"]["at"].as_str().unwrap_or("?")
+                    ),
+                };
                 println!(
-                    "restored backup {backup} into new tenant {}{}",
+                    "restored {what} into new tenant {}{}",
                     value["id"].as_str().unwrap_or("?"),
                     match value["admin_token"].as_str() {
                         Some(token) => format!("; admin token (shown once): {token}"),

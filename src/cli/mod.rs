@@ -198,14 +198,22 @@ enum BackupCommand {
         #[arg(long)]
         tenant: String,
     },
-    /// Restore a backup into a new tenant.
+    /// Restore a backup into a new tenant; without --backup, the newest
+    /// backup plus the change log, up to --at or --sequence (default: as far
+    /// as the log goes).
     Restore {
         #[command(flatten)]
         remote: Remote,
         #[arg(long)]
         tenant: String,
+        #[arg(long, conflicts_with_all = ["at", "sequence"])]
+        backup: Option<String>,
+        /// Point in time, RFC 3339 (e.g. 2026-12-02T14:05:00Z).
+        #[arg(long, conflicts_with = "sequence")]
+        at: Option<String>,
+        /// The tenant's write sequence to stop at.
         #[arg(long)]
-        backup: String,
+        sequence: Option<u64>,
         /// Name of the new tenant.
         #[arg(long)]
         name: String,

@@ -98,6 +98,7 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     replicated_regions: settings.replicated_regions,
                     replicated_timeout: settings.replicated_timeout,
                     retention_secs: settings.retention.as_secs(),
+                    sweep_every: config.sweep_interval,
                 },
             ));
             log.recover();

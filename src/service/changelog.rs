@@ -53,6 +53,8 @@ pub struct LogSettings {
     pub replicated_timeout: Duration,
     /// Seconds segments are kept (the point-in-time window).
     pub retention_secs: u64,
+    /// How often retention is checked.
+    pub sweep_every: Duration,
 }
 
 impl Default for LogSettings {
@@ -63,6 +65,7 @@ impl Default for LogSettings {
             replicated_regions: 2,
             replicated_timeout: Duration::from_secs(30),
             retention_secs: 30 * 86_400,
+            sweep_every: Duration::from_secs(60),
         }
     }
 }
@@ -157,7 +160,18 @@ impl ChangeLog {
 
     /// Ships until `stop`.
     pub async fn run(self: Arc<Self>, stop: crate::tasks::Stop) {
+        let mut last_sweep = Instant::now();
         loop {
+            if last_sweep.elapsed() >= self.settings.sweep_every {
+                last_sweep = Instant::now();
+                let this = self.clone();
+                match crate::tasks::blocking(move || this.sweep_retention()).await {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => tracing::info!(segments = n, "log retention: segments tombstoned"),
+                    Ok(Err(error)) => tracing::error!(%error, "log retention"),
+                    Err(error) => tracing::error!(%error, "log retention"),
+                }
+            }
             let due = self.due();
             for tenant in due {
                 let this = self.clone();
@@ -431,6 +445,52 @@ impl ChangeLog {
         out
     }
 
+    /// Tombstones the segments no restore inside the window needs: older
+    /// than the window, and covered by a kept full backup of their generation
+    /// that is itself older than the window (a restore to the window's first
+    /// moment starts there). Segments of erased tenants go too. Returns how many.
+    pub fn sweep_retention(&self) -> Result<usize, StorageError> {
+        let now_ms = unix_now_ms();
+        let window_start = now_ms.saturating_sub(self.settings.retention_secs * 1000);
+        let jobs = crate::backup::JOBS.all(&self.storage.catalog)?;
+        let mut count = 0;
+        for record in SEGMENTS.all(&self.storage.catalog)? {
+            let erased = crate::replication::ERASED
+                .get(&self.storage.catalog, record.tenant.as_str())?
+                .is_some();
+            let old = record.range.last_at_ms < window_start;
+            let covered = jobs.iter().any(|job| {
+                job.tenant == record.tenant
+                    && job
+                        .stored
+                        .as_ref()
+                        .and_then(|s| s.covers.as_ref())
+                        .is_some_and(|c| {
+                            c.generation == record.range.generation
+                                && c.seq >= record.range.last_seq
+                                && c.at_ms <= window_start
+                        })
+            });
+            let generation_has_backups = jobs.iter().any(|job| {
+                job.tenant == record.tenant
+                    && job
+                        .stored
+                        .as_ref()
+                        .and_then(|s| s.covers.as_ref())
+                        .is_some_and(|c| c.generation == record.range.generation)
+            });
+            if erased || (old && (covered || !generation_has_backups)) {
+                let why = if erased { "erased" } else { "retention" };
+                self.backups
+                    .replication
+                    .tombstone(&self.storage, &record.id, why)?;
+                SEGMENTS.remove(&self.storage.catalog, &record.id)?;
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
     /// Erases the tenant's log everywhere (purge): every segment tombstoned.
     pub fn erase(&self, tenant: &TenantId) -> Result<usize, StorageError> {
         let mut count = 0;
@@ -439,6 +499,7 @@ impl ChangeLog {
                 self.backups
                     .replication
                     .tombstone(&self.storage, &record.id, "erased")?;
+                SEGMENTS.remove(&self.storage.catalog, &record.id)?;
                 count += 1;
             }
         }
@@ -554,17 +615,41 @@ pub fn plan(
 }
 
 impl ChangeLog {
-    /// Every full backup and segment of a tenant this host can read: its
-    /// spool and every region (a fresh host has only the regions).
-    pub fn holdings(&self, tenant: &str) -> (Vec<StoredBackup>, Vec<StoredBackup>) {
+    /// Every full backup and segment of a tenant this host can read: one
+    /// region's, or its spool's and every region's (a fresh host has only the
+    /// regions).
+    pub fn holdings(
+        &self,
+        tenant: &str,
+        region: Option<&str>,
+    ) -> Result<(Vec<StoredBackup>, Vec<StoredBackup>), BackupError> {
         let mut all: BTreeMap<String, StoredBackup> = BTreeMap::new();
-        for stored in self.backups.spool.list(tenant).unwrap_or_default() {
-            all.insert(stored.backup_id.clone(), stored);
+        match region {
+            Some(name) => {
+                let store = self
+                    .backups
+                    .replication
+                    .region(name)
+                    .map_err(|e| BackupError::Invalid(e.to_string()))?;
+                let listed = self
+                    .backups
+                    .replication
+                    .block_on(store.list(tenant))
+                    .map_err(|e| BackupError::Store(format!("region {name}: {e}")))?;
+                for stored in listed {
+                    all.insert(stored.backup_id.clone(), stored);
+                }
+            }
+            None => {
+                for stored in self.backups.spool.list(tenant).unwrap_or_default() {
+                    all.insert(stored.backup_id.clone(), stored);
+                }
+                for (id, (stored, _)) in self.backups.replication.list_everything(tenant) {
+                    all.entry(id).or_insert(stored);
+                }
+            }
         }
-        for (id, (stored, _)) in self.backups.replication.list_everything(tenant) {
-            all.entry(id).or_insert(stored);
-        }
-        all.into_values().partition(|s| s.log.is_none())
+        Ok(all.into_values().partition(|s| s.log.is_none()))
     }
 
     /// Restores `tenant` to `target` into a new tenant: the newest full
@@ -577,7 +662,7 @@ impl ChangeLog {
         region: Option<&str>,
         copy: NewCopy<'_>,
     ) -> Result<(Restored, RestoredTo), BackupError> {
-        let (full, segments) = self.holdings(tenant);
+        let (full, segments) = self.holdings(tenant, region)?;
         let plan = plan(&full, &segments, target)?;
         let covers = plan.base.covers.clone().expect("a base covers a point");
         let (envelope, reader) = self

@@ -80,6 +80,7 @@ pub fn upgrade(
     backups: &Backups,
     tenant: &TenantRecord,
     target: u32,
+    changelog: Option<&super::changelog::ChangeLog>,
 ) -> Result<UpgradeReport, UpgradeError> {
     check(schemas, tenant, target)?;
     let steps = (tenant.schema_version + 1..=target)
@@ -95,6 +96,13 @@ pub fn upgrade(
     let db = storage.tenant_db(tenant)?;
     db.freeze();
     let outcome = (|| {
+        // Writes are frozen: what the log holds goes to the spool first, since
+        // the old database leaves with the swap. The new database is a new
+        // generation of the log, continuing the same sequence.
+        if let Some(log) = changelog {
+            log.ship(&tenant.id)
+                .map_err(|e| UpgradeError::BackupFailed(e.to_string()))?;
+        }
         let job = backups.enqueue(storage, &tenant.id, "pre-upgrade")?;
         let job = backups.run(storage, schemas, job, PRE_UPGRADE_RETENTION_SECS);
         if job.state != JobState::Done {
@@ -102,6 +110,7 @@ pub fn upgrade(
         }
         let snapshot = db.snapshot()?;
         let staged = storage.stage_replacement(tenant)?;
+        staged.db().continue_from(db.last_seq())?;
         let mut records = 0u64;
         for collection in source.collections.keys() {
             let spec = target_schema

@@ -421,3 +421,172 @@ fn a_lost_host_comes_back_from_the_regions_with_every_replicated_write() {
         acked_replicated.len()
     );
 }
+
+/// Segment object directories of a tenant in a directory region.
+fn segment_dirs(data: &std::path::Path, region: &str, tenant: &str) -> Vec<std::path::PathBuf> {
+    let dir = data
+        .join("regions")
+        .join(region)
+        .join("tenants")
+        .join(tenant);
+    let mut out: Vec<_> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("log-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_segment_missing_in_one_region_is_read_from_another_and_a_gap_is_named() {
+    let dir = TempDir::new("pitr-gap");
+    let data = dir.path().join("host");
+    let host = Host::start(&data, &["--backup-interval", "0s"]);
+    let (tenant, admin) = host.create_tenant("Gap Co", "crm");
+    contact(&host, &tenant, &admin, "base");
+    let backup = start_backup(&host, &tenant, &admin);
+    wait_backup_done(&host, &tenant, &admin, backup["id"].as_str().unwrap());
+    // Three segments: writes, a pause longer than a segment, more writes.
+    for round in 0..3 {
+        for i in 0..3 {
+            contact(&host, &tenant, &admin, &format!("r{round}-{i}"));
+        }
+        let want = 1 + 3 * (round + 1) as u64;
+        eventually(
+            "the round's segment in every region",
+            || wait_shipped(&host, &tenant, &admin, REGIONS_DIRS)["newest_safe_write"].clone(),
+            |safe| {
+                REGIONS_DIRS
+                    .iter()
+                    .all(|r| safe[*r]["sequence"].as_u64() >= Some(want))
+            },
+        );
+    }
+    let in_local = segment_dirs(&data, "local", &tenant);
+    assert!(in_local.len() >= 3, "{in_local:?}");
+    // The middle segment removed by hand from one region.
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(in_local[1].join("manifest.json")).unwrap()).unwrap();
+    let middle = manifest["backup_id"].as_str().unwrap().to_string();
+    let (first, last) = (
+        manifest["log"]["first_seq"].as_u64().unwrap(),
+        manifest["log"]["last_seq"].as_u64().unwrap(),
+    );
+    std::fs::remove_dir_all(&in_local[1]).unwrap();
+    let r = restore(
+        &host,
+        &tenant,
+        &admin,
+        json!({"name": "from local", "region": "local"}),
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(
+        r.error()
+            .contains(&format!("changes {first} to {last} are in no region")),
+        "{}",
+        r.error()
+    );
+    let r = restore(
+        &host,
+        &tenant,
+        &admin,
+        json!({"name": "from local-2", "region": "local-2"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.value()["restored_to"]["sequence"], 10);
+    // Gone from every region (and the spool): no restore past the gap, and
+    // the gap is named; a point before it still restores.
+    for region in ["local-2", "local-3"] {
+        for seg in segment_dirs(&data, region, &tenant) {
+            if seg.ends_with(&middle) {
+                std::fs::remove_dir_all(&seg).unwrap();
+            }
+        }
+    }
+    let r = restore(&host, &tenant, &admin, json!({"name": "past the gap"}));
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.error().contains("gap"), "{}", r.error());
+    let r = restore(
+        &host,
+        &tenant,
+        &admin,
+        json!({"name": "before the gap", "sequence": first - 1}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.value()["restored_to"]["sequence"], first - 1);
+}
+
+#[test]
+fn old_segments_leave_every_region_after_the_window_and_a_purge_erases_the_log() {
+    let dir = TempDir::new("pitr-retention");
+    let data = dir.path().join("host");
+    let clock = dir.path().join("clock");
+    std::fs::write(&clock, "0").unwrap();
+    let config = dir.path().join("host.toml");
+    std::fs::write(&config, "[changelog]\nretention_days = 1\n").unwrap();
+    let host = Host::start_with_clock(
+        &data,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--backup-interval",
+            "0s",
+            "--sweep-interval",
+            "1s",
+        ],
+        &clock,
+    );
+    let (tenant, admin) = host.create_tenant("Window Co", "crm");
+    contact(&host, &tenant, &admin, "first");
+    let b1 = start_backup(&host, &tenant, &admin);
+    wait_backup_done(&host, &tenant, &admin, b1["id"].as_str().unwrap());
+    for i in 0..3 {
+        contact(&host, &tenant, &admin, &format!("old-{i}"));
+    }
+    wait_shipped(&host, &tenant, &admin, REGIONS_DIRS);
+    let old: Vec<_> = REGIONS_DIRS
+        .iter()
+        .flat_map(|r| segment_dirs(&data, r, &tenant))
+        .collect();
+    assert!(!old.is_empty());
+    // A backup after them: a restore inside the window starts there.
+    let b2 = start_backup(&host, &tenant, &admin);
+    wait_backup_done(&host, &tenant, &admin, b2["id"].as_str().unwrap());
+    // Two days later the old segments are outside the window and covered.
+    std::fs::write(&clock, (2 * 86_400).to_string()).unwrap();
+    eventually(
+        "old segments deleted everywhere",
+        || old.iter().filter(|p| p.exists()).count(),
+        |n| *n == 0,
+    );
+    // A new change ships and stays; the latest point still restores.
+    contact(&host, &tenant, &admin, "new");
+    wait_shipped(&host, &tenant, &admin, REGIONS_DIRS);
+    let r = restore(&host, &tenant, &admin, json!({"name": "inside the window"}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.value()["restored_to"]["sequence"], 5);
+    assert_eq!(r.value()["records"], 5);
+    // Purge with erasure: the log goes from every region too.
+    let r = host.json(
+        "POST",
+        &format!("/v1/tenants/{tenant}/purge"),
+        Some(&host.operator),
+        json!({"erase_backups": true}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    eventually(
+        "the log erased everywhere",
+        || {
+            REGIONS_DIRS
+                .iter()
+                .map(|r| segment_dirs(&data, r, &tenant).len())
+                .sum::<usize>()
+        },
+        |n| *n == 0,
+    );
+}
