@@ -590,3 +590,64 @@ fn old_segments_leave_every_region_after_the_window_and_a_purge_erases_the_log()
         |n| *n == 0,
     );
 }
+
+#[test]
+fn a_region_down_while_the_log_ships_catches_up_and_restores() {
+    let dir = TempDir::new("pitr-outage");
+    let garage = Garage::start(&dir.path().join("garage"), REGIONS);
+    let host = start_on_garage(&dir, &garage, "host", &[]);
+    let (tenant, admin) = host.create_tenant("Outage Co", "crm");
+    contact(&host, &tenant, &admin, "before");
+    let backup = start_backup(&host, &tenant, &admin);
+    wait_backup_done(&host, &tenant, &admin, backup["id"].as_str().unwrap());
+    wait_shipped(&host, &tenant, &admin, REGIONS);
+    garage.kill("uk");
+    for i in 0..5 {
+        contact(&host, &tenant, &admin, &format!("during-{i}"));
+    }
+    // The others hold the new changes; uk is behind, and says why.
+    let log = eventually(
+        "in and sg hold the changes made during the outage",
+        || {
+            host.call(
+                "GET",
+                &format!("/v1/tenants/{tenant}/copies"),
+                Some(&admin),
+                None,
+            )
+            .value()["change_log"]
+                .clone()
+        },
+        |log| {
+            ["in", "sg"]
+                .iter()
+                .all(|r| log["newest_safe_write"][*r]["sequence"].as_u64() == Some(6))
+        },
+    );
+    assert_eq!(log["newest_safe_write"]["uk"]["sequence"], 1, "{log}");
+    let regions = host
+        .call("GET", "/v1/regions", Some(&host.operator), None)
+        .value();
+    let uk = regions["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["region"] == "uk")
+        .unwrap()
+        .clone();
+    assert!(uk["behind"].as_u64().unwrap() >= 1, "{regions}");
+    garage.restart("uk");
+    let log = wait_shipped(&host, &tenant, &admin, REGIONS);
+    assert_eq!(log["newest_safe_write"]["uk"]["sequence"], 6, "{log}");
+    let r = restore(
+        &host,
+        &tenant,
+        &admin,
+        json!({"name": "from uk", "region": "uk"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let copy = r.value();
+    assert_eq!(copy["restored_to"]["sequence"], 6);
+    let token = copy["admin_token"].as_str().unwrap();
+    assert_eq!(names(&host, copy["id"].as_str().unwrap(), token).len(), 6);
+}
