@@ -155,7 +155,9 @@ pub(crate) async fn hold_for_regions(state: &AppState, tenant: &TenantId) -> Res
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PitrRequest {
-    name: String,
+    /// The new tenant's name (not for `in_place`).
+    #[serde(default)]
+    name: Option<String>,
     #[serde(default)]
     at: Option<String>,
     #[serde(default)]
@@ -175,17 +177,11 @@ pub async fn restore(
     body: &bytes::Bytes,
 ) -> Result<Response<Body>, ApiError> {
     let request: PitrRequest = parse_json(body)?;
-    let name = super::checked_name(&request.name)?;
     let Some(log) = state.changelog.clone() else {
         return Err(ApiError::Conflict(
             "this host keeps no change log: restore a backup instead".into(),
         ));
     };
-    if request.in_place {
-        return Err(ApiError::Unprocessable(
-            "in-place point-in-time restores are not built yet: restore into a new tenant".into(),
-        ));
-    }
     let target = match (&request.at, request.sequence) {
         (Some(_), Some(_)) => {
             return Err(ApiError::BadRequest(
@@ -203,6 +199,12 @@ pub async fn restore(
             )));
         }
     }
+    if request.in_place {
+        return restore_in_place(state, principal, id, target, request.region, log).await;
+    }
+    let name = super::checked_name(request.name.as_deref().ok_or_else(|| {
+        ApiError::Unprocessable("give the new tenant a \"name\" (or restore \"in_place\")".into())
+    })?)?;
     let mint = principal.role == Role::TenantAdmin && principal.is_admin_of(&id);
     let slot = state.jobs.take(Some(&id), "a restore")?;
     let new_id = TenantId::generate().map_err(ApiError::internal)?;
@@ -211,14 +213,7 @@ pub async fn restore(
         Event::new("tenant.restored_to_point", actor(principal))
             .tenant(&id)
             .detail("new_tenant", new_id.as_str())
-            .detail(
-                "target",
-                match target {
-                    Target::At(ms) => format!("at {ms} ms"),
-                    Target::Sequence(seq) => format!("sequence {seq}"),
-                    Target::Latest => "latest".to_string(),
-                },
-            ),
+            .detail("target", target_text(target)),
     )
     .await?;
     let copy_of = changelog::copy_of(&id, principal.person(), principal.role);
@@ -254,6 +249,53 @@ pub async fn restore(
         "at": rfc3339_ms(reached.at_ms),
     });
     Ok(json_response(StatusCode::CREATED, &body))
+}
+
+/// `"in_place": true`: the tenant itself goes back to the point; its state
+/// before is kept as a backup first, and the answer says how to undo.
+async fn restore_in_place(
+    state: &Arc<AppState>,
+    principal: &Principal,
+    id: TenantId,
+    target: Target,
+    region: Option<String>,
+    log: Arc<changelog::ChangeLog>,
+) -> Result<Response<Body>, ApiError> {
+    let tenant = known_tenant(&state.storage, &id)?;
+    let slot = state.jobs.take(Some(&id), "a restore")?;
+    audit(
+        state,
+        Event::new("tenant.restored_in_place", actor(principal))
+            .tenant(&id)
+            .detail("target", target_text(target)),
+    )
+    .await?;
+    let inner = state.clone();
+    let done = run_long(slot, move || {
+        log.restore_in_place(&inner.schemas, &tenant, target, region.as_deref())
+    })
+    .await??;
+    tracing::info!(sequence = done.reached.sequence, "restored in place");
+    start_base_backup(state, &id);
+    let mut body = with_durability(state, &done.tenant);
+    body["records"] = Value::from(done.records);
+    body["restored_to"] = json!({
+        "sequence": done.reached.sequence,
+        "at": rfc3339_ms(done.reached.at_ms),
+    });
+    body["undo"] = json!({
+        "backup": done.undo_backup,
+        "restore": {"in_place": true, "at": rfc3339_ms(done.undo_at_ms)},
+    });
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+fn target_text(target: Target) -> String {
+    match target {
+        Target::At(ms) => format!("at {}", rfc3339_ms(ms)),
+        Target::Sequence(seq) => format!("sequence {seq}"),
+        Target::Latest => "latest".to_string(),
+    }
 }
 
 /// A new log generation starts with a full backup of its own, so that the

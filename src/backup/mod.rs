@@ -217,6 +217,7 @@ pub fn restore_archive_then(
     } = copy;
     let mut sink = StagingSink {
         storage,
+        replacing: None,
         name,
         keep_id,
         region,
@@ -266,8 +267,62 @@ pub fn restore_archive_then(
     }
 }
 
+/// Reads an archive into a replacement of `tenant`'s database, runs `then`
+/// on it (the change log's replay), and swaps it in: the tenant keeps its id,
+/// its admins and its name; its records become the archive's. Crash-safe like
+/// an upgrade's swap. The caller freezes the live database first.
+pub fn restore_in_place_then(
+    storage: &Storage,
+    schemas: &Registry,
+    reader: impl Read,
+    tenant: &TenantRecord,
+    limits: Limits,
+    then: &mut dyn FnMut(&crate::storage::TenantDb, &Schema) -> Result<(), BackupError>,
+) -> Result<(TenantRecord, u64), BackupError> {
+    let mut sink = StagingSink {
+        storage,
+        replacing: Some(tenant),
+        name: tenant.name.clone(),
+        keep_id: None,
+        region: tenant.region.clone(),
+        staged: None,
+        schema: None,
+    };
+    let mut result = import::read_archive(reader, schemas, limits, &mut sink);
+    let staged = sink.staged.take();
+    if let (Ok(_), Some(staged), Some(schema)) = (&result, &staged, &sink.schema) {
+        if let Err(error) = then(staged.db(), schema) {
+            result = Err(error);
+        }
+    }
+    match (result, staged, sink.schema) {
+        (Ok(_), Some(staged), Some(schema)) => {
+            let mut records = 0;
+            for collection in schema.collections.keys() {
+                records += staged.db().count(collection)?;
+            }
+            let swapped = storage.swap_in_replacement(staged, schema.version)?;
+            Ok((swapped, records))
+        }
+        (Ok(_), staged, _) => {
+            if let Some(staged) = staged {
+                storage.abort_staged(staged);
+            }
+            Err(BackupError::BadArchive("archive holds no schema".into()))
+        }
+        (Err(error), staged, _) => {
+            if let Some(staged) = staged {
+                storage.abort_staged(staged);
+            }
+            Err(error)
+        }
+    }
+}
+
 struct StagingSink<'a> {
     storage: &'a Storage,
+    /// Restoring in place: the tenant whose database the archive replaces.
+    replacing: Option<&'a TenantRecord>,
     name: String,
     keep_id: Option<TenantId>,
     region: Region,
@@ -277,6 +332,19 @@ struct StagingSink<'a> {
 
 impl ArchiveSink for StagingSink<'_> {
     fn begin(&mut self, schema: &Schema) -> Result<(), BackupError> {
+        if let Some(tenant) = self.replacing {
+            if schema.name != tenant.schema {
+                return Err(BackupError::BadArchive(format!(
+                    "the archive holds a {} tenant, not {}",
+                    schema.name, tenant.schema
+                )));
+            }
+            let mut staged = self.storage.stage_replacement(tenant)?;
+            staged.record.schema_version = schema.version;
+            self.staged = Some(staged);
+            self.schema = Some(schema.clone());
+            return Ok(());
+        }
         let staged = self.storage.stage_tenant(NewTenant {
             id: self.keep_id.take(),
             name: std::mem::take(&mut self.name),

@@ -211,13 +211,20 @@ impl ChangeLog {
         }
     }
 
-    /// Tenants whose segment should close now.
-    fn due(&self) -> Vec<TenantId> {
+    /// Moves the tenants that logged changes since the last look into `pending`.
+    fn absorb(&self) {
         let now = Instant::now();
         let mut pending = self.pending.lock().expect("pending");
         for tenant in self.storage.changes.take() {
             pending.entry(tenant).or_insert(now);
         }
+    }
+
+    /// Tenants whose segment should close now.
+    fn due(&self) -> Vec<TenantId> {
+        let now = Instant::now();
+        self.absorb();
+        let mut pending = self.pending.lock().expect("pending");
         let urgent = std::mem::take(&mut *self.urgent.lock().expect("urgent"));
         let mut due: Vec<TenantId> = pending
             .iter()
@@ -364,6 +371,7 @@ impl ChangeLog {
     /// How long the tenant's oldest acknowledged change not yet verified in
     /// enough regions has waited: what losing this host now would cost.
     pub fn loss_window(&self, tenant: &TenantId) -> Duration {
+        self.absorb();
         self.verified_upto(tenant);
         let unshipped = self
             .pending
@@ -505,6 +513,16 @@ impl ChangeLog {
         }
         Ok(count)
     }
+}
+
+/// What an in-place restore did.
+pub struct InPlace {
+    pub tenant: crate::storage::TenantRecord,
+    pub records: u64,
+    pub reached: RestoredTo,
+    /// The backup of the state before: restoring in place to its time undoes.
+    pub undo_backup: String,
+    pub undo_at_ms: u64,
 }
 
 /// The full backup and the segments a point-in-time restore reads.
@@ -694,6 +712,92 @@ impl ChangeLog {
             },
         )?;
         Ok((restored, reached))
+    }
+
+    /// Restores `tenant` to `target` in place. Writes are held meanwhile; the
+    /// log so far goes to the spool, and the current state is kept first as a
+    /// full backup (`pre-restore`) — restoring in place to its time undoes
+    /// this. The tenant's sequence continues after the newest change it had,
+    /// in a new generation. Returns the tenant, how many records it holds,
+    /// the point reached and the undo backup (id, time).
+    pub fn restore_in_place(
+        &self,
+        schemas: &Registry,
+        tenant: &crate::storage::TenantRecord,
+        target: Target,
+        region: Option<&str>,
+    ) -> Result<InPlace, BackupError> {
+        if tenant.state != TenantState::Active {
+            return Err(BackupError::Conflict(format!(
+                "the tenant is {}: only an active tenant is restored in place",
+                tenant.state.as_str()
+            )));
+        }
+        let db = self.storage.tenant_db(tenant)?;
+        db.freeze();
+        let outcome = (|| {
+            self.ship(&tenant.id)?;
+            let job = self
+                .backups
+                .enqueue(&self.storage, &tenant.id, "pre-restore")?;
+            let job = self
+                .backups
+                .run(&self.storage, schemas, job, self.backups.retention_secs);
+            let undo = match (
+                &job.state,
+                job.stored.as_ref().and_then(|s| s.covers.clone()),
+            ) {
+                (crate::backup::JobState::Done, Some(covers)) => (job.id.clone(), covers),
+                _ => {
+                    return Err(BackupError::Conflict(format!(
+                        "the backup of the current state failed, so nothing was restored: {}",
+                        job.error.unwrap_or_default()
+                    )))
+                }
+            };
+            let (full, segments) = self.holdings(tenant.id.as_str(), region)?;
+            let plan = plan(&full, &segments, target)?;
+            let covers = plan.base.covers.clone().expect("a base covers a point");
+            let (_, reader) =
+                self.backups
+                    .open_stored(tenant.id.as_str(), &plan.base.backup_id, region)?;
+            let mut reached = RestoredTo {
+                sequence: covers.seq,
+                at_ms: covers.at_ms,
+            };
+            let newest = db.last_seq();
+            let (record, records) = crate::backup::restore_in_place_then(
+                &self.storage,
+                schemas,
+                reader,
+                tenant,
+                self.backups.limits,
+                &mut |staged, schema| {
+                    self.replay(
+                        tenant.id.as_str(),
+                        &plan,
+                        target,
+                        region,
+                        staged,
+                        schema,
+                        &mut reached,
+                    )?;
+                    staged.continue_from(newest.max(reached.sequence))?;
+                    Ok(())
+                },
+            )?;
+            Ok(InPlace {
+                tenant: record,
+                records,
+                reached,
+                undo_backup: undo.0,
+                undo_at_ms: undo.1.at_ms,
+            })
+        })();
+        if outcome.is_err() {
+            db.thaw();
+        }
+        outcome
     }
 
     /// Replays the plan's segments on the staged tenant up to `target`.

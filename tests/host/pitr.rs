@@ -651,3 +651,69 @@ fn a_region_down_while_the_log_ships_catches_up_and_restores() {
     let token = copy["admin_token"].as_str().unwrap();
     assert_eq!(names(&host, copy["id"].as_str().unwrap(), token).len(), 6);
 }
+
+#[test]
+fn a_restore_in_place_keeps_the_state_before_it_and_is_undone() {
+    let dir = TempDir::new("pitr-in-place");
+    let data = dir.path().join("host");
+    let host = Host::start(&data, &["--backup-interval", "0s"]);
+    let (tenant, admin) = host.create_tenant("Place Co", "crm");
+    let ids: Vec<String> = (0..5)
+        .map(|i| contact(&host, &tenant, &admin, &format!("a{i}")))
+        .collect();
+    let backup = start_backup(&host, &tenant, &admin);
+    wait_backup_done(&host, &tenant, &admin, backup["id"].as_str().unwrap());
+    std::thread::sleep(Duration::from_millis(30));
+    let noted = now_rfc3339_ms();
+    std::thread::sleep(Duration::from_millis(30));
+    for id in &ids[..2] {
+        let path = format!("{}/{id}", records_path(&tenant, "contacts"));
+        assert_eq!(host.call("DELETE", &path, Some(&admin), None).status, 204);
+    }
+    contact(&host, &tenant, &admin, "b0");
+    let before_restore = names(&host, &tenant, &admin);
+    assert_eq!(before_restore, ["a2", "a3", "a4", "b0"]);
+    wait_shipped(&host, &tenant, &admin, REGIONS_DIRS);
+
+    let r = restore(
+        &host,
+        &tenant,
+        &admin,
+        json!({"in_place": true, "at": noted}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let done = r.value();
+    assert_eq!(done["id"], tenant.as_str());
+    assert_eq!(done["restored_to"]["sequence"], 5, "{done}");
+    assert_eq!(
+        names(&host, &tenant, &admin),
+        ["a0", "a1", "a2", "a3", "a4"]
+    );
+    // The tenant writes on (same id, same admin token), in a new generation.
+    contact(&host, &tenant, &admin, "c0");
+    wait_shipped(&host, &tenant, &admin, REGIONS_DIRS);
+    let generations: std::collections::BTreeSet<String> = segment_dirs(&data, "local", &tenant)
+        .iter()
+        .map(|d| {
+            let m: Value =
+                serde_json::from_slice(&std::fs::read(d.join("manifest.json")).unwrap()).unwrap();
+            m["log"]["generation"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(generations.len(), 2, "{generations:?}");
+
+    // Undo: back to the state before the restore, kept as a backup by it.
+    let undo = done["undo"]["restore"].clone();
+    assert_eq!(undo["in_place"], true);
+    let r = restore(&host, &tenant, &admin, undo);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(names(&host, &tenant, &admin), before_restore);
+    // The undo kept the state it replaced (with c0) too.
+    let again = r.value();
+    let r = restore(&host, &tenant, &admin, again["undo"]["restore"].clone());
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        names(&host, &tenant, &admin),
+        ["a0", "a1", "a2", "a3", "a4", "c0"]
+    );
+}
