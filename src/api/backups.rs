@@ -401,6 +401,8 @@ pub async fn regions(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> 
                 "deleting": l.deleting,
                 "oldest_unreplicated": l.oldest_unreplicated.map(rfc3339),
                 "lag_seconds": l.lag_seconds,
+                "log_behind": l.log_behind,
+                "log_lag_seconds": l.log_lag_seconds,
                 "last_error": l.last_error,
             })
         })

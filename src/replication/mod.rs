@@ -358,7 +358,17 @@ impl Replication {
                     })
                     .collect();
                 let oldest = mine.iter().map(|r| r.since).min();
+                let log: Vec<&&Replica> = mine
+                    .iter()
+                    .filter(|r| {
+                        r.backup
+                            .starts_with(crate::backup::segment::SEGMENT_ID_PREFIX)
+                    })
+                    .collect();
+                let log_oldest = log.iter().map(|r| r.since).min();
                 RegionLag {
+                    log_behind: log.len(),
+                    log_lag_seconds: log_oldest.map(|t| now.saturating_sub(t)).unwrap_or(0),
                     region: region.name.clone(),
                     location: region.location.clone(),
                     behind: mine.len(),
@@ -436,8 +446,11 @@ impl Replication {
 pub struct RegionLag {
     pub region: Region,
     pub location: String,
-    /// Replicas not yet verified here.
+    /// Replicas not yet verified here (backups and change-log segments).
     pub behind: usize,
+    /// Of those, change-log segments, and how long the oldest has waited.
+    pub log_behind: usize,
+    pub log_lag_seconds: u64,
     pub failed: usize,
     pub deleting: usize,
     pub oldest_unreplicated: Option<u64>,

@@ -28,8 +28,9 @@ use crate::replication::ReplicaState;
 use crate::schema::Registry;
 use crate::storage::{Change, CopyOf, Kind, Storage, StorageError, TenantState};
 
-/// Every segment this host shipped (key: segment id), until retention or
-/// erasure removes it everywhere.
+/// Every segment this host shipped (key: `<tenant>/<segment id>`, so that
+/// one tenant's are read without the rest), until retention or erasure
+/// removes it everywhere.
 pub const SEGMENTS: Kind<SegmentRecord> = Kind::new("log_segments");
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,6 +39,12 @@ pub struct SegmentRecord {
     pub tenant: TenantId,
     pub range: LogRange,
     pub created_at: u64,
+}
+
+impl SegmentRecord {
+    fn key(&self) -> String {
+        format!("{}/{}", self.tenant, self.id)
+    }
 }
 
 /// How the log ships (`[changelog]` in the config).
@@ -144,7 +151,7 @@ impl ChangeLog {
                     }
                 }
                 _ => {
-                    let _ = SEGMENTS.remove(&self.storage.catalog, &record.id);
+                    let _ = SEGMENTS.remove(&self.storage.catalog, &record.key());
                 }
             }
         }
@@ -225,7 +232,23 @@ impl ChangeLog {
         let now = Instant::now();
         self.absorb();
         let mut pending = self.pending.lock().expect("pending");
-        let urgent = std::mem::take(&mut *self.urgent.lock().expect("urgent"));
+        let mut urgent = std::mem::take(&mut *self.urgent.lock().expect("urgent"));
+        // Group commit for `replicated` writes: one segment in flight per
+        // tenant; what arrives meanwhile waits for it and goes as one batch
+        // (unless the one in flight is stuck: a region down).
+        urgent.retain(|tenant| {
+            let in_flight = self
+                .acked
+                .lock()
+                .expect("acked")
+                .get(tenant)
+                .and_then(|a| a.waiting.last().map(|(_, _, at)| at.elapsed()));
+            match in_flight {
+                // Its waiters ask again once it is verified.
+                Some(age) if age < Duration::from_secs(2) => false,
+                _ => true,
+            }
+        });
         let mut due: Vec<TenantId> = pending
             .iter()
             .filter(|(t, since)| {
@@ -322,16 +345,13 @@ impl ChangeLog {
             covers: None,
             log: Some(range.clone()),
         };
-        SEGMENTS.put(
-            &self.storage.catalog,
-            &id,
-            &SegmentRecord {
-                id: id.clone(),
-                tenant: tenant.clone(),
-                range: range.clone(),
-                created_at: now,
-            },
-        )?;
+        let record = SegmentRecord {
+            id: id.clone(),
+            tenant: tenant.clone(),
+            range: range.clone(),
+            created_at: now,
+        };
+        SEGMENTS.put(&self.storage.catalog, &record.key(), &record)?;
         spool.publish(&stored)?;
         self.backups.replication.register(&self.storage, &stored)?;
         tracing::debug!(segment = %id, first = range.first_seq, last = range.last_seq, "log segment sealed");
@@ -415,12 +435,12 @@ impl ChangeLog {
             }
             tokio::select! {
                 _ = self.backups.replication.verified.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(50)) => {
-                    // Still in the log (the shipper was busy): ask again.
-                    self.urgent.lock().expect("urgent").push(tenant.clone());
-                    self.wake.notify_one();
-                }
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
             }
+            // Not covered yet: the next batch (everything written while the
+            // one in flight travels) ships as soon as that one is verified.
+            self.urgent.lock().expect("urgent").push(tenant.clone());
+            self.wake.notify_one();
         }
     }
 
@@ -428,10 +448,10 @@ impl ChangeLog {
     /// and time), from this host's segment records.
     pub fn safe_points(&self, tenant: &TenantId) -> BTreeMap<Region, RestoredTo> {
         let mut out: BTreeMap<Region, RestoredTo> = BTreeMap::new();
-        for record in SEGMENTS.all(&self.storage.catalog).unwrap_or_default() {
-            if &record.tenant != tenant {
-                continue;
-            }
+        let mine = SEGMENTS
+            .with_prefix(&self.storage.catalog, &format!("{tenant}/"))
+            .unwrap_or_default();
+        for record in mine {
             for replica in self
                 .backups
                 .replication
@@ -492,7 +512,7 @@ impl ChangeLog {
                 self.backups
                     .replication
                     .tombstone(&self.storage, &record.id, why)?;
-                SEGMENTS.remove(&self.storage.catalog, &record.id)?;
+                SEGMENTS.remove(&self.storage.catalog, &record.key())?;
                 count += 1;
             }
         }
@@ -507,7 +527,7 @@ impl ChangeLog {
                 self.backups
                     .replication
                     .tombstone(&self.storage, &record.id, "erased")?;
-                SEGMENTS.remove(&self.storage.catalog, &record.id)?;
+                SEGMENTS.remove(&self.storage.catalog, &record.key())?;
                 count += 1;
             }
         }

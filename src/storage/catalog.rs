@@ -280,6 +280,20 @@ impl<T: Serialize + DeserializeOwned> Kind<T> {
         catalog.list_json(self.tree)
     }
 
+    /// The values whose keys start with `prefix`, in key order.
+    pub fn with_prefix(&self, catalog: &Catalog, prefix: &str) -> Result<Vec<T>, StorageError> {
+        catalog
+            .db
+            .open_tree(self.tree)?
+            .scan_prefix(prefix)
+            .map(|item| {
+                let (_, value) = item?;
+                serde_json::from_slice(&value)
+                    .map_err(|e| StorageError::Damaged(format!("catalog {} entry: {e}", self.tree)))
+            })
+            .collect()
+    }
+
     /// Every key, in order.
     pub fn keys(&self, catalog: &Catalog) -> Result<Vec<String>, StorageError> {
         catalog.keys(self.tree)

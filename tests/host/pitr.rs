@@ -153,6 +153,45 @@ fn the_wrong_delete_is_undone_by_a_restore_to_the_minute_before_it() {
     assert_eq!(copy["restored_to"]["sequence"], 10, "{copy}");
     assert!(copy["restored_to"]["at"].as_str().unwrap() <= noted.as_str());
 
+    // The same through the backup tooling.
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, &admin).unwrap();
+    let mut perms = std::fs::metadata(&token_file).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+    std::fs::set_permissions(&token_file, perms).unwrap();
+    let tool = |args: &[&str]| {
+        let out = std::process::Command::new(crate::support::BIN)
+            .arg("backup")
+            .args(args)
+            .args(["--url", &host.url(), "--tenant", &tenant])
+            .arg("--token-file")
+            .arg(&token_file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let by_cli: Value = serde_json::from_str(&tool(&[
+        "restore",
+        "--name",
+        "by the tool",
+        "--at",
+        &noted,
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(by_cli["restored_to"]["sequence"], 10, "{by_cli}");
+    let listed: Value = serde_json::from_str(&tool(&["list", "--json"])).unwrap();
+    assert_eq!(listed["change_log"]["mode"], "local", "{listed}");
+    assert_eq!(
+        listed["change_log"]["newest_safe_write"]["local-2"]["sequence"], 17,
+        "{listed}"
+    );
+
     // By sequence: up to the first three deletes.
     let r = restore(
         &host,
@@ -198,7 +237,7 @@ fn the_wrong_delete_is_undone_by_a_restore_to_the_minute_before_it() {
     let listed = host
         .call("GET", "/v1/tenants", Some(&host.operator), None)
         .value();
-    assert_eq!(listed["tenants"].as_array().unwrap().len(), 3, "{listed}");
+    assert_eq!(listed["tenants"].as_array().unwrap().len(), 4, "{listed}");
 
     // The restored tenant logs on without a gap from its restored point: its
     // next write is change 11, and a restore of it reaches that write.
@@ -636,6 +675,7 @@ fn a_region_down_while_the_log_ships_catches_up_and_restores() {
         .unwrap()
         .clone();
     assert!(uk["behind"].as_u64().unwrap() >= 1, "{regions}");
+    assert!(uk["log_behind"].as_u64().unwrap() >= 1, "{regions}");
     garage.restart("uk");
     let log = wait_shipped(&host, &tenant, &admin, REGIONS);
     assert_eq!(log["newest_safe_write"]["uk"]["sequence"], 6, "{log}");
