@@ -84,7 +84,10 @@ fn main() {
         }
         if mode == "local" {
             loss_window(addr, &tenant, &admin);
-            request_bill(addr, &tenant, &admin, &garage);
+            // A tenant of its own, once the load's backlog has shipped.
+            std::thread::sleep(Duration::from_secs(10));
+            let (bill_tenant, bill_admin) = create(addr, &operator, "local");
+            request_bill(addr, &bill_tenant, &bill_admin, &garage);
         }
         stop(&mut child);
     }

@@ -280,9 +280,13 @@ impl ChangeLog {
         let Some(generation) = db.log_generation() else {
             return Ok(0);
         };
+        // What was logged when this began: writes arriving meanwhile wait for
+        // the next segment instead of trailing tiny ones after this one.
+        let upto = db.last_seq();
         let mut shipped = 0;
         loop {
-            let changes = db.changes_after(0, self.settings.segment_bytes)?;
+            let mut changes = db.changes_after(0, self.settings.segment_bytes)?;
+            changes.retain(|c| c.seq <= upto);
             let (Some(first), Some(last)) = (changes.first(), changes.last()) else {
                 return Ok(shipped);
             };
