@@ -55,6 +55,7 @@
 //! replicated_regions = 2                     # `replicated` tenants: regions a write waits for
 //! replicated_timeout = "30s"                 # then the write answers 503 (it stays and ships)
 //! retention_days = 30                        # the point-in-time window
+//! base_every_changes = 1000000               # a full backup once the log since the last one is this long
 //!
 //! [backup]
 //! regions = ["eu", "us"]                     # default: every [regions.*] table; with none,
@@ -135,6 +136,7 @@ pub struct ChangeLogConfig {
     pub replicated_regions: usize,
     pub replicated_timeout: Duration,
     pub retention: Duration,
+    pub base_every_changes: u64,
 }
 
 /// Bounds on long jobs, so that no tenant (or broken client) takes the host.
@@ -217,6 +219,7 @@ struct RawChangeLog {
     replicated_regions: Option<usize>,
     replicated_timeout: Option<String>,
     retention_days: Option<u64>,
+    base_every_changes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -455,6 +458,11 @@ impl Config {
                     retention: Duration::from_secs(
                         raw.changelog.retention_days.unwrap_or(30).max(1) * 86_400,
                     ),
+                    base_every_changes: raw
+                        .changelog
+                        .base_every_changes
+                        .unwrap_or(1_000_000)
+                        .max(1),
                 }),
             },
             limits: Limits {

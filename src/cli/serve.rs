@@ -92,6 +92,7 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let log = Arc::new(ChangeLog::new(
                 storage.clone(),
                 backups.clone(),
+                schemas.clone(),
                 LogSettings {
                     segment_after: settings.segment_after,
                     segment_bytes: settings.segment_bytes,
@@ -99,6 +100,7 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     replicated_timeout: settings.replicated_timeout,
                     retention_secs: settings.retention.as_secs(),
                     sweep_every: config.sweep_interval,
+                    base_every_changes: settings.base_every_changes,
                 },
             ));
             log.recover();

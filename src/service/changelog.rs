@@ -62,6 +62,9 @@ pub struct LogSettings {
     pub retention_secs: u64,
     /// How often retention is checked.
     pub sweep_every: Duration,
+    /// A full backup is taken once a tenant's log holds this many changes
+    /// after its newest one, so that a restore replays a bounded log.
+    pub base_every_changes: u64,
 }
 
 impl Default for LogSettings {
@@ -73,6 +76,7 @@ impl Default for LogSettings {
             replicated_timeout: Duration::from_secs(30),
             retention_secs: 30 * 86_400,
             sweep_every: Duration::from_secs(60),
+            base_every_changes: 1_000_000,
         }
     }
 }
@@ -107,7 +111,12 @@ struct Acked {
 pub struct ChangeLog {
     pub storage: Arc<Storage>,
     pub backups: Arc<Backups>,
+    schemas: Registry,
     pub settings: LogSettings,
+    /// Per tenant: the sequence its newest full backup covers (as far as
+    /// this host knows), and tenants whose base backup is running.
+    bases: Mutex<HashMap<TenantId, u64>>,
+    basing: Mutex<std::collections::HashSet<TenantId>>,
     /// Tenants with unshipped changes, and since when.
     pending: Mutex<HashMap<TenantId, Instant>>,
     /// Tenants a `replicated` write waits for.
@@ -119,11 +128,19 @@ pub struct ChangeLog {
 }
 
 impl ChangeLog {
-    pub fn new(storage: Arc<Storage>, backups: Arc<Backups>, settings: LogSettings) -> ChangeLog {
+    pub fn new(
+        storage: Arc<Storage>,
+        backups: Arc<Backups>,
+        schemas: Registry,
+        settings: LogSettings,
+    ) -> ChangeLog {
         ChangeLog {
             storage,
             backups,
+            schemas,
             settings,
+            bases: Mutex::new(HashMap::new()),
+            basing: Mutex::new(std::collections::HashSet::new()),
             pending: Mutex::new(HashMap::new()),
             urgent: Mutex::new(Vec::new()),
             wake: tokio::sync::Notify::new(),
@@ -182,7 +199,16 @@ impl ChangeLog {
             let due = self.due();
             for tenant in due {
                 let this = self.clone();
-                let shipped = crate::tasks::blocking(move || this.ship(&tenant)).await;
+                let shipped = crate::tasks::blocking(move || {
+                    let shipped = this.ship(&tenant);
+                    if let Ok(n) = &shipped {
+                        if *n > 0 {
+                            this.after_ship(&tenant);
+                        }
+                    }
+                    shipped
+                })
+                .await;
                 match shipped {
                     Ok(Ok(_)) => {}
                     Ok(Err(error)) => tracing::error!(%error, "ship the change log"),
@@ -265,6 +291,76 @@ impl ChangeLog {
             pending.remove(tenant);
         }
         due
+    }
+
+    fn after_ship(self: &Arc<Self>, tenant: &TenantId) {
+        let Some(record) = self.storage.catalog.tenant(tenant) else {
+            return;
+        };
+        if record.state != TenantState::Active {
+            return;
+        }
+        if let Ok(db) = self.storage.tenant_db(&record) {
+            if let Some(generation) = db.log_generation() {
+                self.keep_replay_bounded(tenant, &generation, db.last_seq());
+            }
+        }
+    }
+
+    /// The sequence the tenant's newest done full backup of `generation` covers.
+    fn base_seq(&self, tenant: &TenantId, generation: &str) -> u64 {
+        if let Some(seq) = self.bases.lock().expect("bases").get(tenant) {
+            return *seq;
+        }
+        let seq = crate::backup::JOBS
+            .all(&self.storage.catalog)
+            .unwrap_or_default()
+            .iter()
+            .filter(|j| &j.tenant == tenant)
+            .filter_map(|j| j.stored.as_ref()?.covers.clone())
+            .filter(|c| c.generation == generation)
+            .map(|c| c.seq)
+            .max()
+            .unwrap_or(0);
+        self.bases
+            .lock()
+            .expect("bases")
+            .insert(tenant.clone(), seq);
+        seq
+    }
+
+    /// Starts a full backup when the log after the newest one has grown past
+    /// `base_every_changes` (on a thread of its own; one per tenant at once).
+    fn keep_replay_bounded(self: &Arc<Self>, tenant: &TenantId, generation: &str, last: u64) {
+        let base = self.base_seq(tenant, generation);
+        if last.saturating_sub(base) < self.settings.base_every_changes {
+            return;
+        }
+        if !self.basing.lock().expect("basing").insert(tenant.clone()) {
+            return;
+        }
+        let (this, id) = (self.clone(), tenant.clone());
+        let started = std::thread::Builder::new()
+            .name("coffer-log-base".into())
+            .spawn(move || {
+                let tenant = id;
+                match this.backups.enqueue(&this.storage, &tenant, "log-base") {
+                    Ok(job) => {
+                        let done =
+                            this.backups
+                                .run(&this.storage, &this.schemas, job, this.backups.retention_secs);
+                        if let Some(covers) = done.stored.as_ref().and_then(|s| s.covers.clone()) {
+                            this.bases.lock().expect("bases").insert(tenant.clone(), covers.seq);
+                        }
+                        tracing::info!(backup_id = %done.id, state = done.state.as_str(), tenant_id = %tenant, "full backup: the log since the last one grew long");
+                    }
+                    Err(error) => tracing::error!(%error, "start a full backup for the log"),
+                }
+                this.basing.lock().expect("basing").remove(&tenant);
+            });
+        if started.is_err() {
+            self.basing.lock().expect("basing").remove(tenant);
+        }
     }
 
     /// Seals a tenant's logged changes into segments and hands them to

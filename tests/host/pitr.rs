@@ -757,3 +757,39 @@ fn a_restore_in_place_keeps_the_state_before_it_and_is_undone() {
         ["a0", "a1", "a2", "a3", "a4", "c0"]
     );
 }
+
+#[test]
+fn a_long_log_gets_a_full_backup_so_that_restores_replay_a_bounded_log() {
+    let dir = TempDir::new("pitr-bounded");
+    let data = dir.path().join("host");
+    let host = Host::start_configured(&data, "[changelog]\nbase_every_changes = 5\n");
+    let (tenant, admin) = host.create_tenant("Busy Co", "crm");
+    for i in 0..8 {
+        contact(&host, &tenant, &admin, &format!("busy-{i}"));
+    }
+    // Nobody asked for a backup: the log's length did.
+    let listed = eventually(
+        "a full backup taken for the log",
+        || {
+            host.call(
+                "GET",
+                &format!("/v1/tenants/{tenant}/backups"),
+                Some(&admin),
+                None,
+            )
+            .value()
+        },
+        |v| {
+            v["backups"].as_array().is_some_and(|b| {
+                b.iter()
+                    .any(|b| b["kind"] == "log-base" && b["state"] == "done")
+            })
+        },
+    );
+    assert_eq!(listed["backups"].as_array().unwrap().len(), 1, "{listed}");
+    wait_shipped(&host, &tenant, &admin, REGIONS_DIRS);
+    let r = restore(&host, &tenant, &admin, json!({"name": "latest"}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.value()["restored_to"]["sequence"], 8);
+    assert_eq!(r.value()["records"], 8);
+}
