@@ -542,6 +542,8 @@ pub async fn restore(
     })
     .await??;
     tracing::info!(new_tenant = %restored.tenant.id, records = restored.records, "backup restored into a new tenant");
+    // Its database logs a new generation: a base for point-in-time restores.
+    super::continuous::start_base_backup(state, &restored.tenant.id);
     let mut body = tenant_json(&restored.tenant);
     if let Some(token) = restored.token {
         body["admin_token"] = Value::from(token);
@@ -599,6 +601,7 @@ pub async fn import(
     }
     let restored = result?;
     tracing::info!(new_tenant = %restored.tenant.id, records = restored.records, "portable export imported");
+    super::continuous::start_base_backup(state, &restored.tenant.id);
     let mut body = tenant_json(&restored.tenant);
     body["admin_token"] = Value::from(restored.token.unwrap_or_default());
     body["records"] = Value::from(restored.records);

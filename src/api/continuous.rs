@@ -140,8 +140,12 @@ pub(crate) async fn hold_for_regions(state: &AppState, tenant: &TenantId) -> Res
     if record.durability != Durability::Replicated {
         return Ok(());
     }
-    let seq = state.storage.tenant_db(&record)?.last_seq();
-    if log.wait_replicated(tenant, seq).await {
+    let db = state.storage.tenant_db(&record)?;
+    let Some(generation) = db.log_generation() else {
+        return Ok(());
+    };
+    let seq = db.last_seq();
+    if log.wait_replicated(tenant, &generation, seq).await {
         Ok(())
     } else {
         Err(ApiError::Unavailable(format!(

@@ -126,6 +126,12 @@ pub async fn create(
     })
     .await??;
     tracing::info!(tenant_id = %tenant.id, "tenant created");
+    if let (crate::storage::Durability::Replicated, Some(log)) =
+        (tenant.durability, &state.changelog)
+    {
+        let (log, record) = (log.clone(), tenant.clone());
+        blocking(move || log.prepare_replicated(&record)).await?;
+    }
     let mut body = super::continuous::with_durability(state, &tenant);
     body["admin_token"] = Value::from(admin_token);
     Ok(json_response(StatusCode::CREATED, &body))

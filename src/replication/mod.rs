@@ -357,22 +357,20 @@ impl Replication {
                             && r.state != ReplicaState::Deleting
                     })
                     .collect();
-                let oldest = mine.iter().map(|r| r.since).min();
-                let log: Vec<&&Replica> = mine
-                    .iter()
-                    .filter(|r| {
-                        r.backup
-                            .starts_with(crate::backup::segment::SEGMENT_ID_PREFIX)
-                    })
-                    .collect();
+                // Backups and change-log segments are reported apart.
+                let (log, backups): (Vec<&Replica>, Vec<&Replica>) = mine.iter().partition(|r| {
+                    r.backup
+                        .starts_with(crate::backup::segment::SEGMENT_ID_PREFIX)
+                });
+                let oldest = backups.iter().map(|r| r.since).min();
                 let log_oldest = log.iter().map(|r| r.since).min();
                 RegionLag {
                     log_behind: log.len(),
                     log_lag_seconds: log_oldest.map(|t| now.saturating_sub(t)).unwrap_or(0),
                     region: region.name.clone(),
                     location: region.location.clone(),
-                    behind: mine.len(),
-                    failed: mine
+                    behind: backups.len(),
+                    failed: backups
                         .iter()
                         .filter(|r| r.state == ReplicaState::Failed)
                         .count(),
@@ -446,9 +444,9 @@ impl Replication {
 pub struct RegionLag {
     pub region: Region,
     pub location: String,
-    /// Replicas not yet verified here (backups and change-log segments).
+    /// Backups not yet verified here.
     pub behind: usize,
-    /// Of those, change-log segments, and how long the oldest has waited.
+    /// Change-log segments not yet verified here, and how long the oldest has waited.
     pub log_behind: usize,
     pub log_lag_seconds: u64,
     pub failed: usize,

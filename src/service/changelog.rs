@@ -117,6 +117,8 @@ pub struct ChangeLog {
     /// this host knows), and tenants whose base backup is running.
     bases: Mutex<HashMap<TenantId, u64>>,
     basing: Mutex<std::collections::HashSet<TenantId>>,
+    /// (tenant, generation) with a full backup verified in enough regions.
+    ready: Mutex<std::collections::HashSet<(TenantId, String)>>,
     /// Tenants with unshipped changes, and since when.
     pending: Mutex<HashMap<TenantId, Instant>>,
     /// Tenants a `replicated` write waits for.
@@ -141,6 +143,7 @@ impl ChangeLog {
             settings,
             bases: Mutex::new(HashMap::new()),
             basing: Mutex::new(std::collections::HashSet::new()),
+            ready: Mutex::new(std::collections::HashSet::new()),
             pending: Mutex::new(HashMap::new()),
             urgent: Mutex::new(Vec::new()),
             wake: tokio::sync::Notify::new(),
@@ -333,9 +336,14 @@ impl ChangeLog {
     /// `base_every_changes` (on a thread of its own; one per tenant at once).
     fn keep_replay_bounded(self: &Arc<Self>, tenant: &TenantId, generation: &str, last: u64) {
         let base = self.base_seq(tenant, generation);
-        if last.saturating_sub(base) < self.settings.base_every_changes {
-            return;
+        if last.saturating_sub(base) >= self.settings.base_every_changes {
+            self.start_base(tenant, "the log since the last full backup grew long");
         }
+    }
+
+    /// Starts a full backup of the tenant on a thread of its own (one per
+    /// tenant at once).
+    fn start_base(self: &Arc<Self>, tenant: &TenantId, why: &'static str) {
         if !self.basing.lock().expect("basing").insert(tenant.clone()) {
             return;
         }
@@ -352,7 +360,7 @@ impl ChangeLog {
                         if let Some(covers) = done.stored.as_ref().and_then(|s| s.covers.clone()) {
                             this.bases.lock().expect("bases").insert(tenant.clone(), covers.seq);
                         }
-                        tracing::info!(backup_id = %done.id, state = done.state.as_str(), tenant_id = %tenant, "full backup: the log since the last one grew long");
+                        tracing::info!(backup_id = %done.id, state = done.state.as_str(), tenant_id = %tenant, why, "full backup for the change log");
                     }
                     Err(error) => tracing::error!(%error, "start a full backup for the log"),
                 }
@@ -361,6 +369,61 @@ impl ChangeLog {
         if started.is_err() {
             self.basing.lock().expect("basing").remove(tenant);
         }
+    }
+
+    /// A tenant turning `replicated`: its log's base backup is started now
+    /// (when none is in the regions yet), so that its first writes need not
+    /// wait for all of it.
+    pub fn prepare_replicated(self: &Arc<Self>, tenant: &crate::storage::TenantRecord) {
+        let Ok(db) = self.storage.tenant_db(tenant) else {
+            return;
+        };
+        if let Some(generation) = db.log_generation() {
+            if !self.base_ready(&tenant.id, &generation) {
+                self.start_base(&tenant.id, "the tenant's writes became replicated");
+            }
+        }
+    }
+
+    /// Whether a full backup of this generation of the tenant's log is
+    /// verified in enough regions (a restore from the regions has a base).
+    fn base_ready(&self, tenant: &TenantId, generation: &str) -> bool {
+        if self
+            .ready
+            .lock()
+            .expect("ready")
+            .contains(&(tenant.clone(), generation.to_string()))
+        {
+            return true;
+        }
+        let need = self.need();
+        let ready = crate::backup::JOBS
+            .all(&self.storage.catalog)
+            .unwrap_or_default()
+            .iter()
+            .filter(|j| &j.tenant == tenant)
+            .filter(|j| {
+                j.stored
+                    .as_ref()
+                    .and_then(|s| s.covers.as_ref())
+                    .is_some_and(|c| c.generation == generation)
+            })
+            .any(|j| {
+                self.backups
+                    .replication
+                    .replicas_of(&self.storage, &j.id)
+                    .iter()
+                    .filter(|r| r.state == ReplicaState::Verified)
+                    .count()
+                    >= need
+            });
+        if ready {
+            self.ready
+                .lock()
+                .expect("ready")
+                .insert((tenant.clone(), generation.to_string()));
+        }
+        ready
     }
 
     /// Seals a tenant's logged changes into segments and hands them to
@@ -520,14 +583,28 @@ impl ChangeLog {
         }
     }
 
-    /// Waits until the tenant's change `seq` is verified in enough regions;
-    /// `false` when the wait timed out (the write stays on this host and ships).
-    pub async fn wait_replicated(&self, tenant: &TenantId, seq: u64) -> bool {
+    /// Waits until the tenant's change `seq` is verified in enough regions,
+    /// and a full backup of its log's generation too (without one the log
+    /// restores nothing: one is started when missing); `false` when the wait
+    /// timed out (the write stays on this host and ships).
+    pub async fn wait_replicated(
+        self: &Arc<Self>,
+        tenant: &TenantId,
+        generation: &str,
+        seq: u64,
+    ) -> bool {
         let deadline = Instant::now() + self.settings.replicated_timeout;
         self.urgent.lock().expect("urgent").push(tenant.clone());
         self.wake.notify_one();
         loop {
-            if self.verified_upto(tenant) >= seq {
+            let based = self.base_ready(tenant, generation);
+            if !based {
+                self.start_base(
+                    tenant,
+                    "a replicated tenant's log needs a base in the regions",
+                );
+            }
+            if based && self.verified_upto(tenant) >= seq {
                 return true;
             }
             if Instant::now() >= deadline {
