@@ -138,11 +138,17 @@ impl Replica {
 
 /// Stores a replica's state, and whether it still has work left.
 fn put_replica(storage: &Storage, replica: &Replica) -> Result<(), StorageError> {
-    REPLICAS.put(&storage.catalog, &replica.key(), replica)?;
+    put_replica_unflushed(storage, replica)?;
+    storage.catalog.flush()
+}
+
+/// The replica and its due mark, durable at the next catalog flush.
+fn put_replica_unflushed(storage: &Storage, replica: &Replica) -> Result<(), StorageError> {
+    REPLICAS.put_unflushed(&storage.catalog, &replica.key(), replica)?;
     if replica.state == ReplicaState::Verified {
-        DUE.remove(&storage.catalog, &replica.key())
+        DUE.remove_unflushed(&storage.catalog, &replica.key())
     } else {
-        DUE.put(&storage.catalog, &replica.key(), &true)
+        DUE.put_unflushed(&storage.catalog, &replica.key(), &true)
     }
 }
 
@@ -229,8 +235,10 @@ impl Replication {
                 verified_at: None,
                 deleting_because: erased.then(|| "erased".to_string()),
             };
-            put_replica(storage, &replica)?;
+            put_replica_unflushed(storage, &replica)?;
         }
+        // One flush for every region's record.
+        storage.catalog.flush()?;
         self.wake.notify_one();
         Ok(())
     }

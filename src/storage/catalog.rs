@@ -302,6 +302,18 @@ impl<T: Serialize + DeserializeOwned> Kind<T> {
     pub fn remove(&self, catalog: &Catalog, key: &str) -> Result<(), StorageError> {
         catalog.remove_json(self.tree, key)
     }
+
+    /// Like `put`, durable only at the next [`Catalog::flush`]: for a step
+    /// that writes several records and flushes once.
+    pub fn put_unflushed(&self, catalog: &Catalog, key: &str, value: &T) -> Result<(), StorageError> {
+        catalog.db.open_tree(self.tree)?.insert(key, to_json(value))?;
+        Ok(())
+    }
+
+    pub fn remove_unflushed(&self, catalog: &Catalog, key: &str) -> Result<(), StorageError> {
+        catalog.db.open_tree(self.tree)?.remove(key)?;
+        Ok(())
+    }
 }
 
 /// Who created identities and tokens before identities existed.
@@ -694,6 +706,12 @@ impl Catalog {
                     .map_err(|e| StorageError::Damaged(format!("catalog token entry: {e}")))
             })
             .collect()
+    }
+
+    /// Makes every write so far durable (after `Kind::put_unflushed`).
+    pub fn flush(&self) -> Result<(), StorageError> {
+        self.db.flush()?;
+        Ok(())
     }
 
     pub fn token_count(&self) -> usize {
