@@ -292,10 +292,16 @@ impl RegionStore {
         Ok(written)
     }
 
-    /// The store's ETag of an object, without quotes.
-    pub async fn etag(&self, path: &Path) -> Result<Option<String>, StoreError> {
+    /// An object's size and ETag (without quotes) in one request.
+    pub async fn size_and_etag(
+        &self,
+        path: &Path,
+    ) -> Result<Option<(u64, Option<String>)>, StoreError> {
         match self.store.head(path).await {
-            Ok(meta) => Ok(meta.e_tag.map(|t| t.trim_matches('"').to_string())),
+            Ok(meta) => Ok(Some((
+                meta.size,
+                meta.e_tag.map(|t| t.trim_matches('"').to_string()),
+            ))),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(other) => Err(other.into()),
         }

@@ -265,10 +265,12 @@ impl Replicator {
         // without reading it back; otherwise (directories, other stores, an
         // object from before a restart) read it back and hash it.
         let by_etag = match &uploaded_etag {
-            Some(expected_etag) => {
-                region.etag(&archive).await?.as_deref() == Some(expected_etag.as_str())
-                    && region.size(&archive).await? == Some(expected.archive_size)
-            }
+            Some(expected_etag) => match region.size_and_etag(&archive).await? {
+                Some((size, etag)) => {
+                    etag.as_deref() == Some(expected_etag.as_str()) && size == expected.archive_size
+                }
+                None => false,
+            },
             None => false,
         };
         if !by_etag {
