@@ -25,17 +25,9 @@ use serde_json::Value;
 const REGIONS: &[&str] = &["in", "sg", "uk"];
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let flag = |name: &str, default: usize| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let writes = flag("--writes", 3000);
-    let log_changes = flag("--log-changes", 20_000);
-    let mib = flag("--mib", 100) as u64;
+    let writes = common::flag("--writes", 3000);
+    let log_changes = common::flag("--log-changes", 20_000);
+    let mib = common::flag("--mib", 100) as u64;
     let root = std::env::temp_dir().join(format!("coffer-bench-log-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();

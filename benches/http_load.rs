@@ -13,16 +13,8 @@ use std::time::{Duration, Instant};
 use common::{create_tenant, ms, percentile, process_status, start, Conn};
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let flag = |name: &str, default: usize| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let tenants = flag("--tenants", 10_000);
-    let writes = flag("--writes", 4_000);
+    let tenants = common::flag("--tenants", 10_000);
+    let writes = common::flag("--writes", 4_000);
     let data = std::env::temp_dir().join(format!("coffer-bench-http-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
     let (mut child, addr) = start(&data, &[]);

@@ -16,18 +16,10 @@ use std::time::{Duration, Instant};
 use common::{create_tenant, ms, percentile, populate_with, process_status, start, Conn};
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let flag = |name: &str, default: usize| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let stalled_n = flag("--stalled", 200);
-    let ops = flag("--ops", 1_000);
-    let idle_n = flag("--idle", 2_000);
-    let mib = flag("--mib", 16) as u64;
+    let stalled_n = common::flag("--stalled", 200);
+    let ops = common::flag("--ops", 1_000);
+    let idle_n = common::flag("--idle", 2_000);
+    let mib = common::flag("--mib", 16) as u64;
     let root = std::env::temp_dir().join(format!("coffer-bench-neighbours-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let data = root.join("data");

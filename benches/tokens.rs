@@ -19,17 +19,9 @@ use coffer::storage::{NewTenant, NewToken, Storage};
 use common::{ms, percentile, start, Conn};
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let flag = |name: &str, default: usize| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let tokens = flag("--tokens", 10_000);
-    let revoked = flag("--revoked", 1_000);
-    let reads = flag("--reads", 2_000);
+    let tokens = common::flag("--tokens", 10_000);
+    let revoked = common::flag("--revoked", 1_000);
+    let reads = common::flag("--reads", 2_000);
     let root = std::env::temp_dir().join(format!("coffer-bench-tokens-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
 

@@ -305,8 +305,16 @@ impl<T: Serialize + DeserializeOwned> Kind<T> {
 
     /// Like `put`, durable only at the next [`Catalog::flush`]: for a step
     /// that writes several records and flushes once.
-    pub fn put_unflushed(&self, catalog: &Catalog, key: &str, value: &T) -> Result<(), StorageError> {
-        catalog.db.open_tree(self.tree)?.insert(key, to_json(value))?;
+    pub fn put_unflushed(
+        &self,
+        catalog: &Catalog,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StorageError> {
+        catalog
+            .db
+            .open_tree(self.tree)?
+            .insert(key, to_json(value))?;
         Ok(())
     }
 

@@ -7,27 +7,12 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::support::backups::{start_backup, wait_backup_done};
+use crate::support::eventually;
 use crate::support::garage::Garage;
 use crate::support::records::records_path;
 use crate::support::{contains, files_under, Host, TempDir};
 
 const REGIONS: &[&str] = &["in", "sg", "uk"];
-
-fn eventually<T: std::fmt::Debug>(
-    what: &str,
-    mut probe: impl FnMut() -> T,
-    check: impl Fn(&T) -> bool,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let seen = probe();
-        if check(&seen) {
-            return seen;
-        }
-        assert!(Instant::now() < deadline, "{what}: last saw {seen:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 fn contact(host: &Host, tenant: &str, token: &str, name: &str) -> String {
     let r = host.json(

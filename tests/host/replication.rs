@@ -2,33 +2,15 @@
 //! verification, outages and catch-up, crash and resume, restore from each
 //! region and on a fresh host, retention, erasure.
 
-use std::time::{Duration, Instant};
-
 use serde_json::{json, Value};
 
 use crate::support::backups::{start_backup, wait_verified};
+use crate::support::eventually;
 use crate::support::garage::Garage;
 use crate::support::records::{all_records, populated_tenant, CRM};
 use crate::support::{contains, files_under, Host, TempDir};
 
 const REGIONS: &[&str] = &["in", "sg", "uk"];
-
-/// Waits until `check` holds, or fails with what it last saw.
-fn eventually<T: std::fmt::Debug>(
-    what: &str,
-    mut probe: impl FnMut() -> T,
-    check: impl Fn(&T) -> bool,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let seen = probe();
-        if check(&seen) {
-            return seen;
-        }
-        assert!(Instant::now() < deadline, "{what}: last saw {seen:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 fn host_with_regions(
     dir: &TempDir,

@@ -295,6 +295,26 @@ pub fn http(
     }
 }
 
+/// Waits until `check` holds (90 s at most), or fails with what it last saw.
+pub fn eventually<T: std::fmt::Debug>(
+    what: &str,
+    mut probe: impl FnMut() -> T,
+    check: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let seen = probe();
+        if check(&seen) {
+            return seen;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: last saw {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// `coffer tokens add` on a data directory no host runs on (yet): a staff
 /// token whose identity whoever holds the disk vouches for. Returns the token.
 pub fn add_staff_offline(data_dir: &Path, role: &str, name: &str) -> String {
