@@ -19,7 +19,7 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::{ms, percentile, populate_with, start, Conn};
+use common::{ms, percentile, populate_with, start, write_load, Conn};
 use serde_json::Value;
 
 const REGIONS: &[&str] = &["in", "sg", "uk"];
@@ -112,51 +112,6 @@ fn create(addr: std::net::SocketAddr, operator: &str, durability: &str) -> (Stri
     (
         v["id"].as_str().unwrap().to_string(),
         v["admin_token"].as_str().unwrap().to_string(),
-    )
-}
-
-/// (writes/s, p50 ms, p99 ms) of `total` durable writes from `clients` clients.
-fn write_load(
-    addr: std::net::SocketAddr,
-    tenant: &str,
-    admin: &str,
-    clients: usize,
-    total: usize,
-) -> (f64, f64, f64) {
-    let path = format!("/v1/tenants/{tenant}/collections/contacts/records");
-    let notes = "n".repeat(900);
-    let per_client = (total / clients).max(10);
-    let started = Instant::now();
-    let handles: Vec<_> = (0..clients)
-        .map(|c| {
-            let (path, admin, notes) = (path.clone(), admin.to_string(), notes.clone());
-            std::thread::spawn(move || {
-                let mut conn = Conn::open(addr);
-                let mut latencies = Vec::with_capacity(per_client);
-                for i in 0..per_client {
-                    let body = format!(
-                        r#"{{"name":"c{c}-{i}","email":"c{clients}-{c}-{i}-{}@example.com","notes":"{notes}"}}"#,
-                        std::process::id()
-                    );
-                    let t = Instant::now();
-                    let (status, _) = conn.request("POST", &path, &admin, body.as_bytes());
-                    assert_eq!(status, 201);
-                    latencies.push(t.elapsed());
-                }
-                latencies
-            })
-        })
-        .collect();
-    let mut latencies: Vec<Duration> = handles
-        .into_iter()
-        .flat_map(|h| h.join().unwrap())
-        .collect();
-    let elapsed = started.elapsed();
-    latencies.sort();
-    (
-        latencies.len() as f64 / elapsed.as_secs_f64(),
-        ms(percentile(&latencies, 50)),
-        ms(percentile(&latencies, 99)),
     )
 }
 

@@ -54,7 +54,9 @@
 //! - [`service`] — long-running work and rules that span rooms: backups as
 //!   jobs (spool + regions + backup key; `service::Backups`), the schema
 //!   upgrade service (backup first, migrate, swap), the audit checkpoint
-//!   shipper (audit → regions), master-key rotation (keyring + catalog).
+//!   shipper (audit → regions), master-key rotation (keyring + catalog),
+//!   continuous backup (`changelog`: the change log shipped in segments,
+//!   durability modes) and point-in-time restores (`pitr`).
 //! - [`secret_file`] — 0600 secret files, written atomically.
 //! - [`tasks`] — the one blocking helper (keeps the span) and the host's
 //!   background loops, stopped by one token and waited for at shutdown.

@@ -220,7 +220,7 @@ pub async fn restore(
             .detail("target", target_text(target)),
     )
     .await?;
-    let copy_of = changelog::copy_of(&id, principal.person(), principal.role);
+    let copy_of = crate::service::pitr::copy_of(&id, principal.person(), principal.role);
     let inner = state.clone();
     let source = id.clone();
     let (restored, reached) = run_long(slot, move || {

@@ -9,6 +9,7 @@ pub mod backups;
 pub mod changelog;
 pub mod checkpoints;
 pub mod key_rotation;
+pub mod pitr;
 pub mod scheduler;
 pub mod upgrade;
 

@@ -62,12 +62,7 @@ impl ChangeFeed {
     }
 }
 
-pub(super) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(super) use crate::ids::unix_now_ms as now_ms;
 
 impl TenantDb {
     /// From now on every write of this database is logged (live tenants of a
