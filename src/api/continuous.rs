@@ -204,6 +204,11 @@ pub async fn restore(
         }
     }
     if request.in_place {
+        if request.name.is_some() {
+            return Err(ApiError::BadRequest(
+                "a restore \"in_place\" keeps the tenant's name: leave out \"name\"".into(),
+            ));
+        }
         return restore_in_place(state, principal, id, target, request.region, log).await;
     }
     let name = super::checked_name(request.name.as_deref().ok_or_else(|| {
