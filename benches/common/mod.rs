@@ -18,8 +18,11 @@ use serde_json::{json, Map};
 pub const BIN: &str = env!("CARGO_BIN_EXE_coffer");
 
 /// Starts `coffer serve` on `data`; returns the child and its address.
+/// `COFFER_BIN` runs another build of the host instead (a "before" binary
+/// beside this one, in one run).
 pub fn start(data: &std::path::Path, extra: &[&str]) -> (Child, SocketAddr) {
-    let mut child = Command::new(BIN)
+    let bin = std::env::var("COFFER_BIN").unwrap_or_else(|_| BIN.to_string());
+    let mut child = Command::new(bin)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
         .args(extra)

@@ -387,6 +387,13 @@ impl Catalog {
             token_update: Mutex::new(()),
         };
         catalog.migrate_staff_identities()?;
+        let swept = catalog.sweep_tokens()?;
+        if swept > 0 {
+            tracing::info!(
+                tokens = swept,
+                "unbound tokens from tenants a crash left gone"
+            );
+        }
         Ok(catalog)
     }
 
@@ -543,25 +550,23 @@ impl Catalog {
         Ok(())
     }
 
-    /// Writes a new tenant and its first admin token in one atomic step.
+    /// Writes a new tenant and its first admin token, durably. No sled
+    /// transaction or batch: one of either switches sled 0.34 into a
+    /// process-wide lock that every operation of every tenant's database then
+    /// takes (`concurrency_control`), so the catalog is crash-safe by write
+    /// order instead: the token first, then the tenant, one flush. sled
+    /// recovers a prefix of its log, so a crash leaves nothing, a token whose
+    /// tenant does not exist (its secret was never handed out; removed at the
+    /// next open, see [`Catalog::sweep_tokens`]), or both.
     pub fn create_tenant(
         &self,
         record: &TenantRecord,
         admin: &TokenRecord,
         admin_digest: &[u8; 32],
     ) -> Result<(), StorageError> {
-        use sled::Transactional;
-        let tenant_value = to_json(record);
-        let token_value = to_json(admin);
-        (&self.tenants, &self.tokens)
-            .transaction(|(tenants, tokens)| {
-                tenants.insert(record.id.as_str().as_bytes(), tenant_value.as_slice())?;
-                tokens.insert(admin_digest.as_slice(), token_value.as_slice())?;
-                Ok(())
-            })
-            .map_err(|e: sled::transaction::TransactionError<()>| {
-                StorageError::Sled(format!("{e:?}"))
-            })?;
+        self.tokens
+            .insert(admin_digest.as_slice(), to_json(admin))?;
+        self.tenants.insert(record.id.as_str(), to_json(record))?;
         self.db.flush()?;
         self.cache
             .write()
@@ -570,25 +575,41 @@ impl Catalog {
         Ok(())
     }
 
-    /// Marks a tenant destroyed, drops its wrapped key and every token bound to it,
-    /// atomically. After this returns the tenant's data can never be decrypted.
+    /// Marks a tenant destroyed (its wrapped key gone) durably, then unbinds
+    /// every token from it. After the first flush the tenant's data can never
+    /// be decrypted and no token reaches it (a destroyed tenant serves
+    /// nothing); a crash before the tokens are rewritten is finished by the
+    /// next open ([`Catalog::sweep_tokens`]). No sled transaction: see
+    /// [`Catalog::create_tenant`].
     pub fn destroy_tenant(&self, record: &TenantRecord) -> Result<(), StorageError> {
-        // Tokens that reach only this tenant die; tokens that also reach restored
-        // copies lose this tenant and keep the others.
+        self.tenants.insert(record.id.as_str(), to_json(record))?;
+        self.db.flush()?;
+        self.cache
+            .write()
+            .expect("catalog cache poisoned")
+            .insert(record.id.clone(), record.clone());
         let _guard = self.lock_tokens();
-        let mut batch = sled::Batch::default();
+        self.unbind_tokens(|tenant| tenant == &record.id)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Tokens lose every tenant `gone` says is gone: a token that reaches
+    /// only such tenants is removed; one that also reaches restored copies
+    /// keeps those. Unflushed; the caller holds [`Catalog::lock_tokens`].
+    fn unbind_tokens(&self, gone: impl Fn(&TenantId) -> bool) -> Result<usize, StorageError> {
+        let mut changed = 0;
         for item in self.tokens.iter() {
             let (key, value) = item?;
             let Ok(mut token) = serde_json::from_slice::<TokenRecord>(&value) else {
                 continue;
             };
-            let primary = token.tenant.as_ref() == Some(&record.id);
-            let secondary = token.also.contains(&record.id);
-            if !primary && !secondary {
+            let bound = token.tenant.iter().chain(token.also.iter()).any(&gone);
+            if !bound {
                 continue;
             }
-            token.also.retain(|t| t != &record.id);
-            if primary {
+            token.also.retain(|t| !gone(t));
+            if token.tenant.as_ref().is_some_and(&gone) {
                 token.tenant = if token.also.is_empty() {
                     None
                 } else {
@@ -596,28 +617,30 @@ impl Catalog {
                 };
             }
             if token.tenant.is_none() {
-                batch.remove(key);
+                self.tokens.remove(key)?;
             } else {
-                batch.insert(key, to_json(&token));
+                self.tokens.insert(key, to_json(&token))?;
             }
+            changed += 1;
         }
-        let tenant_value = to_json(record);
-        use sled::Transactional;
-        (&self.tenants, &self.tokens)
-            .transaction(|(tenants, tokens)| {
-                tenants.insert(record.id.as_str().as_bytes(), tenant_value.as_slice())?;
-                tokens.apply_batch(&batch)?;
-                Ok(())
-            })
-            .map_err(|e: sled::transaction::TransactionError<()>| {
-                StorageError::Sled(format!("{e:?}"))
-            })?;
-        self.db.flush()?;
-        self.cache
-            .write()
-            .expect("catalog cache poisoned")
-            .insert(record.id.clone(), record.clone());
-        Ok(())
+        Ok(changed)
+    }
+
+    /// Finishes what a crash interrupted: tokens bound to a destroyed tenant
+    /// or to one that was never written (a crash inside `create_tenant`) lose
+    /// it. Runs at every open; returns how many tokens changed.
+    fn sweep_tokens(&self) -> Result<usize, StorageError> {
+        let _guard = self.lock_tokens();
+        let cache = self.cache.read().expect("catalog cache poisoned").clone();
+        let changed = self.unbind_tokens(|tenant| {
+            cache
+                .get(tenant)
+                .is_none_or(|t| t.state == TenantState::Destroyed)
+        })?;
+        if changed > 0 {
+            self.db.flush()?;
+        }
+        Ok(changed)
     }
 
     pub fn token(&self, digest: &[u8; 32]) -> Result<Option<TokenRecord>, StorageError> {
@@ -735,6 +758,138 @@ fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    fn tenant(id: &str, state: TenantState) -> TenantRecord {
+        TenantRecord {
+            format: CATALOG_FORMAT_V1,
+            id: TenantId::parse(id).unwrap(),
+            name: format!("tenant {id}"),
+            region: Region::parse("local").unwrap(),
+            schema: "crm".into(),
+            schema_version: 2,
+            state,
+            created_at: 1,
+            deactivated_at: None,
+            destroy_after: None,
+            destroyed_at: None,
+            wrapped_dek: None,
+            moved_to: None,
+            pending_upgrade: None,
+            proposed_move: None,
+            copy_of: None,
+            durability: Durability::Local,
+        }
+    }
+
+    fn admin(n: u8, tenant: &TenantRecord, also: &[&TenantRecord]) -> ([u8; 32], TokenRecord) {
+        let digest = [n; 32];
+        let token = TokenRecord {
+            format: CATALOG_FORMAT_V1,
+            id: TokenId::generate().unwrap(),
+            role: Role::TenantAdmin,
+            tenant: Some(tenant.id.clone()),
+            also: also.iter().map(|t| t.id.clone()).collect(),
+            name: format!("admin {n}"),
+            created_at: 1,
+            digest: crate::crypto::encode_hex(&digest),
+            identity: None,
+            created_by: None,
+            expires_at: None,
+            revoked: None,
+        };
+        (digest, token)
+    }
+
+    /// sled's flusher thread may hold the directory's lock for a moment
+    /// after the handle is dropped.
+    fn reopen(dir: &Path) -> Catalog {
+        (0..50)
+            .find_map(|_| {
+                Catalog::open(dir).ok().or_else(|| {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    None
+                })
+            })
+            .expect("reopen the catalog")
+    }
+
+    #[test]
+    fn destroying_a_tenant_unbinds_its_tokens_and_keeps_their_other_tenants() {
+        let dir =
+            std::env::temp_dir().join(format!("coffer-catalog-destroy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let catalog = Catalog::open(&dir).unwrap();
+        let (a, b) = (
+            tenant(&"a".repeat(32), TenantState::Active),
+            tenant(&"b".repeat(32), TenantState::Active),
+        );
+        let (da, ta) = admin(1, &a, &[]);
+        let (db, tb) = admin(2, &b, &[]);
+        catalog.create_tenant(&a, &ta, &da).unwrap();
+        catalog.create_tenant(&b, &tb, &db).unwrap();
+        // An admin of a and of a copy restored from it (b).
+        let (dab, tab) = admin(3, &a, &[&b]);
+        catalog.put_token(&dab, &tab).unwrap();
+        let mut gone = a.clone();
+        gone.state = TenantState::Destroyed;
+        catalog.destroy_tenant(&gone).unwrap();
+        assert!(catalog.token(&da).unwrap().is_none());
+        let kept = catalog.token(&dab).unwrap().unwrap();
+        assert_eq!((kept.tenant, kept.also), (Some(b.id.clone()), vec![]));
+        assert!(catalog.token(&db).unwrap().is_some());
+        assert_eq!(catalog.tenant(&a.id).unwrap().state, TenantState::Destroyed);
+        drop(catalog);
+        let catalog = reopen(&dir);
+        assert_eq!(catalog.tenant(&a.id).unwrap().state, TenantState::Destroyed);
+        assert!(catalog.token(&da).unwrap().is_none());
+        drop(catalog);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// What a crash between the writes of `create_tenant` or `destroy_tenant`
+    /// leaves (written here as those functions write it, stopped half-way) is
+    /// finished at the next open: no token reaches a tenant that is gone.
+    #[test]
+    fn a_crash_inside_create_or_destroy_leaves_no_token_reaching_a_gone_tenant() {
+        let dir = std::env::temp_dir().join(format!("coffer-catalog-crash-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (a, b, c) = (
+            tenant(&"a".repeat(32), TenantState::Active),
+            tenant(&"b".repeat(32), TenantState::Active),
+            tenant(&"c".repeat(32), TenantState::Active),
+        );
+        let (da, ta) = admin(1, &a, &[]);
+        let (db, tb) = admin(2, &b, &[]);
+        let (dc, tc) = admin(3, &c, &[]);
+        let (dba, tba) = admin(4, &b, &[&a]);
+        {
+            let catalog = Catalog::open(&dir).unwrap();
+            catalog.create_tenant(&a, &ta, &da).unwrap();
+            catalog.create_tenant(&b, &tb, &db).unwrap();
+            catalog.put_token(&dba, &tba).unwrap();
+            // create_tenant(c) stopped after its token.
+            catalog.tokens.insert(dc, to_json(&tc)).unwrap();
+            // destroy_tenant(b) stopped after its first flush.
+            let mut gone = b.clone();
+            gone.state = TenantState::Destroyed;
+            catalog
+                .tenants
+                .insert(b.id.as_str(), to_json(&gone))
+                .unwrap();
+            catalog.db.flush().unwrap();
+            assert!(catalog.token(&dc).unwrap().is_some());
+            assert!(catalog.token(&db).unwrap().is_some());
+        }
+        let catalog = reopen(&dir);
+        assert!(catalog.tenant(&c.id).is_none());
+        assert!(catalog.token(&dc).unwrap().is_none(), "c's orphan token");
+        assert!(catalog.token(&db).unwrap().is_none(), "destroyed b's token");
+        let kept = catalog.token(&dba).unwrap().unwrap();
+        assert_eq!((kept.tenant, kept.also), (Some(a.id.clone()), vec![]));
+        assert!(catalog.token(&da).unwrap().is_some());
+        drop(catalog);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn tokens_from_before_identities_get_one_and_unapproved_operators_wait() {
         let dir =
@@ -762,18 +917,12 @@ mod tests {
                     .insert([i as u8; 32], serde_json::to_vec(&legacy).unwrap())
                     .unwrap();
             }
+            // The legacy admin's tenant is on file.
+            let legacy_tenant = tenant(&"a".repeat(32), TenantState::Active);
+            catalog.put_tenant(&legacy_tenant).unwrap();
             catalog.db.flush().unwrap();
         }
-        // sled's flusher thread may hold the directory's lock for a moment
-        // after the handle is dropped.
-        let catalog = (0..50)
-            .find_map(|_| {
-                Catalog::open(&dir).ok().or_else(|| {
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                    None
-                })
-            })
-            .expect("reopen the catalog");
+        let catalog = reopen(&dir);
         let first = catalog.identity(FIRST_OPERATOR).unwrap();
         assert!(!first.pending);
         let second = catalog.identity("second operator").unwrap();

@@ -21,6 +21,8 @@ pub(super) struct Pool {
 struct PoolInner {
     open: HashMap<TenantId, (Arc<TenantDb>, u64)>,
     alive: HashMap<TenantId, Weak<TenantDb>>,
+    /// Tenants being opened: the gate their opener holds.
+    opening: HashMap<TenantId, Arc<Mutex<()>>>,
     tick: u64,
 }
 
@@ -32,24 +34,55 @@ impl Pool {
         }
     }
 
+    /// The tenant's open database, opening it if it is cold. Opening a large
+    /// tenant reads its sled log (seconds for a GiB), so it happens outside
+    /// the pool's lock, under a gate of that tenant's own: requests for other
+    /// tenants never wait for it, and two requests for this one never open it
+    /// twice (sled locks its directory).
     pub(super) fn get_or_open(
         &self,
         id: &TenantId,
         open: impl FnOnce() -> Result<TenantDb, StorageError>,
     ) -> Result<Arc<TenantDb>, StorageError> {
+        let gate = {
+            let mut inner = self.inner.lock().expect("pool lock poisoned");
+            if let Some(db) = self.lookup(&mut inner, id) {
+                return Ok(db);
+            }
+            inner.opening.entry(id.clone()).or_default().clone()
+        };
+        let _opening = gate.lock().expect("pool gate poisoned");
+        {
+            // Whoever held the gate before may have opened it.
+            let mut inner = self.inner.lock().expect("pool lock poisoned");
+            if let Some(db) = self.lookup(&mut inner, id) {
+                return Ok(db);
+            }
+        }
+        let opened = open().map(Arc::new);
         let mut inner = self.inner.lock().expect("pool lock poisoned");
+        // Nobody else waits at the gate (its clones are taken under this lock).
+        if opened.is_ok() || Arc::strong_count(&gate) == 2 {
+            inner.opening.remove(id);
+        }
+        let db = opened?;
+        inner.tick += 1;
+        let tick = inner.tick;
+        self.admit(&mut inner, id.clone(), db.clone(), tick);
+        Ok(db)
+    }
+
+    /// The database if it is open (in the pool, or still held by a request).
+    fn lookup(&self, inner: &mut PoolInner, id: &TenantId) -> Option<Arc<TenantDb>> {
         inner.tick += 1;
         let tick = inner.tick;
         if let Some((db, used)) = inner.open.get_mut(id) {
             *used = tick;
-            return Ok(db.clone());
+            return Some(db.clone());
         }
-        let db = match inner.alive.get(id).and_then(Weak::upgrade) {
-            Some(db) => db,
-            None => Arc::new(open()?),
-        };
-        self.admit(&mut inner, id.clone(), db.clone(), tick);
-        Ok(db)
+        let db = inner.alive.get(id).and_then(Weak::upgrade)?;
+        self.admit(inner, id.clone(), db.clone(), tick);
+        Some(db)
     }
 
     pub(super) fn insert(&self, id: TenantId, db: Arc<TenantDb>) {
@@ -76,10 +109,21 @@ impl Pool {
         }
     }
 
+    /// Drops the tenant from the pool (destroyed, moved away, replaced). An
+    /// open in progress finishes first, so that it cannot put the database
+    /// back afterwards.
     pub(super) fn forget(&self, id: &TenantId) {
+        let gate = {
+            let mut inner = self.inner.lock().expect("pool lock poisoned");
+            inner.opening.entry(id.clone()).or_default().clone()
+        };
+        let _opening = gate.lock().expect("pool gate poisoned");
         let mut inner = self.inner.lock().expect("pool lock poisoned");
         inner.open.remove(id);
         inner.alive.remove(id);
+        if Arc::strong_count(&gate) == 2 {
+            inner.opening.remove(id);
+        }
     }
 
     pub(super) fn open_count(&self) -> usize {
@@ -89,5 +133,91 @@ impl Pool {
             .values()
             .filter(|weak| weak.strong_count() > 0)
             .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::SecretKey;
+    use crate::crypto::TenantCipher;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+
+    fn open_in(dir: &std::path::Path, id: &TenantId) -> Result<TenantDb, StorageError> {
+        let cipher = TenantCipher::new(&SecretKey::generate().unwrap());
+        TenantDb::open(&dir.join(id.as_str()), id.clone(), cipher, 1 << 20)
+    }
+
+    /// A tenant that takes long to open (here: until the test says so) holds
+    /// up nobody but the requests for that same tenant, which all get the one
+    /// database it opens.
+    #[test]
+    fn a_slow_open_blocks_only_its_own_tenant_and_happens_once() {
+        let dir = std::env::temp_dir().join(format!("coffer-unit-pool-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let pool = Arc::new(Pool::new(4));
+        let (slow, quick) = (TenantId::generate().unwrap(), TenantId::generate().unwrap());
+        let opens = Arc::new(AtomicUsize::new(0));
+        let (release, released) = mpsc::channel::<()>();
+        let (started, opening) = mpsc::channel::<()>();
+        let released = Arc::new(Mutex::new(released));
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let (pool, dir, slow, opens) =
+                    (pool.clone(), dir.clone(), slow.clone(), opens.clone());
+                let (released, started) = (released.clone(), started.clone());
+                std::thread::spawn(move || {
+                    pool.get_or_open(&slow, || {
+                        opens.fetch_add(1, Ordering::SeqCst);
+                        started.send(()).unwrap();
+                        released.lock().unwrap().recv().unwrap();
+                        open_in(&dir, &slow)
+                    })
+                    .unwrap()
+                })
+            })
+            .collect();
+        opening.recv().unwrap();
+        // While the slow tenant is being opened (it stays so until released
+        // below), another one opens.
+        let (done, other) = mpsc::channel();
+        {
+            let (pool, dir, quick) = (pool.clone(), dir.clone(), quick.clone());
+            std::thread::spawn(move || {
+                let _ = done.send(pool.get_or_open(&quick, || open_in(&dir, &quick)).unwrap());
+            });
+        }
+        let other = other
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("another tenant opened while the slow one was being opened");
+        assert_eq!(other.tenant(), &quick);
+        release.send(()).unwrap();
+        let dbs: Vec<_> = waiters.into_iter().map(|w| w.join().unwrap()).collect();
+        assert_eq!(opens.load(Ordering::SeqCst), 1, "opened once");
+        assert!(dbs.iter().all(|db| Arc::ptr_eq(db, &dbs[0])));
+        assert_eq!(pool.open_count(), 2);
+        drop((dbs, other));
+        pool.forget(&slow);
+        pool.forget(&quick);
+        assert_eq!(pool.open_count(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_failed_open_is_tried_again_by_the_next_request() {
+        let dir =
+            std::env::temp_dir().join(format!("coffer-unit-pool-retry-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let pool = Pool::new(4);
+        let id = TenantId::generate().unwrap();
+        let failed = pool.get_or_open(&id, || Err(StorageError::Io("disk unplugged".into())));
+        assert!(matches!(failed, Err(StorageError::Io(_))));
+        assert_eq!(pool.open_count(), 0);
+        let db = pool.get_or_open(&id, || open_in(&dir, &id)).unwrap();
+        assert_eq!(db.tenant(), &id);
+        drop(db);
+        pool.forget(&id);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
