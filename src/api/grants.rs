@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{audit, blocking, json_response, known_tenant, parse_json, ApiError, AppState, Body};
+use crate::audit::merkle;
 use crate::audit::verify::{Bundle, BundleEntry, Consistency};
 use crate::audit::{Actor, Entry, Event};
 use crate::auth::{Principal, Role};
@@ -511,7 +512,10 @@ pub async fn access_log(
             .filter(|r| r.tenant == tenant)
             .collect();
         recoveries.sort_by_key(|r| r.requested_at);
-        let seqs = inner.audit.entries_of(&tenant);
+        let seqs = inner
+            .audit
+            .entries_of(&tenant)
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
         let entries = inner
             .audit
             .read_entries(&seqs)
@@ -576,27 +580,29 @@ pub async fn audit_proof(
         let (size, note) = log.latest_checkpoint().ok_or_else(|| {
             ApiError::Unavailable("no signed checkpoint yet; try again in a few seconds".into())
         })?;
+        let unavailable = |e: crate::audit::AuditError| ApiError::Unavailable(e.to_string());
         let seqs: Vec<u64> = log
             .entries_of(&tenant)
+            .map_err(unavailable)?
             .into_iter()
             .filter(|s| *s < size)
             .collect();
-        let bytes = log
-            .read_entries(&seqs)
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-        let entries = seqs
-            .iter()
-            .zip(bytes)
-            .map(|(seq, bytes)| BundleEntry {
+        let bytes = log.read_entries(&seqs).map_err(unavailable)?;
+        // Every proof against one snapshot of the tree (its tiles cached).
+        let prover = log.prover();
+        let view = prover.view();
+        let hex = |proof: Vec<crate::audit::merkle::Hash>| -> Vec<String> {
+            proof.iter().map(|h| encode_hex(h)).collect()
+        };
+        let damaged = |e: String| ApiError::Unavailable(format!("audit log: {e}"));
+        let mut entries = Vec::with_capacity(seqs.len());
+        for (seq, bytes) in seqs.iter().zip(bytes) {
+            entries.push(BundleEntry {
                 seq: *seq,
                 entry: B64.encode(&bytes),
-                proof: log
-                    .inclusion_proof(*seq, size)
-                    .iter()
-                    .map(|h| encode_hex(h))
-                    .collect(),
-            })
-            .collect();
+                proof: hex(merkle::inclusion_proof(&view, *seq, size).map_err(damaged)?),
+            });
+        }
         let mut consistency = Vec::new();
         for from in seen {
             if from == 0 || from > size {
@@ -606,12 +612,8 @@ pub async fn audit_proof(
             }
             consistency.push(Consistency {
                 from,
-                root: encode_hex(&log.root(from)),
-                proof: log
-                    .consistency_proof(from, size)
-                    .iter()
-                    .map(|h| encode_hex(h))
-                    .collect(),
+                root: encode_hex(&merkle::root(&view, from).map_err(damaged)?),
+                proof: hex(merkle::consistency_proof(&view, from, size).map_err(damaged)?),
             });
         }
         Ok(Bundle {

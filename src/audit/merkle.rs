@@ -38,7 +38,7 @@ pub fn empty_root() -> Hash {
 }
 
 /// The largest power of two smaller than `n` (n ≥ 2).
-fn split(n: u64) -> u64 {
+pub fn split(n: u64) -> u64 {
     debug_assert!(n >= 2);
     1 << (63 - (n - 1).leading_zeros())
 }
@@ -90,7 +90,7 @@ impl Tree {
     }
 
     /// The hash of the complete subtree of height `level` at `index`.
-    fn node(&self, level: u32, index: u64) -> Hash {
+    fn subtree(&self, level: u32, index: u64) -> Hash {
         if level == 0 {
             return self.leaves[index as usize];
         }
@@ -108,22 +108,9 @@ impl Tree {
 
     fn compute_node(&self, level: u32, index: u64) -> Hash {
         node_hash(
-            &self.node(level - 1, 2 * index),
-            &self.node(level - 1, 2 * index + 1),
+            &self.subtree(level - 1, 2 * index),
+            &self.subtree(level - 1, 2 * index + 1),
         )
-    }
-
-    /// MTH(D[start:end]).
-    fn range(&self, start: u64, end: u64) -> Hash {
-        let n = end - start;
-        if n == 0 {
-            return empty_root();
-        }
-        if n.is_power_of_two() && start % n == 0 {
-            return self.node(n.trailing_zeros(), start / n);
-        }
-        let k = split(n);
-        node_hash(&self.range(start, start + k), &self.range(start + k, end))
     }
 
     /// The root of the tree of the first `size` leaves.
@@ -133,59 +120,126 @@ impl Tree {
             "tree of {size} leaves asked of {}",
             self.len()
         );
-        self.range(0, size)
+        root(self, size).expect("in memory")
     }
 
     /// PATH(m, D[0:size]): the inclusion proof of leaf `m` in the tree of `size`.
     pub fn inclusion_proof(&self, m: u64, size: u64) -> Vec<Hash> {
         assert!(m < size && size <= self.len());
-        let mut proof = Vec::new();
-        self.path(m, 0, size, &mut proof);
-        proof
-    }
-
-    fn path(&self, m: u64, start: u64, end: u64, proof: &mut Vec<Hash>) {
-        let n = end - start;
-        if n <= 1 {
-            return;
-        }
-        let k = split(n);
-        if m < k {
-            self.path(m, start, start + k, proof);
-            proof.push(self.range(start + k, end));
-        } else {
-            self.path(m - k, start + k, end, proof);
-            proof.push(self.range(start, start + k));
-        }
+        inclusion_proof(self, m, size).expect("in memory")
     }
 
     /// PROOF(m, D[0:n]): that the tree of `m` leaves is a prefix of the tree of `n`.
     pub fn consistency_proof(&self, m: u64, n: u64) -> Vec<Hash> {
         assert!(m <= n && n <= self.len());
-        let mut proof = Vec::new();
-        if m > 0 && m < n {
-            self.subproof(m, 0, n, true, &mut proof);
-        }
-        proof
+        consistency_proof(self, m, n).expect("in memory")
     }
+}
 
-    fn subproof(&self, m: u64, start: u64, end: u64, whole: bool, proof: &mut Vec<Hash>) {
-        let n = end - start;
-        if m == n {
-            if !whole {
-                proof.push(self.range(start, end));
-            }
-            return;
-        }
-        let k = split(n);
-        if m <= k {
-            self.subproof(m, start, start + k, whole, proof);
-            proof.push(self.range(start + k, end));
-        } else {
-            self.subproof(m - k, start + k, end, false, proof);
-            proof.push(self.range(start, start + k));
-        }
+impl Nodes for Tree {
+    fn node(&self, level: u32, index: u64) -> Result<Hash, String> {
+        Ok(self.subtree(level, index))
     }
+}
+
+/// Where a tree's complete, aligned subtrees come from: memory ([`Tree`]) or
+/// tiles on disk (`audit::tiles`). The RFC's algorithms below ask for nothing
+/// else.
+pub trait Nodes {
+    /// The hash of the complete subtree of height `level` at `index` (its
+    /// leaves are `index · 2^level ..`); asked only of subtrees inside the tree.
+    fn node(&self, level: u32, index: u64) -> Result<Hash, String>;
+}
+
+/// MTH(D[start:end]).
+fn range(nodes: &impl Nodes, start: u64, end: u64) -> Result<Hash, String> {
+    let n = end - start;
+    if n == 0 {
+        return Ok(empty_root());
+    }
+    if n.is_power_of_two() && start % n == 0 {
+        return nodes.node(n.trailing_zeros(), start / n);
+    }
+    let k = split(n);
+    Ok(node_hash(
+        &range(nodes, start, start + k)?,
+        &range(nodes, start + k, end)?,
+    ))
+}
+
+/// The root of the tree of the first `size` leaves.
+pub fn root(nodes: &impl Nodes, size: u64) -> Result<Hash, String> {
+    range(nodes, 0, size)
+}
+
+/// PATH(m, D[0:size]) (`m < size`).
+pub fn inclusion_proof(nodes: &impl Nodes, m: u64, size: u64) -> Result<Vec<Hash>, String> {
+    if m >= size {
+        return Err(format!("entry {m} is not in a tree of {size}"));
+    }
+    let mut proof = Vec::new();
+    path(nodes, m, 0, size, &mut proof)?;
+    Ok(proof)
+}
+
+fn path(
+    nodes: &impl Nodes,
+    m: u64,
+    start: u64,
+    end: u64,
+    proof: &mut Vec<Hash>,
+) -> Result<(), String> {
+    let n = end - start;
+    if n <= 1 {
+        return Ok(());
+    }
+    let k = split(n);
+    if m < k {
+        path(nodes, m, start, start + k, proof)?;
+        proof.push(range(nodes, start + k, end)?);
+    } else {
+        path(nodes, m - k, start + k, end, proof)?;
+        proof.push(range(nodes, start, start + k)?);
+    }
+    Ok(())
+}
+
+/// PROOF(m, D[0:n]) (`m ≤ n`).
+pub fn consistency_proof(nodes: &impl Nodes, m: u64, n: u64) -> Result<Vec<Hash>, String> {
+    if m > n {
+        return Err(format!("a tree of {m} is not a prefix of one of {n}"));
+    }
+    let mut proof = Vec::new();
+    if m > 0 && m < n {
+        subproof(nodes, m, 0, n, true, &mut proof)?;
+    }
+    Ok(proof)
+}
+
+fn subproof(
+    nodes: &impl Nodes,
+    m: u64,
+    start: u64,
+    end: u64,
+    whole: bool,
+    proof: &mut Vec<Hash>,
+) -> Result<(), String> {
+    let n = end - start;
+    if m == n {
+        if !whole {
+            proof.push(range(nodes, start, end)?);
+        }
+        return Ok(());
+    }
+    let k = split(n);
+    if m <= k {
+        subproof(nodes, m, start, start + k, whole, proof)?;
+        proof.push(range(nodes, start + k, end)?);
+    } else {
+        subproof(nodes, m - k, start + k, end, false, proof)?;
+        proof.push(range(nodes, start, start + k)?);
+    }
+    Ok(())
 }
 
 /// RFC 9162 §2.1.3.2: does `proof` show `leaf` at `index` in a tree of `size`
@@ -353,6 +407,122 @@ mod tests {
                     assert!(!verify_consistency(m, n, &proof, &old, &naive_root(&other)));
                 }
             }
+        }
+    }
+
+    fn unhex(text: &str) -> Vec<u8> {
+        crate::crypto::decode_hex(text).expect("hex")
+    }
+
+    fn hashes(texts: &[&str]) -> Vec<Hash> {
+        texts
+            .iter()
+            .map(|t| unhex(t).try_into().expect("32 bytes"))
+            .collect()
+    }
+
+    /// The Certificate Transparency test vectors (RFC 6962's reference
+    /// implementation, kept in transparency-dev/merkle): eight leaves, the
+    /// root of every size from 1 to 8, inclusion and consistency proofs.
+    #[test]
+    fn certificate_transparency_vectors() {
+        let leaves: Vec<Vec<u8>> = [
+            "",
+            "00",
+            "10",
+            "2021",
+            "3031",
+            "40414243",
+            "5051525354555657",
+            "606162636465666768696a6b6c6d6e6f",
+        ]
+        .iter()
+        .map(|h| unhex(h))
+        .collect();
+        let roots = hashes(&[
+            "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+            "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
+            "aeb6bcfe274b70a14fb067a5e5578264db0fa9b51af5e0ba159158f329e06e77",
+            "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+            "4e3bbb1f7b478dcfe71fb631631519a3bca12c9aefca1612bfce4c13a86264d4",
+            "76e67dadbcdf1e10e1b74ddc608abd2f98dfb16fbce75277b5232a127f2087ef",
+            "ddb89be403809e325750d3d263cd78929c2942b7942a34b77e122c9594a74c8c",
+            "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328",
+        ]);
+        let tree = tree_of(&leaves);
+        for size in 1..=8u64 {
+            assert_eq!(tree.root(size), roots[size as usize - 1], "size {size}");
+        }
+        let inclusion = [
+            (
+                0,
+                8,
+                vec![
+                    "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+                    "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+                    "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
+                ],
+            ),
+            (
+                5,
+                8,
+                vec![
+                    "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+                    "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+                    "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+                ],
+            ),
+            (
+                2,
+                3,
+                vec!["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"],
+            ),
+        ];
+        for (m, size, proof) in inclusion {
+            let proof = hashes(&proof);
+            assert_eq!(tree.inclusion_proof(m, size), proof, "leaf {m} of {size}");
+            let leaf = leaf_hash(&leaves[m as usize]);
+            assert!(verify_inclusion(
+                &leaf,
+                m,
+                size,
+                &proof,
+                &roots[size as usize - 1]
+            ));
+        }
+        let consistency = [
+            (
+                1,
+                8,
+                vec![
+                    "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+                    "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+                    "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
+                ],
+            ),
+            (
+                6,
+                8,
+                vec![
+                    "0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
+                    "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+                    "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+                ],
+            ),
+            (
+                2,
+                5,
+                vec![
+                    "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+                    "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+                ],
+            ),
+        ];
+        for (m, n, proof) in consistency {
+            let proof = hashes(&proof);
+            assert_eq!(tree.consistency_proof(m, n), proof, "{m} to {n}");
+            let (old, new) = (&roots[m as usize - 1], &roots[n as usize - 1]);
+            assert!(verify_consistency(m, n, &proof, old, new));
         }
     }
 }

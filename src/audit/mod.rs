@@ -1,12 +1,17 @@
 //! The tamper-evident audit log: every security-relevant event, as an entry in
-//! an append-only file whose entries are the leaves of an RFC 9162 Merkle tree
-//! ([`merkle`]), with Ed25519-signed checkpoints in the C2SP formats ([`note`]).
+//! an append-only log whose entries are the leaves of an RFC 9162 Merkle tree
+//! ([`merkle`]), stored in the C2SP tlog-tiles layout ([`tiles`]), with
+//! Ed25519-signed checkpoints in the C2SP formats ([`note`]).
 //!
 //! On disk, under `<data-dir>/audit/`:
 //!
 //! ```text
-//! entries            [u32 big-endian length][entry JSON] …, append-only
-//! checkpoints/<size> signed notes (tree size + root), one per checkpoint
+//! tile/…             hash tiles and entry bundles (see `tiles`)
+//! journal/<N>        entries of the tile being filled, [u32 length][JSON] …
+//! checkpoint         the newest signed note (tree size + root)
+//! checkpoints/<size> every signed note, one per checkpoint
+//! heads              at the newest checkpoint: its size and each tenant's last
+//!                    entry, so that a start reads only what came after
 //! signing.key        Ed25519 seed (0600)      hmac.key  per-tenant HMAC root (0600)
 //! public.key         the verifier key, also at GET /v1/audit/public-key
 //! origin             this log's name, e.g. coffer/eu/3f9a1c2e
@@ -15,20 +20,26 @@
 //! Each entry names its position (`seq`) and the leaf hash of the entry before
 //! it (`prev`), so the verifier names the first entry that is wrong; the tree
 //! and the signed checkpoints — also written to every backup region — catch a
-//! rewrite of the whole file. Entries carry no record contents; sensitive
+//! rewrite of the whole log. Entries carry no record contents; sensitive
 //! identifiers (ticket text, reasons, emails) are HMAC-SHA256 under a
-//! per-tenant key.
+//! per-tenant key. A start reads the newest checkpoint, `heads` and the
+//! entries after them, and checks the checkpoint's root against the tiles;
+//! the whole chain is `coffer audit verify`'s work ([`verify`]). A log in the
+//! single-file layout of earlier versions is moved into tiles at the first
+//! start ([`migrate`]).
 //!
-//! Durability is group-committed: appenders write their entry under a lock,
-//! then share one fdatasync. An entry is acknowledged (and enters the tree,
-//! proofs and checkpoints) only once it is on disk. When an entry cannot be
-//! made durable the append fails, and the caller refuses the audited action
-//! (503); after a failed sync the log refuses every append until restart.
-//! The file is opened by path for each write, so a log moved away or
-//! replaced underneath the host fails closed too.
+//! Durability is group-committed: appenders write their entry to the journal
+//! under a lock, then share one fdatasync. An entry is acknowledged (and
+//! enters the tree, proofs and checkpoints) only once it is on disk. When an
+//! entry cannot be made durable the append fails, and the caller refuses the
+//! audited action (503); after a failed sync the log refuses every append
+//! until restart. The journal is opened by path for each write, so a log
+//! moved away or replaced underneath the host fails closed too.
 
 pub mod merkle;
+pub mod migrate;
 pub mod note;
+pub mod tiles;
 pub mod verify;
 
 use std::collections::HashMap;
@@ -41,13 +52,18 @@ use serde_json::{Map, Value};
 
 use crate::crypto::{self, SecretKey};
 use crate::ids::TenantId;
-use merkle::{Hash, Tree};
+use merkle::Hash;
 use note::{Checkpoint, Signer};
+use tiles::{Frontier, TileReader, View, JOURNAL, WIDTH};
 
+/// The single-file log of earlier versions (migrated at start).
 pub const ENTRIES: &str = "entries";
 pub const CHECKPOINTS: &str = "checkpoints";
-/// Entries larger than this are refused (they carry ids and short details).
-pub const MAX_ENTRY: usize = 64 * 1024;
+pub const CHECKPOINT: &str = "checkpoint";
+pub const HEADS: &str = "heads";
+/// Entries larger than this are refused (they carry ids and short details;
+/// entry bundles store lengths in 16 bits).
+pub const MAX_ENTRY: usize = tiles::MAX_ENTRY;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -173,29 +189,46 @@ pub struct Entry {
 }
 
 struct State {
-    /// Acknowledged (durable) entries.
-    tree: Tree,
-    /// File offset where each acknowledged entry's record starts.
-    offsets: Vec<u64>,
-    by_tenant: HashMap<TenantId, Vec<u64>>,
-    /// Written, not yet durable: (leaf, offset, tenant).
-    pending: Vec<(Hash, u64, Option<TenantId>)>,
-    /// Bytes written to the file.
-    written: u64,
+    /// The tree of acknowledged (durable) entries: its right edge.
+    tree: Frontier,
+    /// Written, not yet durable, in order: (leaf, tenant).
+    pending: Vec<(Hash, Option<TenantId>)>,
+    /// Bytes written to the journal of the tile being filled.
+    journal_len: u64,
     /// Leaf hash of the last written entry.
     last: Option<Hash>,
-    /// Each tenant's last written entry.
+    /// Each tenant's last written entry, and last acknowledged one.
     tenant_last: HashMap<TenantId, u64>,
+    durable_last: HashMap<TenantId, u64>,
     /// Set when a sync failed: every append refused until restart.
     failed: Option<String>,
     /// Size of the newest signed checkpoint.
     signed: u64,
 }
 
+impl State {
+    /// Entries written (acknowledged or not).
+    fn written(&self) -> u64 {
+        self.tree.size() + self.pending.len() as u64
+    }
+}
+
 struct SyncState {
+    /// Entries known durable.
     synced: u64,
     syncing: bool,
     failed: Option<String>,
+}
+
+/// What the last start read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Opened {
+    /// Entries in the log.
+    pub size: u64,
+    /// Entries read to get there (after the newest `heads`).
+    pub read: u64,
+    /// Entries moved from the single-file layout.
+    pub migrated: u64,
 }
 
 pub struct AuditLog {
@@ -203,10 +236,12 @@ pub struct AuditLog {
     origin: String,
     signer: Signer,
     hmac_root: SecretKey,
+    tiles: TileReader,
     state: Mutex<State>,
-    /// Group commit: bytes known durable, and whether a sync is under way.
+    /// Group commit: entries known durable, and whether a sync is under way.
     sync: Mutex<SyncState>,
     synced: std::sync::Condvar,
+    opened: Opened,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -215,6 +250,32 @@ impl std::fmt::Debug for AuditLog {
             .field("origin", &self.origin)
             .finish()
     }
+}
+
+/// `heads`: the tree size of a checkpoint and each tenant's last entry in it.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heads {
+    pub size: u64,
+    pub tenants: HashMap<String, u64>,
+}
+
+pub fn journal_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(JOURNAL).join(format!("{n:016}"))
+}
+
+/// The journals under `dir`, by tile number.
+pub fn journals(dir: &Path) -> std::io::Result<Vec<u64>> {
+    let mut out: Vec<u64> = match std::fs::read_dir(dir.join(JOURNAL)) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    out.sort();
+    Ok(out)
 }
 
 /// The fields of an entry the log's structure rests on, parsed without
@@ -280,12 +341,16 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<bool> {
 }
 
 impl AuditLog {
-    /// Opens (or starts) the log under `<data_dir>/audit`. Refuses a log whose
-    /// entries do not chain: run `coffer audit verify --data-dir` to see where.
+    /// Opens (or starts) the log under `<data_dir>/audit`, moving a
+    /// single-file log into tiles first. Reads the entries after the newest
+    /// `heads` and checks the newest checkpoint against the tiles; refuses a
+    /// log where either does not hold: run `coffer audit verify --data-dir`
+    /// to see where.
     pub fn open(data_dir: &Path, region: &str) -> anyhow::Result<AuditLog> {
         use anyhow::Context;
         let dir = data_dir.join("audit");
         std::fs::create_dir_all(dir.join(CHECKPOINTS)).context("create the audit directory")?;
+        std::fs::create_dir_all(dir.join(JOURNAL)).context("create the audit journal")?;
         let seed = key_file(&dir.join("signing.key"))?;
         let hmac_root = key_file(&dir.join("hmac.key"))?;
         let origin_path = dir.join("origin");
@@ -305,67 +370,50 @@ impl AuditLog {
             format!("{}\n", signer.verifier_key()),
         )
         .context("write audit public key")?;
-        let path = dir.join(ENTRIES);
-        let mut state = State {
-            tree: Tree::new(),
-            offsets: Vec::new(),
-            by_tenant: HashMap::new(),
-            pending: Vec::new(),
-            written: 0,
-            last: None,
-            tenant_last: HashMap::new(),
-            failed: None,
-            signed: 0,
+        let migrated = migrate::run(&dir).map_err(|e| anyhow::anyhow!(e))?;
+        let tiles = TileReader::new(&dir);
+        let found = load(&dir, &tiles)
+            .map_err(|e| anyhow::anyhow!("{e}; run coffer audit verify --data-dir"))?;
+        let verifier =
+            note::Verifier::parse(&signer.verifier_key()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let signed = check_newest_checkpoint(&dir, &tiles, &found.tree, &verifier)
+            .map_err(|e| anyhow::anyhow!("{e}; run coffer audit verify --data-dir"))?;
+        let size = found.tree.size();
+        let opened = Opened {
+            size,
+            read: found.read,
+            migrated,
         };
-        let keep = scan_records(&path, |offset, bytes| {
-            let at = state.tree.len();
-            let head: EntryHead = serde_json::from_slice(bytes).map_err(|e| {
-                format!("audit entry {at} is not valid: {e}; run coffer audit verify --data-dir")
-            })?;
-            let expected_prev = state.last.map(|h| crypto::encode_hex(&h)).unwrap_or_default();
-            if head.seq != at || head.prev != expected_prev {
-                return Err(format!(
-                    "audit entry {at} does not follow entry {}: the log was altered; run coffer audit verify --data-dir",
-                    at.saturating_sub(1)
-                ));
-            }
-            let leaf = merkle::leaf_hash(bytes);
-            state.tree.push(leaf);
-            state.offsets.push(offset);
-            if let Some(tenant) = head.tenant.and_then(TenantId::parse) {
-                state.by_tenant.entry(tenant.clone()).or_default().push(at);
-                state.tenant_last.insert(tenant, at);
-            }
-            state.last = Some(leaf);
-            Ok(())
-        })
-        .map_err(|e| anyhow::anyhow!(e))?;
-        state.written = keep;
-        let on_disk = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        if keep < on_disk {
-            // A torn last record: never acknowledged, never in a checkpoint.
-            let file = std::fs::OpenOptions::new().write(true).open(&path)?;
-            file.set_len(keep)?;
-            file.sync_all()?;
-            tracing::warn!(
-                bytes = on_disk - keep,
-                "removed a torn audit record left by a crash"
-            );
-        }
-        state.signed = latest_checkpoint_size(&dir);
+        tracing::info!(entries = size, read = found.read, "audit log open");
         Ok(AuditLog {
             dir,
             origin,
             signer,
             hmac_root,
-            state: Mutex::new(state),
+            tiles,
+            state: Mutex::new(State {
+                tree: found.tree,
+                pending: Vec::new(),
+                journal_len: found.journal_len,
+                last: found.last,
+                tenant_last: found.tenant_last.clone(),
+                durable_last: found.tenant_last,
+                failed: None,
+                signed,
+            }),
             sync: Mutex::new(SyncState {
-                synced: keep,
+                synced: size,
                 syncing: false,
                 failed: None,
             }),
             synced: std::sync::Condvar::new(),
+            opened,
         })
+    }
+
+    /// What the start read.
+    pub fn opened(&self) -> Opened {
+        self.opened
     }
 
     pub fn origin(&self) -> &str {
@@ -393,16 +441,16 @@ impl AuditLog {
         ))
     }
 
-    /// Appends an event and returns once it is durable (its sequence number).
-    /// Blocking: call from a blocking thread, under a timeout.
     /// Appends `event` and hands back the proof that it is durable: the only
     /// way to a [`Receipt`], which the data path asks for before a write
     /// through a grant and before anything read through one leaves.
+    /// Blocking: call from a blocking thread, under a timeout.
     pub fn record(&self, event: Event) -> Result<Receipt, AuditError> {
         let grant = event.grant.clone();
         self.append(event).map(|seq| Receipt { seq, grant })
     }
 
+    /// Appends an event and returns once it is durable (its sequence number).
     pub fn append(&self, event: Event) -> Result<u64, AuditError> {
         let mut hmac = Map::new();
         for (key, value) in &event.sensitive {
@@ -411,12 +459,12 @@ impl AuditLog {
                 Value::from(self.tag(event.tenant.as_ref(), value)),
             );
         }
-        let (seq, end) = {
+        let seq = {
             let mut state = self.state.lock().expect("audit state");
             if let Some(error) = &state.failed {
                 return Err(AuditError::Unavailable(error.clone()));
             }
-            let seq = state.tree.len() + state.pending.len() as u64;
+            let seq = state.written();
             let entry = Entry {
                 seq,
                 at: now_ms(),
@@ -441,28 +489,33 @@ impl AuditLog {
             }
             let mut record = (bytes.len() as u32).to_be_bytes().to_vec();
             record.extend_from_slice(&bytes);
-            let offset = state.written;
-            if let Err(error) = self.write_at(offset, &record) {
+            let tile = seq / WIDTH as u64;
+            if seq % WIDTH as u64 == 0 {
+                state.journal_len = 0;
+            }
+            let offset = state.journal_len;
+            if let Err(error) = self.write_at(tile, offset, &record) {
                 return Err(AuditError::Unavailable(error));
             }
             let leaf = merkle::leaf_hash(&bytes);
-            state.written += record.len() as u64;
+            state.journal_len += record.len() as u64;
             state.last = Some(leaf);
             if let Some(tenant) = &event.tenant {
                 state.tenant_last.insert(tenant.clone(), seq);
             }
-            state.pending.push((leaf, offset, event.tenant));
-            (seq, state.written)
+            state.pending.push((leaf, event.tenant));
+            seq
         };
-        self.sync_through(end)?;
+        self.sync_through(seq + 1)?;
         Ok(seq)
     }
 
-    /// Writes one record at `offset` of the entries file, opened by path.
-    fn write_at(&self, offset: u64, record: &[u8]) -> Result<(), String> {
-        let path = self.dir.join(ENTRIES);
+    /// Writes one record at `offset` of tile `tile`'s journal, opened by path
+    /// (a new journal's directory entry is synced before its first record).
+    fn write_at(&self, tile: u64, offset: u64, record: &[u8]) -> Result<(), String> {
+        let path = journal_path(&self.dir, tile);
         let mut file = std::fs::OpenOptions::new()
-            .create(true)
+            .create(offset == 0)
             .truncate(false)
             .write(true)
             .open(&path)
@@ -476,6 +529,11 @@ impl AuditLog {
                 "{} is {length} bytes, the host wrote {offset}: the file changed underneath the host",
                 path.display()
             ));
+        }
+        if offset == 0 {
+            std::fs::File::open(self.dir.join(JOURNAL))
+                .and_then(|d| d.sync_all())
+                .map_err(|e| format!("sync the journal directory: {e}"))?;
         }
         let result = file
             .seek(SeekFrom::Start(offset))
@@ -491,7 +549,8 @@ impl AuditLog {
     /// Group commit: one fdatasync covers every record written before it.
     /// The first waiter with nothing in flight leads (syncs without holding
     /// the lock); the others sleep on the condition variable and all wake
-    /// when a sync that covers them ends — no queue of hand-offs.
+    /// when a sync that covers them ends — no queue of hand-offs. The
+    /// leader also writes the tiles its sync completed.
     fn sync_through(&self, end: u64) -> Result<(), AuditError> {
         let mut sync = self.sync.lock().expect("audit sync");
         loop {
@@ -508,37 +567,43 @@ impl AuditLog {
             sync = self.synced.wait(sync).expect("audit sync");
         }
         sync.syncing = true;
+        let from = sync.synced;
         drop(sync);
-        let target = self.state.lock().expect("audit state").written;
-        let path = self.dir.join(ENTRIES);
-        let result = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .and_then(|f| f.sync_data())
-            .map_err(|e| format!("sync {}: {e}", path.display()));
+        let target = self.state.lock().expect("audit state").written();
+        let mut result = Ok(());
+        // The journals holding entries from..target (one, or two across a
+        // tile's edge).
+        for tile in from / WIDTH as u64..=(target - 1) / WIDTH as u64 {
+            let path = journal_path(&self.dir, tile);
+            result = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.sync_data())
+                .map_err(|e| format!("sync {}: {e}", path.display()));
+            if result.is_err() {
+                break;
+            }
+        }
         {
             let mut state = self.state.lock().expect("audit state");
-            match &result {
-                Ok(()) => {
-                    let split = state
-                        .pending
-                        .iter()
-                        .position(|(_, o, _)| *o >= target)
-                        .unwrap_or(state.pending.len());
-                    let durable: Vec<_> = state.pending.drain(..split).collect();
-                    for (leaf, offset, tenant) in durable {
-                        let seq = state.tree.len();
-                        state.tree.push(leaf);
-                        state.offsets.push(offset);
-                        if let Some(tenant) = tenant {
-                            state.by_tenant.entry(tenant).or_default().push(seq);
-                        }
+            if result.is_ok() {
+                let count = (target - state.tree.size()) as usize;
+                let durable: Vec<_> = state.pending.drain(..count).collect();
+                for (leaf, tenant) in durable {
+                    let seq = state.tree.size();
+                    if let Some(tenant) = tenant {
+                        state.durable_last.insert(tenant, seq);
+                    }
+                    let full = state.tree.push(leaf);
+                    if let Err(error) = self.write_tiles(full) {
+                        result = Err(error);
+                        break;
                     }
                 }
-                Err(error) => {
-                    state.failed = Some(error.clone());
-                    tracing::error!(%error, "audit log sync failed: refusing audited actions until restart");
-                }
+            }
+            if let Err(error) = &result {
+                state.failed = Some(error.clone());
+                tracing::error!(%error, "audit log sync failed: refusing audited actions until restart");
             }
         }
         let mut sync = self.sync.lock().expect("audit sync");
@@ -559,6 +624,35 @@ impl AuditLog {
         }
     }
 
+    /// Writes the tiles a durable entry completed; a full level-0 tile takes
+    /// its entries from the journal, which then goes.
+    fn write_tiles(&self, full: Vec<tiles::FullTile>) -> Result<(), String> {
+        let mut journal = None;
+        for (level, n, hashes) in full {
+            let entries = if level == 0 {
+                let (entries, _) = read_journal(&self.dir, n)?;
+                if entries.len() != WIDTH {
+                    return Err(format!(
+                        "journal {n} holds {} entries, not {WIDTH}",
+                        entries.len()
+                    ));
+                }
+                journal = Some(n);
+                Some(entries)
+            } else {
+                None
+            };
+            self.tiles
+                .write_full(level, n, &hashes, entries.as_deref())
+                .map_err(|e| format!("write tile {level}/{n}: {e}"))?;
+        }
+        if let Some(n) = journal {
+            std::fs::remove_file(journal_path(&self.dir, n))
+                .map_err(|e| format!("remove journal {n}: {e}"))?;
+        }
+        Ok(())
+    }
+
     fn check_failed(&self) -> Result<(), AuditError> {
         match &self.state.lock().expect("audit state").failed {
             Some(error) => Err(AuditError::Unavailable(error.clone())),
@@ -566,46 +660,70 @@ impl AuditLog {
         }
     }
 
-    /// Acknowledged entries.
     /// Why the log refuses appends (a sync failed; until restart), if it does.
     pub fn failure(&self) -> Option<String> {
         self.state.lock().expect("audit state").failed.clone()
     }
 
+    /// Acknowledged entries.
     pub fn size(&self) -> u64 {
-        self.state.lock().expect("audit state").tree.len()
+        self.state.lock().expect("audit state").tree.size()
+    }
+
+    /// The right edge of the acknowledged tree, for proofs without the lock.
+    fn frontier(&self) -> Frontier {
+        self.state.lock().expect("audit state").tree.clone()
     }
 
     /// Signs a checkpoint of the acknowledged tree when it grew since the last
-    /// one; returns (size, note) of the new checkpoint.
+    /// one; returns (size, note) of the new checkpoint. Also writes the
+    /// checkpoint's partial tiles and `heads`.
     pub fn checkpoint(&self) -> Result<Option<(u64, String)>, AuditError> {
-        let (checkpoint, signed) = {
+        let (tree, heads, signed) = {
             let state = self.state.lock().expect("audit state");
-            let size = state.tree.len();
+            let size = state.tree.size();
             if size == state.signed || size == 0 {
                 return Ok(None);
             }
-            (
-                Checkpoint {
-                    origin: self.origin.clone(),
-                    size,
-                    root: state.tree.root(size),
-                },
-                state.signed,
-            )
+            let heads = Heads {
+                size,
+                tenants: state
+                    .durable_last
+                    .iter()
+                    .map(|(t, s)| (t.to_string(), *s))
+                    .collect(),
+            };
+            (state.tree.clone(), heads, state.signed)
+        };
+        let unavailable = |e: String| AuditError::Unavailable(format!("write checkpoint: {e}"));
+        let checkpoint = Checkpoint {
+            origin: self.origin.clone(),
+            size: tree.size(),
+            root: merkle::root(&View::new(&self.tiles, &tree), tree.size()).map_err(unavailable)?,
         };
         let note = self.signer.sign(&checkpoint);
-        let dir = self.dir.join(CHECKPOINTS);
-        let name = checkpoint_name(checkpoint.size);
-        let tmp = dir.join(format!("{name}.tmp"));
+        // The entries of the partial tile: from the journal, or from the
+        // bundle if the tile filled since the snapshot.
+        let (n, width) = (tree.full_tiles(0), tree.row(0).len());
+        let (mut tail, _) = read_journal(&self.dir, n).map_err(unavailable)?;
+        if tail.len() < width {
+            tail = self.tiles.bundle(n).map_err(unavailable)?;
+        }
+        tail.truncate(width);
+        let tail = &tail[..];
         let write = || -> std::io::Result<()> {
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(note.as_bytes())?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, dir.join(&name))?;
-            std::fs::File::open(&dir)?.sync_all()
+            self.tiles.write_partials(&tree, tail)?;
+            let dir = self.dir.join(CHECKPOINTS);
+            tiles::write_whole(
+                &dir.join(checkpoint_name(checkpoint.size)),
+                note.as_bytes(),
+                true,
+            )?;
+            tiles::write_whole(&self.dir.join(CHECKPOINT), note.as_bytes(), true)?;
+            let heads = serde_json::to_vec(&heads).expect("heads serialise");
+            tiles::write_whole(&self.dir.join(HEADS), &heads, false)
         };
-        write().map_err(|e| AuditError::Unavailable(format!("write checkpoint: {e}")))?;
+        write().map_err(|e| unavailable(e.to_string()))?;
         let mut state = self.state.lock().expect("audit state");
         if state.signed == signed {
             state.signed = checkpoint.size;
@@ -624,68 +742,358 @@ impl AuditLog {
             .map(|note| (size, note))
     }
 
-    /// Sequence numbers of a tenant's acknowledged entries.
-    pub fn entries_of(&self, tenant: &TenantId) -> Vec<u64> {
-        self.state
+    /// Sequence numbers of a tenant's acknowledged entries, oldest first:
+    /// its chain (`tenant_prev`) walked back from its last entry.
+    pub fn entries_of(&self, tenant: &TenantId) -> Result<Vec<u64>, AuditError> {
+        let last = self
+            .state
             .lock()
             .expect("audit state")
-            .by_tenant
+            .durable_last
             .get(tenant)
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    /// The exact bytes of acknowledged entries.
-    pub fn read_entries(&self, seqs: &[u64]) -> Result<Vec<Vec<u8>>, AuditError> {
-        let offsets: Vec<u64> = {
-            let state = self.state.lock().expect("audit state");
-            seqs.iter()
-                .map(|s| state.offsets.get(*s as usize).copied())
-                .collect::<Option<_>>()
-                .ok_or_else(|| AuditError::Damaged("no such entry".into()))?
-        };
-        let path = self.dir.join(ENTRIES);
-        let mut file = std::fs::File::open(&path)
-            .map_err(|e| AuditError::Unavailable(format!("open {}: {e}", path.display())))?;
-        let mut out = Vec::with_capacity(offsets.len());
-        for offset in offsets {
-            let mut len = [0u8; 4];
-            file.seek(SeekFrom::Start(offset))
-                .and_then(|_| file.read_exact(&mut len))
-                .map_err(|e| AuditError::Damaged(e.to_string()))?;
-            let len = u32::from_be_bytes(len) as usize;
-            if len > MAX_ENTRY {
+            .copied();
+        let mut out = Vec::new();
+        let mut reader = EntryReader::new(self);
+        let mut next = last;
+        while let Some(seq) = next {
+            let bytes = reader.get(seq)?;
+            let head: EntryHead = serde_json::from_slice(&bytes)
+                .map_err(|e| AuditError::Damaged(format!("entry {seq}: {e}")))?;
+            if head.seq != seq || head.tenant != Some(tenant.as_str()) {
                 return Err(AuditError::Damaged(format!(
-                    "record at {offset} is too long"
+                    "entry {seq} is not the tenant's entry its chain names"
                 )));
             }
-            let mut bytes = vec![0u8; len];
-            file.read_exact(&mut bytes)
-                .map_err(|e| AuditError::Damaged(e.to_string()))?;
-            out.push(bytes);
+            if head.tenant_prev.is_some_and(|p| p >= seq) {
+                return Err(AuditError::Damaged(format!(
+                    "entry {seq}: its tenant chain goes forward"
+                )));
+            }
+            out.push(seq);
+            next = head.tenant_prev;
         }
+        out.reverse();
         Ok(out)
     }
 
-    pub fn inclusion_proof(&self, seq: u64, size: u64) -> Vec<Hash> {
-        self.state
-            .lock()
-            .expect("audit state")
-            .tree
-            .inclusion_proof(seq, size)
+    /// The exact bytes of acknowledged entries (each tile read once for
+    /// entries in order).
+    pub fn read_entries(&self, seqs: &[u64]) -> Result<Vec<Vec<u8>>, AuditError> {
+        let size = self.size();
+        let mut reader = EntryReader::new(self);
+        seqs.iter()
+            .map(|seq| {
+                if *seq >= size {
+                    return Err(AuditError::Damaged("no such entry".into()));
+                }
+                reader.get(*seq)
+            })
+            .collect()
     }
 
-    pub fn consistency_proof(&self, from: u64, size: u64) -> Vec<Hash> {
-        self.state
-            .lock()
-            .expect("audit state")
-            .tree
-            .consistency_proof(from, size)
+    pub fn inclusion_proof(&self, seq: u64, size: u64) -> Result<Vec<Hash>, AuditError> {
+        self.prove(|view| merkle::inclusion_proof(view, seq, size), size)
     }
 
-    pub fn root(&self, size: u64) -> Hash {
-        self.state.lock().expect("audit state").tree.root(size)
+    pub fn consistency_proof(&self, from: u64, size: u64) -> Result<Vec<Hash>, AuditError> {
+        self.prove(|view| merkle::consistency_proof(view, from, size), size)
     }
+
+    pub fn root(&self, size: u64) -> Result<Hash, AuditError> {
+        self.prove(|view| merkle::root(view, size), size)
+    }
+
+    /// Many proofs against one snapshot of the tree.
+    pub fn prover(&self) -> Prover<'_> {
+        Prover {
+            log: self,
+            tree: self.frontier(),
+        }
+    }
+
+    fn prove<T>(
+        &self,
+        f: impl FnOnce(&View) -> Result<T, String>,
+        size: u64,
+    ) -> Result<T, AuditError> {
+        let tree = self.frontier();
+        if size > tree.size() {
+            return Err(AuditError::Damaged(format!(
+                "the tree holds {} entries, not {size}",
+                tree.size()
+            )));
+        }
+        f(&View::new(&self.tiles, &tree)).map_err(AuditError::Damaged)
+    }
+}
+
+/// Proofs against one snapshot of the acknowledged tree.
+pub struct Prover<'a> {
+    log: &'a AuditLog,
+    tree: Frontier,
+}
+
+impl Prover<'_> {
+    pub fn size(&self) -> u64 {
+        self.tree.size()
+    }
+
+    pub fn view(&self) -> View<'_> {
+        View::new(&self.log.tiles, &self.tree)
+    }
+}
+
+/// Reads entries by sequence, keeping the last tile or journal it read.
+struct EntryReader<'a> {
+    log: &'a AuditLog,
+    held: Option<(u64, Vec<Vec<u8>>)>,
+}
+
+impl<'a> EntryReader<'a> {
+    fn new(log: &'a AuditLog) -> EntryReader<'a> {
+        EntryReader { log, held: None }
+    }
+
+    fn get(&mut self, seq: u64) -> Result<Vec<u8>, AuditError> {
+        let tile = seq / WIDTH as u64;
+        if self.held.as_ref().map(|(n, _)| *n) != Some(tile) {
+            // The journal while the tile fills; the bundle once it is full
+            // (also when the tile filled between the two looks).
+            let entries = match read_journal(&self.log.dir, tile) {
+                Ok((entries, _)) if !entries.is_empty() => entries,
+                _ => self.log.tiles.bundle(tile).map_err(AuditError::Damaged)?,
+            };
+            self.held = Some((tile, entries));
+        }
+        let (_, entries) = self.held.as_ref().expect("held");
+        entries
+            .get((seq % WIDTH as u64) as usize)
+            .cloned()
+            .ok_or_else(|| AuditError::Damaged(format!("entry {seq} is not in its tile")))
+    }
+}
+
+/// The entries of tile `n`'s journal and its length up to the last whole
+/// record (none when there is no journal).
+pub fn read_journal(dir: &Path, n: u64) -> Result<(Vec<Vec<u8>>, u64), String> {
+    let mut entries = Vec::new();
+    let kept = scan_records(&journal_path(dir, n), |_, bytes| {
+        entries.push(bytes.to_vec());
+        Ok(())
+    })?;
+    Ok((entries, kept))
+}
+
+/// The log as a start finds it.
+struct Found {
+    tree: Frontier,
+    last: Option<Hash>,
+    journal_len: u64,
+    tenant_last: HashMap<TenantId, u64>,
+    read: u64,
+}
+
+/// Finds the log's size from its bundles and journals, finishes the tiles a
+/// crash left unwritten, rebuilds the right edge, and reads the entries after
+/// `heads` (all of them when `heads` is missing).
+fn load(dir: &Path, tiles: &TileReader) -> Result<Found, String> {
+    let heads: Option<Heads> = std::fs::read(dir.join(HEADS))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    // Full bundles run from 0 without a gap; start looking at heads'.
+    let mut full = heads.as_ref().map_or(0, |h| h.size / WIDTH as u64);
+    while full > 0 && !tiles.has_bundle(full - 1) {
+        full -= 1;
+    }
+    while tiles.has_bundle(full) {
+        full += 1;
+    }
+    // Journals of full tiles are what a crash left between writing the tiles
+    // and removing the journal; a full journal, one a crash left before its
+    // tiles were written. Finish both.
+    let mut tail: Vec<Vec<u8>> = Vec::new();
+    let mut journal_len = 0;
+    for n in journals(dir).map_err(|e| format!("list the audit journal: {e}"))? {
+        let (entries, kept) = read_journal(dir, n)?;
+        if n < full || entries.len() == WIDTH {
+            if n > full {
+                return Err(format!(
+                    "journal {n} follows tile {full}: a tile is missing"
+                ));
+            }
+            if entries.len() != WIDTH {
+                return Err(format!(
+                    "journal {n} of a full tile holds {} entries",
+                    entries.len()
+                ));
+            }
+            finish_tile(tiles, n, &entries)?;
+            full = full.max(n + 1);
+            std::fs::remove_file(journal_path(dir, n))
+                .map_err(|e| format!("remove journal {n}: {e}"))?;
+            continue;
+        }
+        if n != full {
+            return Err(format!("journal {n} does not follow the {full} full tiles"));
+        }
+        let on_disk = std::fs::metadata(journal_path(dir, n))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        if kept < on_disk {
+            // A torn last record: never acknowledged, never in a checkpoint.
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(journal_path(dir, n))
+                .map_err(|e| e.to_string())?;
+            file.set_len(kept)
+                .and_then(|_| file.sync_all())
+                .map_err(|e| e.to_string())?;
+            tracing::warn!(
+                bytes = on_disk - kept,
+                "removed a torn audit record left by a crash"
+            );
+        }
+        tail = entries;
+        journal_len = kept;
+    }
+    let size = full * WIDTH as u64 + tail.len() as u64;
+    // The tail chains on from the last full tile.
+    let mut last = match full {
+        0 => None,
+        n => Some(tiles.tile(0, n - 1)?.bottom()[WIDTH - 1]),
+    };
+    let mut leaves = Vec::with_capacity(tail.len());
+    for (i, bytes) in tail.iter().enumerate() {
+        let at = full * WIDTH as u64 + i as u64;
+        let head: EntryHead = serde_json::from_slice(bytes)
+            .map_err(|e| format!("audit entry {at} is not valid: {e}"))?;
+        let expected = last.map(|h| crypto::encode_hex(&h)).unwrap_or_default();
+        if head.seq != at || head.prev != expected {
+            return Err(format!(
+                "audit entry {at} does not follow entry {}: the log was altered",
+                at.saturating_sub(1)
+            ));
+        }
+        let leaf = merkle::leaf_hash(bytes);
+        leaves.push(leaf);
+        last = Some(leaf);
+    }
+    let tree = Frontier::rebuild(tiles, size, leaves)?;
+    // Each tenant's last entry: heads, then what came after it.
+    let (mut tenant_last, from) = match heads.filter(|h| h.size <= size) {
+        Some(h) => (
+            h.tenants
+                .into_iter()
+                .filter_map(|(t, s)| Some((TenantId::parse(&t)?, s)))
+                .collect(),
+            h.size,
+        ),
+        None => {
+            if size > 0 {
+                tracing::warn!(entries = size, "no audit heads: reading the whole log once");
+            }
+            (HashMap::new(), 0)
+        }
+    };
+    let mut note = |seq: u64, bytes: &[u8]| -> Result<(), String> {
+        let head: EntryHead = serde_json::from_slice(bytes)
+            .map_err(|e| format!("audit entry {seq} is not valid: {e}"))?;
+        if let Some(tenant) = head.tenant.and_then(TenantId::parse) {
+            tenant_last.insert(tenant, seq);
+        }
+        Ok(())
+    };
+    for n in from / WIDTH as u64..full {
+        for (i, bytes) in tiles.bundle(n)?.iter().enumerate() {
+            let seq = n * WIDTH as u64 + i as u64;
+            if seq >= from {
+                note(seq, bytes)?;
+            }
+        }
+    }
+    for (i, bytes) in tail.iter().enumerate() {
+        let seq = full * WIDTH as u64 + i as u64;
+        if seq >= from {
+            note(seq, bytes)?;
+        }
+    }
+    Ok(Found {
+        tree,
+        last,
+        journal_len,
+        tenant_last,
+        read: size - from,
+    })
+}
+
+/// Writes full tile `n` from its journal's entries, and every higher tile
+/// that it completes (from the tiles below it).
+fn finish_tile(tiles: &TileReader, n: u64, entries: &[Vec<u8>]) -> Result<(), String> {
+    let leaves: Vec<Hash> = entries.iter().map(|e| merkle::leaf_hash(e)).collect();
+    tiles
+        .write_full(0, n, &leaves, Some(entries))
+        .map_err(|e| format!("write tile 0/{n}: {e}"))?;
+    let (mut level, mut index) = (0u32, n);
+    while index % WIDTH as u64 == WIDTH as u64 - 1 {
+        let first = index - (WIDTH as u64 - 1);
+        let roots = (first..=index)
+            .map(|i| Ok(tiles.tile(level, i)?.root().expect("a full tile")))
+            .collect::<Result<Vec<Hash>, String>>()?;
+        level += 1;
+        index /= WIDTH as u64;
+        tiles
+            .write_full(level, index, &roots, None)
+            .map_err(|e| format!("write tile {level}/{index}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The newest checkpoint, checked: signed by this log's key, not larger than
+/// the log, and its root the tiles' root at its size. Returns its size.
+fn check_newest_checkpoint(
+    dir: &Path,
+    tiles: &TileReader,
+    tree: &Frontier,
+    verifier: &note::Verifier,
+) -> Result<u64, String> {
+    let note = match std::fs::read_to_string(dir.join(CHECKPOINT)) {
+        Ok(note) => note,
+        Err(_) => match latest_checkpoint_size(dir) {
+            0 => return Ok(0),
+            size => std::fs::read_to_string(dir.join(CHECKPOINTS).join(checkpoint_name(size)))
+                .map_err(|e| format!("read checkpoint {size}: {e}"))?,
+        },
+    };
+    let checkpoint = verifier
+        .open(&note)
+        .map_err(|e| format!("the newest audit checkpoint: {e}"))?;
+    if checkpoint.size > tree.size() {
+        return Err(format!(
+            "the newest audit checkpoint covers {} entries, the log holds {}: entries were removed",
+            checkpoint.size,
+            tree.size()
+        ));
+    }
+    let root = merkle::root(&View::new(tiles, tree), checkpoint.size)?;
+    if root != checkpoint.root {
+        return Err(format!(
+            "the audit log does not match its newest checkpoint (size {}): it was altered",
+            checkpoint.size
+        ));
+    }
+    if !dir
+        .join(CHECKPOINTS)
+        .join(checkpoint_name(checkpoint.size))
+        .exists()
+    {
+        tiles::write_whole(
+            &dir.join(CHECKPOINTS).join(checkpoint_name(checkpoint.size)),
+            note.as_bytes(),
+            true,
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(checkpoint.size)
 }
 
 pub fn checkpoint_name(size: u64) -> String {
@@ -756,7 +1164,7 @@ mod tests {
         seqs.sort();
         assert_eq!(seqs, (0..800).collect::<Vec<u64>>());
         assert_eq!(log.size(), 800);
-        assert_eq!(log.entries_of(&tenant).len(), 800);
+        assert_eq!(log.entries_of(&tenant).unwrap().len(), 800);
         log.checkpoint().unwrap();
         let verifier = note::Verifier::parse(&log.verifier_key()).unwrap();
         let report = verify::verify_log(log.dir(), &verifier, &[]).unwrap();
@@ -765,6 +1173,173 @@ mod tests {
         drop(log);
         let log = AuditLog::open(&dir, "test").unwrap();
         assert_eq!(log.append(Event::new("again", Actor::host())).unwrap(), 800);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("coffer-audit-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    /// Writes a single-file log (the layout before tiles) of `n` entries,
+    /// chained as the host wrote them; every third is the tenant's.
+    fn single_file_log(dir: &Path, n: u64, tenant: &TenantId) -> merkle::Tree {
+        let audit = dir.join("audit");
+        std::fs::create_dir_all(&audit).unwrap();
+        let mut out = std::io::BufWriter::new(std::fs::File::create(audit.join(ENTRIES)).unwrap());
+        let mut tree = merkle::Tree::new();
+        let mut tenant_prev = None;
+        for seq in 0..n {
+            let mine = seq % 3 == 0;
+            let entry = Entry {
+                seq,
+                at: 1_700_000_000_000 + seq,
+                prev: tree
+                    .len()
+                    .checked_sub(1)
+                    .map(|i| crypto::encode_hex(tree.leaf(i).unwrap()))
+                    .unwrap_or_default(),
+                kind: "test".into(),
+                tenant: mine.then(|| tenant.to_string()),
+                tenant_prev: if mine { tenant_prev } else { None },
+                actor: Actor::host(),
+                grant: None,
+                details: Map::new(),
+                hmac: Map::new(),
+            };
+            if mine {
+                tenant_prev = Some(seq);
+            }
+            let bytes = serde_json::to_vec(&entry).unwrap();
+            out.write_all(&(bytes.len() as u32).to_be_bytes()).unwrap();
+            out.write_all(&bytes).unwrap();
+            tree.push(merkle::leaf_hash(&bytes));
+        }
+        out.flush().unwrap();
+        tree
+    }
+
+    /// A million entries in the old layout move into tiles once; the next
+    /// start reads only what came after the newest checkpoint, and proofs
+    /// from the tiles equal the in-memory tree's.
+    #[test]
+    fn a_million_entry_log_moves_into_tiles_and_restarts_without_reading_it() {
+        let dir = temp("million");
+        let tenant = TenantId::generate().unwrap();
+        let n = 1_000_000;
+        let tree = single_file_log(&dir, n, &tenant);
+        let log = AuditLog::open(&dir, "test").unwrap();
+        assert_eq!(log.opened().migrated, n);
+        assert_eq!(log.size(), n);
+        assert!(
+            !dir.join("audit").join(ENTRIES).exists(),
+            "the old file stays"
+        );
+        assert_eq!(log.root(n).unwrap(), tree.root(n));
+        for (m, size) in [(0, n), (n - 1, n), (123_456, 700_001)] {
+            assert_eq!(
+                log.inclusion_proof(m, size).unwrap(),
+                tree.inclusion_proof(m, size)
+            );
+        }
+        assert_eq!(
+            log.consistency_proof(65_537, n).unwrap(),
+            tree.consistency_proof(65_537, n)
+        );
+        log.append(Event::new("after", Actor::host()).tenant(&tenant))
+            .unwrap();
+        log.checkpoint().unwrap();
+        for i in 0..10 {
+            log.append(Event::new("tail", Actor::host()).detail("i", i))
+                .unwrap();
+        }
+        drop(log);
+        let log = AuditLog::open(&dir, "test").unwrap();
+        assert_eq!(
+            log.opened(),
+            Opened {
+                size: n + 11,
+                read: 10,
+                migrated: 0
+            }
+        );
+        // The tenant's chain runs through the migrated tiles and the journal.
+        let mine = log.entries_of(&tenant).unwrap();
+        assert_eq!(mine.len() as u64, n / 3 + 1 + 1);
+        assert_eq!(mine[..3], [0, 3, 6]);
+        assert_eq!(*mine.last().unwrap(), n);
+        let verifier = note::Verifier::parse(&log.verifier_key()).unwrap();
+        let report = verify::verify_log(log.dir(), &verifier, &[]).unwrap();
+        assert_eq!(report.entries, n + 11);
+        assert_eq!(report.newest_checkpoint, n + 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A migration a crash cut short starts again; old file and tiles without
+    /// the marker are refused.
+    #[test]
+    fn a_migration_cut_short_starts_again_and_two_logs_are_refused() {
+        let dir = temp("migrate-crash");
+        let tenant = TenantId::generate().unwrap();
+        let tree = single_file_log(&dir, 700, &tenant);
+        let audit = dir.join("audit");
+        // What a crash mid-migration leaves: the marker, half the tiles.
+        std::fs::write(audit.join("migrating"), b"x").unwrap();
+        std::fs::create_dir_all(audit.join("tile/0")).unwrap();
+        std::fs::write(audit.join("tile/0/000"), [0u8; 100]).unwrap();
+        let log = AuditLog::open(&dir, "test").unwrap();
+        assert_eq!(log.opened().migrated, 700);
+        assert_eq!(log.root(700).unwrap(), tree.root(700));
+        assert!(!audit.join("migrating").exists());
+        drop(log);
+        // An old file put back beside the tiles: which log is the host's?
+        single_file_log(&dir, 3, &tenant);
+        let error = AuditLog::open(&dir, "test").unwrap_err().to_string();
+        assert!(error.contains("both a single-file audit log"), "{error}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A crash between writing a tile and removing its journal, or before
+    /// writing it: the start finishes the tile; a changed tile under the
+    /// newest checkpoint stops the start.
+    #[test]
+    fn a_start_finishes_the_tiles_a_crash_left_and_refuses_an_altered_one() {
+        let dir = temp("tile-crash");
+        let log = AuditLog::open(&dir, "test").unwrap();
+        for i in 0..600 {
+            log.append(Event::new("e", Actor::host()).detail("i", i))
+                .unwrap();
+        }
+        log.checkpoint().unwrap();
+        let root = log.root(600).unwrap();
+        drop(log);
+        let audit = dir.join("audit");
+        // Tile 1 as if its tiles were never written: the journal is back.
+        let entries = TileReader::new(&audit).bundle(1).unwrap();
+        let mut journal = Vec::new();
+        for e in &entries {
+            journal.extend_from_slice(&(e.len() as u32).to_be_bytes());
+            journal.extend_from_slice(e);
+        }
+        std::fs::write(journal_path(&audit, 1), &journal).unwrap();
+        std::fs::remove_file(audit.join(tiles::entries_path(1, WIDTH))).unwrap();
+        std::fs::remove_file(audit.join(tiles::tile_path(0, 1, WIDTH))).unwrap();
+        let log = AuditLog::open(&dir, "test").unwrap();
+        assert_eq!(log.size(), 600);
+        assert_eq!(log.root(600).unwrap(), root);
+        assert!(!journal_path(&audit, 1).exists());
+        drop(log);
+        // One hash of tile 0 changed.
+        let path = audit.join(tiles::tile_path(0, 0, WIDTH));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[32 * 7] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let error = AuditLog::open(&dir, "test").unwrap_err().to_string();
+        assert!(
+            error.contains("does not match its newest checkpoint"),
+            "{error}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

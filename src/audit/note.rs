@@ -115,11 +115,15 @@ impl Signer {
 
     /// The signed note of a checkpoint.
     pub fn sign(&self, checkpoint: &Checkpoint) -> String {
-        let body = checkpoint.body();
-        let signature = self.pair.sign(body.as_bytes());
+        self.sign_text(&checkpoint.body())
+    }
+
+    /// The signed note of `text` (lines, each ending in a newline).
+    pub fn sign_text(&self, text: &str) -> String {
+        let signature = self.pair.sign(text.as_bytes());
         let mut blob = self.id.to_vec();
         blob.extend_from_slice(signature.as_ref());
-        format!("{body}\n\u{2014} {} {}\n", self.name, B64.encode(blob))
+        format!("{text}\n\u{2014} {} {}\n", self.name, B64.encode(blob))
     }
 }
 
@@ -156,6 +160,12 @@ impl Verifier {
 
     /// Checks a signed note and returns its checkpoint.
     pub fn open(&self, note: &str) -> Result<Checkpoint, NoteError> {
+        self.open_text(note)
+            .and_then(|body| Checkpoint::parse_body(&body))
+    }
+
+    /// Checks a signed note and returns its text.
+    pub fn open_text(&self, note: &str) -> Result<String, NoteError> {
         let (body, signatures) = note
             .split_once("\n\n")
             .map(|(b, s)| (format!("{b}\n"), s))
@@ -181,7 +191,7 @@ impl Verifier {
             return UnparsedPublicKey::new(&ED25519, &self.public)
                 .verify(body.as_bytes(), &blob[4..])
                 .map_err(|_| NoteError::BadSignature(self.name.clone()))
-                .and_then(|()| Checkpoint::parse_body(&body));
+                .map(|()| body);
         }
         Err(NoteError::NotSigned(self.name.clone()))
     }
@@ -217,5 +227,32 @@ mod tests {
         assert!(verifier.open(&other.sign(&checkpoint)).is_err());
         assert!(Verifier::parse("name+00000000+AAAA").is_err());
         assert!(format!("{signer:?}").contains("[SECRET]"));
+    }
+
+    /// The signed-note example of golang.org/x/mod/sumdb/note (C2SP
+    /// signed-note's reference implementation): Ed25519 is deterministic, so
+    /// the same key and text must give the same note, byte for byte.
+    #[test]
+    fn the_go_reference_note_is_reproduced_byte_for_byte() {
+        let private =
+            "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz";
+        let key = B64.decode(private.splitn(5, '+').nth(4).unwrap()).unwrap();
+        assert_eq!(key[0], ALG_ED25519);
+        let signer =
+            Signer::new("PeterNeumann", &SecretKey::from_bytes(&key[1..]).unwrap()).unwrap();
+        let verifier_key = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW";
+        assert_eq!(signer.verifier_key(), verifier_key);
+        let text = "If you think cryptography is the answer to your problem,\n\
+                    then you don't know what your problem is.\n";
+        let note = format!(
+            "{text}\n\u{2014} PeterNeumann \
+             x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n"
+        );
+        assert_eq!(signer.sign_text(text), note);
+        let verifier = Verifier::parse(verifier_key).unwrap();
+        assert_eq!(verifier.open_text(&note).unwrap(), text);
+        assert!(verifier
+            .open_text(&note.replace("cryptography", "cryptographY"))
+            .is_err());
     }
 }

@@ -7,8 +7,11 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use super::merkle::{self, Hash, Tree};
+use std::collections::BTreeMap;
+
+use super::merkle::{self, Hash};
 use super::note::Verifier;
+use super::tiles::{self, Frontier, TileReader, View, WIDTH};
 use super::{scan_records, Entry, EntryHead, CHECKPOINTS, ENTRIES};
 use crate::crypto::decode_hex;
 
@@ -25,78 +28,17 @@ pub struct LogReport {
 }
 
 /// Checks the whole log under `audit_dir`: every entry's position and chain,
-/// every checkpoint there and in `more` (e.g. copies from region stores, as
-/// (where, note)). Entries after the newest checkpoint are reported as an
-/// unsigned tail, not as an error.
+/// every stored tile against the entries' hashes, every checkpoint there and
+/// in `more` (e.g. copies from region stores, as (where, note)). Entries after
+/// the newest checkpoint are reported as an unsigned tail, not as an error.
+/// Memory stays flat: the tree's right edge and a few tiles.
 pub fn verify_log(
     audit_dir: &Path,
     verifier: &Verifier,
     more: &[(String, String)],
 ) -> Result<LogReport, String> {
-    let path = audit_dir.join(ENTRIES);
-    let length = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    // Two stages on two cores: this thread reads the file and hashes each
-    // entry (and reads its seq and prev); the other checks the chain and
-    // builds the tree. Batches of 4096 entries, at most 4 in flight.
-    let (kept, tree) = std::thread::scope(|scope| -> Result<(u64, Tree), String> {
-        let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<Checked>>(4);
-        let checker = scope.spawn(move || -> Result<Tree, String> {
-            let mut tree = Tree::new();
-            let mut previous: Option<Hash> = None;
-            for batch in receiver {
-                for item in batch {
-                    let i = tree.len();
-                    let (seq, prev) = item.head.map_err(|e| {
-                        format!("entry {i} (byte {}) is not a valid entry: {e}", item.offset)
-                    })?;
-                    if seq != i {
-                        return Err(format!(
-                            "entry {i} (byte {}) says it is entry {seq}: entries were removed, reordered or inserted at {i}",
-                            item.offset
-                        ));
-                    }
-                    if prev != previous {
-                        return Err(format!(
-                            "entry {} was altered: entry {i} (byte {}) records another hash for it",
-                            i.saturating_sub(1),
-                            item.offset
-                        ));
-                    }
-                    tree.push(item.leaf);
-                    previous = Some(item.leaf);
-                }
-            }
-            Ok(tree)
-        });
-        let mut batch = Vec::with_capacity(4096);
-        let scanned = scan_records(&path, |offset, bytes| {
-            batch.push(Checked {
-                offset,
-                head: head_of(bytes),
-                leaf: merkle::leaf_hash(bytes),
-            });
-            if batch.len() == 4096 {
-                let full = std::mem::replace(&mut batch, Vec::with_capacity(4096));
-                // A closed channel: the checker stopped at an error, and says which.
-                sender.send(full).map_err(|_| String::new())?;
-            }
-            Ok(())
-        });
-        if !batch.is_empty() {
-            let _ = sender.send(batch);
-        }
-        drop(sender);
-        let tree = checker
-            .join()
-            .map_err(|_| "the checker thread failed".to_string())??;
-        Ok((scanned?, tree))
-    })?;
-    if kept < length {
-        return Err(format!(
-            "the log ends inside a record at byte {kept} (after entry {}): truncated or damaged",
-            tree.len().saturating_sub(1)
-        ));
-    }
+    // The checkpoints first (signatures), so that each root is checked the
+    // moment the tree reaches its size.
     let mut notes: Vec<(String, String)> = Vec::new();
     let mut files: Vec<_> = std::fs::read_dir(audit_dir.join(CHECKPOINTS))
         .map_err(|e| format!("read checkpoints: {e}"))?
@@ -110,45 +52,178 @@ pub fn verify_log(
         notes.push((format!("checkpoint {}", file.path().display()), text));
     }
     notes.extend(more.iter().cloned());
-    let mut covered = 0u64;
-    let mut good_below: Vec<u64> = Vec::new();
+    let mut wanted: BTreeMap<u64, Vec<(String, Hash)>> = BTreeMap::new();
     for (place, note) in &notes {
         let checkpoint = verifier.open(note).map_err(|e| format!("{place}: {e}"))?;
-        if checkpoint.size > tree.len() {
-            return Err(format!(
-                "{place} covers {} entries but the log holds {}: entries were removed from its end",
-                checkpoint.size,
-                tree.len()
-            ));
-        }
-        if tree.root(checkpoint.size) != checkpoint.root {
-            let from = good_below
-                .iter()
-                .copied()
-                .filter(|s| *s < checkpoint.size)
-                .max()
-                .unwrap_or(0);
-            return Err(format!(
-                "{place} (size {}) does not match the log: an entry in {}..{} was altered or the log was rewritten",
-                checkpoint.size,
-                from,
-                checkpoint.size.saturating_sub(1)
-            ));
-        }
-        good_below.push(checkpoint.size);
-        covered = covered.max(checkpoint.size);
+        wanted
+            .entry(checkpoint.size)
+            .or_default()
+            .push((place.clone(), checkpoint.root));
     }
+    let tiles = TileReader::new(audit_dir);
+    let old_layout = audit_dir.join(ENTRIES);
+    let single_file = old_layout.exists();
+    // Two stages on two cores: this thread reads the entries and hashes each
+    // (and reads its seq and prev); the other checks the chain, the tiles
+    // and the checkpoints. Batches of 4096 entries, at most 4 in flight.
+    let (tree, good_below) = std::thread::scope(|scope| -> Result<(Frontier, Vec<u64>), String> {
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<Checked>>(4);
+        let tiles = &tiles;
+        let wanted = &wanted;
+        let checker = scope.spawn(move || -> Result<(Frontier, Vec<u64>), String> {
+            let mut tree = Frontier::default();
+            let mut previous: Option<Hash> = None;
+            let mut good_below = Vec::new();
+            for batch in receiver {
+                for item in batch {
+                    let i = tree.size();
+                    let (seq, prev) = item
+                        .head
+                        .map_err(|e| format!("entry {i} ({}) is not a valid entry: {e}", item.place))?;
+                    if seq != i {
+                        return Err(format!(
+                            "entry {i} ({}) says it is entry {seq}: entries were removed, reordered or inserted at {i}",
+                            item.place
+                        ));
+                    }
+                    if prev != previous {
+                        return Err(format!(
+                            "entry {} was altered: entry {i} ({}) records another hash for it",
+                            i.saturating_sub(1),
+                            item.place
+                        ));
+                    }
+                    previous = Some(item.leaf);
+                    for (level, n, hashes) in tree.push(item.leaf) {
+                        if single_file {
+                            continue;
+                        }
+                        let stored = tiles.tile(level, n)?;
+                        if let Some(at) = (0..WIDTH).find(|k| stored.bottom()[*k] != hashes[*k]) {
+                            return Err(format!(
+                                "{} does not match the entries (hash {at}): the tile was altered",
+                                tiles::tile_path(level, n, WIDTH)
+                            ));
+                        }
+                    }
+                    if let Some(expected) = wanted.get(&tree.size()) {
+                        let size = tree.size();
+                        let root = merkle::root(&View::new(tiles, &tree), size)?;
+                        for (place, want) in expected {
+                            if *want != root {
+                                let from = good_below.last().copied().unwrap_or(0);
+                                return Err(format!(
+                                    "{place} (size {size}) does not match the log: an entry in {from}..{} was altered or the log was rewritten",
+                                    size.saturating_sub(1)
+                                ));
+                            }
+                        }
+                        good_below.push(size);
+                    }
+                }
+            }
+            Ok((tree, good_below))
+        });
+        let mut batch = Vec::with_capacity(4096);
+        let mut each = |place: String, bytes: &[u8]| -> Result<(), String> {
+            batch.push(Checked {
+                place,
+                head: head_of(bytes),
+                leaf: merkle::leaf_hash(bytes),
+            });
+            if batch.len() == 4096 {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(4096));
+                // A closed channel: the checker stopped at an error, and says which.
+                sender.send(full).map_err(|_| String::new())?;
+            }
+            Ok(())
+        };
+        let read = read_all(audit_dir, tiles, single_file, &mut each);
+        if !batch.is_empty() {
+            let _ = sender.send(batch);
+        }
+        drop(sender);
+        let checked = checker
+            .join()
+            .map_err(|_| "the checker thread failed".to_string())?;
+        // The checker's error names the first wrong thing; a read error
+        // otherwise.
+        let checked = checked?;
+        read?;
+        Ok(checked)
+    })?;
+    if let Some((size, expected)) = wanted.range(tree.size() + 1..).next() {
+        return Err(format!(
+            "{} covers {size} entries but the log holds {}: entries were removed from its end",
+            expected[0].0,
+            tree.size()
+        ));
+    }
+    let covered = good_below.last().copied().unwrap_or(0);
     Ok(LogReport {
-        entries: tree.len(),
+        entries: tree.size(),
         checkpoints: notes.len(),
         newest_checkpoint: covered,
-        unsigned: (covered < tree.len()).then(|| (covered, tree.len() - 1)),
+        unsigned: (covered < tree.size()).then(|| (covered, tree.size() - 1)),
     })
+}
+
+/// Called with each entry: (where it is, its bytes).
+type Each<'a> = dyn FnMut(String, &[u8]) -> Result<(), String> + 'a;
+
+/// Every entry in order, as (where, bytes): the single-file layout, or the
+/// entry bundles and then the journals.
+fn read_all(
+    audit_dir: &Path,
+    tiles: &TileReader,
+    single_file: bool,
+    each: &mut Each,
+) -> Result<(), String> {
+    if single_file {
+        let path = audit_dir.join(ENTRIES);
+        let length = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let kept = scan_records(&path, |offset, bytes| each(format!("byte {offset}"), bytes))?;
+        if kept < length {
+            return Err(format!(
+                "the log ends inside a record at byte {kept}: truncated or damaged"
+            ));
+        }
+        return Ok(());
+    }
+    let mut n = 0u64;
+    while tiles.has_bundle(n) {
+        for (i, bytes) in tiles.bundle(n)?.iter().enumerate() {
+            each(format!("{} item {i}", tiles::entries_path(n, WIDTH)), bytes)?;
+        }
+        n += 1;
+    }
+    for j in super::journals(audit_dir).map_err(|e| format!("list the journal: {e}"))? {
+        if j < n {
+            continue; // a full tile's journal a crash left; the start removes it
+        }
+        if j != n {
+            return Err(format!(
+                "journal {j} does not follow the {n} full tiles: a tile is missing"
+            ));
+        }
+        let path = super::journal_path(audit_dir, j);
+        let length = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let kept = scan_records(&path, |offset, bytes| {
+            each(format!("journal {j} byte {offset}"), bytes)
+        })?;
+        if kept < length {
+            return Err(format!(
+                "journal {j} ends inside a record at byte {kept}: truncated or damaged"
+            ));
+        }
+        n += 1;
+    }
+    Ok(())
 }
 
 /// One entry as the reading stage saw it.
 struct Checked {
-    offset: u64,
+    place: String,
     /// (seq, prev) or why the entry does not parse.
     head: Result<(u64, Option<Hash>), String>,
     leaf: Hash,

@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// The journal of the audit log's first tile: every entry of a log shorter
+/// than one tile (256), in the `[u32 length][entry]` records of the journal.
+const JOURNAL: &str = "audit/journal/0000000000000000";
+
 fn audit_verify(args: &[&str]) -> (bool, String) {
     let out = Command::new(BIN)
         .args(["audit", "verify"])
@@ -88,14 +92,14 @@ fn every_kind_of_tampering_is_found_and_named() {
     let (data, _) = history(&dir);
     let (ok, text) = audit_verify(&["--data-dir", data.to_str().unwrap()]);
     assert!(ok, "{text}");
-    let entries = std::fs::read(data.join("audit").join("entries")).unwrap();
+    let entries = std::fs::read(data.join(JOURNAL)).unwrap();
     let records = split_records(&entries);
     assert!(records.len() >= 8, "{}", records.len());
     let checkpoints = data.join("audit").join("checkpoints");
 
     type Tamper = Box<dyn Fn(&Path)>;
     let write_entries = |dir: &Path, records: &[Vec<u8>]| {
-        std::fs::write(dir.join("audit").join("entries"), join_records(records)).unwrap()
+        std::fs::write(dir.join(JOURNAL), join_records(records)).unwrap()
     };
     let r = records.clone();
     let cases: Vec<(&str, Tamper, &str)> = vec![
@@ -141,11 +145,7 @@ fn every_kind_of_tampering_is_found_and_named() {
             Box::new({
                 let entries = entries.clone();
                 move |d: &Path| {
-                    std::fs::write(
-                        d.join("audit").join("entries"),
-                        &entries[..entries.len() - 7],
-                    )
-                    .unwrap();
+                    std::fs::write(d.join(JOURNAL), &entries[..entries.len() - 7]).unwrap();
                 }
             }),
             "ends inside a record",
@@ -230,7 +230,7 @@ fn a_rewritten_host_log_is_caught_against_the_checkpoints_in_the_regions() {
     // An insider with root rewrites entry 2 and everything after it, re-chains
     // and re-signs with the host's own key: the host's files agree again…
     let audit = data.join("audit");
-    let mut records = split_records(&std::fs::read(audit.join("entries")).unwrap());
+    let mut records = split_records(&std::fs::read(data.join(JOURNAL)).unwrap());
     let mut entry: Value = serde_json::from_slice(&records[2]).unwrap();
     entry["kind"] = json!("token.minted");
     records[2] = serde_json::to_vec(&entry).unwrap();
@@ -239,7 +239,7 @@ fn a_rewritten_host_log_is_caught_against_the_checkpoints_in_the_regions() {
         e["prev"] = json!(leaf_hex(&records[i - 1]));
         records[i] = serde_json::to_vec(&e).unwrap();
     }
-    std::fs::write(audit.join("entries"), join_records(&records)).unwrap();
+    std::fs::write(data.join(JOURNAL), join_records(&records)).unwrap();
     for e in std::fs::read_dir(audit.join("checkpoints")).unwrap() {
         std::fs::remove_file(e.unwrap().path()).unwrap();
     }
@@ -308,7 +308,7 @@ fn the_audited_action_does_not_happen_when_the_audit_log_cannot_be_written() {
     );
 
     // The audit log's file is replaced by a directory: nothing can be appended.
-    let entries = host.data_dir.join("audit").join("entries");
+    let entries = host.data_dir.join(JOURNAL);
     let aside = host.data_dir.join("audit").join("entries.aside");
     std::fs::rename(&entries, &aside).unwrap();
     std::fs::create_dir(&entries).unwrap();
@@ -504,4 +504,64 @@ fn tenants_verify_their_proof_bundles_offline() {
         &wrong,
     ]);
     assert!(!ok, "{text}");
+}
+
+/// A log longer than a few tiles (written through the library, as the host
+/// writes it): a changed hash in a tile, or a changed entry in a bundle, is
+/// named by `coffer audit verify`; the host refuses to start on the first.
+#[test]
+fn a_changed_tile_or_bundle_is_named_by_audit_verify() {
+    let dir = TempDir::new("tiles");
+    let data = dir.path().join("host");
+    {
+        let log = coffer::audit::AuditLog::open(&data, "test").unwrap();
+        for i in 0..700 {
+            let event = coffer::audit::Event::new("test.event", coffer::audit::Actor::host())
+                .detail("i", i);
+            log.append(event).unwrap();
+        }
+        log.checkpoint().unwrap();
+    }
+    let (ok, text) = audit_verify(&["--data-dir", data.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    let tile = coffer::audit::tiles::tile_path(0, 1, 256);
+    let bundle = coffer::audit::tiles::entries_path(0, 256);
+    for (case, relative, expected) in [
+        (
+            "a hash in a tile",
+            &tile,
+            "tile/0/001 does not match the entries",
+        ),
+        ("an entry in a bundle", &bundle, "was altered"),
+    ] {
+        let copy = dir.path().join(format!("copy-{}", case.replace(' ', "-")));
+        copy_dir(&data, &copy);
+        let path = copy.join("audit").join(relative);
+        let mut bytes = std::fs::read(&path).unwrap();
+        // Inside the 10th hash, or inside the 10th entry's JSON.
+        let at = if relative == &tile {
+            32 * 10 + 5
+        } else {
+            let entries = coffer::audit::tiles::parse_bundle(&bytes).unwrap();
+            let before: usize = entries[..10].iter().map(|e| e.len() + 2).sum();
+            before + 2 + entries[10].iter().position(|b| *b == b'i').unwrap()
+        };
+        bytes[at] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let (ok, text) = audit_verify(&["--data-dir", copy.to_str().unwrap()]);
+        assert!(!ok, "{case}: not detected: {text}");
+        assert!(
+            text.contains(expected),
+            "{case}: expected {expected:?} in {text}"
+        );
+        if relative == &tile {
+            let error = coffer::audit::AuditLog::open(&copy, "test").unwrap_err();
+            assert!(
+                error
+                    .to_string()
+                    .contains("does not match its newest checkpoint"),
+                "{error}"
+            );
+        }
+    }
 }

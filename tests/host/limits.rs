@@ -283,7 +283,7 @@ fn after_sigkill_the_verifier_names_the_unsigned_tail_and_the_next_start_signs_i
         String::from_utf8_lossy(&out.stderr)
     );
     // A flipped byte in an entry is still a broken log, strict or not.
-    let entries = data.join("audit").join("entries");
+    let entries = data.join("audit/journal/0000000000000000");
     let mut bytes = std::fs::read(&entries).unwrap();
     let at = bytes.len() - 3;
     bytes[at] ^= 0x01;
