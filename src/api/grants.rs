@@ -512,16 +512,12 @@ pub async fn access_log(
             .filter(|r| r.tenant == tenant)
             .collect();
         recoveries.sort_by_key(|r| r.requested_at);
-        let seqs = inner
-            .audit
-            .entries_of(&tenant)
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
         let entries = inner
             .audit
-            .read_entries(&seqs)
+            .tenant_entries(&tenant)
             .map_err(|e| ApiError::Unavailable(e.to_string()))?;
         let mut events = Vec::new();
-        for bytes in entries {
+        for (_, bytes) in entries {
             let entry: Entry = serde_json::from_slice(&bytes).map_err(ApiError::internal)?;
             if !in_access_log(&entry.kind) {
                 continue;
@@ -581,13 +577,12 @@ pub async fn audit_proof(
             ApiError::Unavailable("no signed checkpoint yet; try again in a few seconds".into())
         })?;
         let unavailable = |e: crate::audit::AuditError| ApiError::Unavailable(e.to_string());
-        let seqs: Vec<u64> = log
-            .entries_of(&tenant)
+        let mine: Vec<(u64, Vec<u8>)> = log
+            .tenant_entries(&tenant)
             .map_err(unavailable)?
             .into_iter()
-            .filter(|s| *s < size)
+            .filter(|(s, _)| *s < size)
             .collect();
-        let bytes = log.read_entries(&seqs).map_err(unavailable)?;
         // Every proof against one snapshot of the tree (its tiles cached).
         let prover = log.prover();
         let view = prover.view();
@@ -595,12 +590,12 @@ pub async fn audit_proof(
             proof.iter().map(|h| encode_hex(h)).collect()
         };
         let damaged = |e: String| ApiError::Unavailable(format!("audit log: {e}"));
-        let mut entries = Vec::with_capacity(seqs.len());
-        for (seq, bytes) in seqs.iter().zip(bytes) {
+        let mut entries = Vec::with_capacity(mine.len());
+        for (seq, bytes) in mine {
             entries.push(BundleEntry {
-                seq: *seq,
+                seq,
                 entry: B64.encode(&bytes),
-                proof: hex(merkle::inclusion_proof(&view, *seq, size).map_err(damaged)?),
+                proof: hex(merkle::inclusion_proof(&view, seq, size).map_err(damaged)?),
             });
         }
         let mut consistency = Vec::new();

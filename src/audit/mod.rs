@@ -742,9 +742,19 @@ impl AuditLog {
             .map(|note| (size, note))
     }
 
-    /// Sequence numbers of a tenant's acknowledged entries, oldest first:
-    /// its chain (`tenant_prev`) walked back from its last entry.
+    /// Sequence numbers of a tenant's acknowledged entries, oldest first.
     pub fn entries_of(&self, tenant: &TenantId) -> Result<Vec<u64>, AuditError> {
+        Ok(self
+            .tenant_entries(tenant)?
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect())
+    }
+
+    /// A tenant's acknowledged entries (sequence, exact bytes), oldest first:
+    /// its chain (`tenant_prev`) walked back from its last entry, each tile
+    /// read once per run of the tenant's entries in it.
+    pub fn tenant_entries(&self, tenant: &TenantId) -> Result<Vec<(u64, Vec<u8>)>, AuditError> {
         let last = self
             .state
             .lock()
@@ -769,8 +779,8 @@ impl AuditLog {
                     "entry {seq}: its tenant chain goes forward"
                 )));
             }
-            out.push(seq);
             next = head.tenant_prev;
+            out.push((seq, bytes));
         }
         out.reverse();
         Ok(out)

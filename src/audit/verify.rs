@@ -125,7 +125,7 @@ pub fn verify_log(
             Ok((tree, good_below))
         });
         let mut batch = Vec::with_capacity(4096);
-        let mut each = |place: String, bytes: &[u8]| -> Result<(), String> {
+        let mut each = |place: Place, bytes: &[u8]| -> Result<(), String> {
             batch.push(Checked {
                 place,
                 head: head_of(bytes),
@@ -169,7 +169,28 @@ pub fn verify_log(
 }
 
 /// Called with each entry: (where it is, its bytes).
-type Each<'a> = dyn FnMut(String, &[u8]) -> Result<(), String> + 'a;
+type Each<'a> = dyn FnMut(Place, &[u8]) -> Result<(), String> + 'a;
+
+/// Where an entry is (named only in errors).
+#[derive(Debug, Clone, Copy)]
+enum Place {
+    /// Byte offset in the single-file layout.
+    Byte(u64),
+    /// Entry bundle of tile N, item I.
+    Bundle(u64, usize),
+    /// Journal of tile N, byte offset.
+    Journal(u64, u64),
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::Byte(offset) => write!(f, "byte {offset}"),
+            Place::Bundle(n, i) => write!(f, "{} item {i}", tiles::entries_path(*n, WIDTH)),
+            Place::Journal(n, offset) => write!(f, "journal {n} byte {offset}"),
+        }
+    }
+}
 
 /// Every entry in order, as (where, bytes): the single-file layout, or the
 /// entry bundles and then the journals.
@@ -182,7 +203,7 @@ fn read_all(
     if single_file {
         let path = audit_dir.join(ENTRIES);
         let length = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        let kept = scan_records(&path, |offset, bytes| each(format!("byte {offset}"), bytes))?;
+        let kept = scan_records(&path, |offset, bytes| each(Place::Byte(offset), bytes))?;
         if kept < length {
             return Err(format!(
                 "the log ends inside a record at byte {kept}: truncated or damaged"
@@ -193,7 +214,7 @@ fn read_all(
     let mut n = 0u64;
     while tiles.has_bundle(n) {
         for (i, bytes) in tiles.bundle(n)?.iter().enumerate() {
-            each(format!("{} item {i}", tiles::entries_path(n, WIDTH)), bytes)?;
+            each(Place::Bundle(n, i), bytes)?;
         }
         n += 1;
     }
@@ -209,7 +230,7 @@ fn read_all(
         let path = super::journal_path(audit_dir, j);
         let length = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         let kept = scan_records(&path, |offset, bytes| {
-            each(format!("journal {j} byte {offset}"), bytes)
+            each(Place::Journal(j, offset), bytes)
         })?;
         if kept < length {
             return Err(format!(
@@ -223,7 +244,7 @@ fn read_all(
 
 /// One entry as the reading stage saw it.
 struct Checked {
-    place: String,
+    place: Place,
     /// (seq, prev) or why the entry does not parse.
     head: Result<(u64, Option<Hash>), String>,
     leaf: Hash,
