@@ -91,8 +91,8 @@
 //! 8. Backup objects are written once: a name (tenant, backup id) is never
 //!    reused, an existing object that differs is never overwritten, and a
 //!    region counts as holding a backup only after the store vouched for its
-//!    objects (an ETag equal to the MD5 of what was sent, or a read-back that
-//!    matched the manifest's size and SHA-256).
+//!    objects (an S3 store that checked every part's `x-amz-checksum-sha256`
+//!    on receipt, or a read-back that matched the manifest's size and SHA-256).
 //! 9. Fail closed: an audited action happens only after its audit entry is
 //!    durable; a read through a grant returns data only after its entry is.
 //! 10. Two-person rules count people: staff identities, never tokens. No

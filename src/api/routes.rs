@@ -465,4 +465,67 @@ mod tests {
         assert!(parse_query("a=%zz").is_err());
         assert!(parse_query("a=%ff").is_err());
     }
+
+    /// `ops/openapi.json` and the router cannot drift: every operation the
+    /// description lists parses to an endpoint (with ids of the right form in
+    /// its path parameters), and every variant of [`Endpoint`], read from
+    /// this file's source, is described by at least one operation.
+    #[test]
+    fn the_openapi_description_and_the_router_agree() {
+        let text = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/ops/openapi.json"));
+        let description: serde_json::Value =
+            serde_json::from_str(text).expect("openapi.json parses");
+        assert_eq!(description["openapi"], "3.1.0");
+        let id = "0".repeat(32);
+        let mut described = std::collections::BTreeSet::new();
+        for (path, operations) in description["paths"].as_object().expect("paths") {
+            let concrete = path
+                .replace("{collection}", "contacts")
+                .replace("{region}", "in")
+                .replace("{id}", &id)
+                .replace("{backup}", &"1".repeat(32))
+                .replace("{record}", &"2".repeat(32));
+            assert!(
+                !concrete.contains('{'),
+                "{path}: a parameter the test does not know"
+            );
+            for method in operations.as_object().unwrap().keys() {
+                let Ok(method) = method.to_uppercase().parse::<Method>() else {
+                    continue;
+                };
+                if !["GET", "POST", "PUT", "DELETE", "PATCH"].contains(&method.as_str()) {
+                    continue;
+                }
+                let operation = &operations[method.as_str().to_lowercase()];
+                assert!(operation["x-roles"].is_array(), "{method} {path}: x-roles");
+                assert!(
+                    operation["responses"].is_object(),
+                    "{method} {path}: responses"
+                );
+                let endpoint = Endpoint::parse(&method, &concrete).unwrap_or_else(|e| {
+                    panic!("{method} {path} is described but not routed: {e:?}")
+                });
+                let debug = format!("{endpoint:?}");
+                described.insert(debug.split(['(', ' ']).next().unwrap().to_string());
+            }
+        }
+        let source = include_str!("routes.rs");
+        let body = source
+            .split("pub enum Endpoint {")
+            .nth(1)
+            .and_then(|rest| rest.split("\n}").next())
+            .expect("the enum in the source");
+        let variants: std::collections::BTreeSet<String> = body
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with("//"))
+            .map(|l| l.split(['(', ',']).next().unwrap().to_string())
+            .collect();
+        assert!(variants.len() > 30, "the enum was read: {variants:?}");
+        let missing: Vec<_> = variants.difference(&described).collect();
+        assert!(
+            missing.is_empty(),
+            "endpoints ops/openapi.json does not describe: {missing:?}"
+        );
+    }
 }

@@ -138,7 +138,6 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 spool: backups.spool.clone(),
                 parallel: 6,
                 retention_sweep: config.sweep_interval,
-                etags: Default::default(),
             };
             background.spawn("replicator", move |stop| replicator.run(stop));
         }

@@ -12,9 +12,10 @@
 //!
 //! The [`Replicator`] task drives every replica that is not verified: it
 //! uploads the archive (data first, manifest last), checks both against the
-//! spool's manifest — the archive by the ETag the store computed on receipt
-//! when it is the MD5 of what we sent (S3, Garage), else by reading it back and
-//! hashing it; the manifest is always read back — and on any error records `failed`
+//! spool's manifest — the archive by the `x-amz-checksum-sha256` every PUT and
+//! part carries, which an S3 store (Garage too) verifies on receipt and refuses
+//! on mismatch, else by reading it back and hashing it; the manifest is always
+//! read back — and on any error records `failed`
 //! and retries after a capped exponential backoff with jitter. Records live in
 //! the catalog, so a restart resumes where the host stopped; an interrupted
 //! multipart upload is never visible as an object, and a complete object from

@@ -26,46 +26,6 @@ use crate::ids::Region;
 /// Objects up to this size go in one PUT; larger ones in parts of this size.
 pub const PART_BYTES: usize = 8 << 20;
 
-/// The ETag an S3 store computes for a file uploaded by
-/// [`RegionStore::upload_file`]: the MD5 of the object, or for a multipart
-/// upload the MD5 of the parts' MD5s followed by `-N`. Blocking.
-pub fn s3_etag_of(file: &std::path::Path) -> std::io::Result<String> {
-    use md5::Digest;
-    use std::io::Read;
-    let mut source = std::fs::File::open(file)?;
-    let size = source.metadata()?.len();
-    let mut buffer = vec![0u8; PART_BYTES];
-    let mut parts: Vec<u8> = Vec::new();
-    loop {
-        let mut filled = 0;
-        while filled < PART_BYTES {
-            match source.read(&mut buffer[filled..])? {
-                0 => break,
-                n => filled += n,
-            }
-        }
-        if filled == 0 {
-            break;
-        }
-        let digest = md5::Md5::digest(&buffer[..filled]);
-        if size <= PART_BYTES as u64 {
-            return Ok(crate::crypto::encode_hex(&digest));
-        }
-        parts.extend_from_slice(&digest);
-        if filled < PART_BYTES {
-            break;
-        }
-    }
-    if size == 0 {
-        return Ok(crate::crypto::encode_hex(&md5::Md5::digest(b"")));
-    }
-    Ok(format!(
-        "{}-{}",
-        crate::crypto::encode_hex(&md5::Md5::digest(&parts)),
-        parts.len() / 16
-    ))
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("not found")]
@@ -102,6 +62,10 @@ pub struct RegionStore {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
     conditional_put: bool,
+    /// The store checks each PUT's `x-amz-checksum-sha256` on receipt and
+    /// refuses a body that does not match (S3 and Garage): an upload it
+    /// accepted holds what was sent, without reading it back.
+    pub checks_on_receipt: bool,
 }
 
 impl std::fmt::Debug for RegionStore {
@@ -120,6 +84,7 @@ impl RegionStore {
         use anyhow::Context;
         // reqwest is built without a default TLS provider; ring is ours already.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let checks_on_receipt = matches!(spec.store, StoreSpec::S3 { .. });
         let (store, prefix): (Arc<dyn ObjectStore>, Path) = match &spec.store {
             StoreSpec::Directory(dir) => {
                 std::fs::create_dir_all(dir)
@@ -138,10 +103,13 @@ impl RegionStore {
             } => {
                 let mut builder = object_store::aws::AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
-                    // Payloads are not hashed into the signature: the ETag
-                    // check after each upload (MD5 of what we sent, computed
-                    // once per backup) catches a body altered on the way,
-                    // and it saves a SHA-256 pass per region.
+                    // Every PUT and part carries `x-amz-checksum-sha256` of
+                    // its body, which the store verifies on receipt (400
+                    // BadDigest otherwise) and keeps; completing a multipart
+                    // upload sends each part's checksum again. So a body
+                    // altered on the way is refused, not stored, and the
+                    // payload need not also be hashed into the signature.
+                    .with_checksum_algorithm(object_store::aws::Checksum::SHA256)
                     .with_unsigned_payload(true)
                     .with_retry(object_store::RetryConfig {
                         // Our replicator retries with its own backoff; the client
@@ -198,6 +166,7 @@ impl RegionStore {
             store,
             prefix,
             conditional_put: spec.conditional_put,
+            checks_on_receipt,
         })
     }
 
@@ -290,21 +259,6 @@ impl RegionStore {
         }
         writer.finish().await?;
         Ok(written)
-    }
-
-    /// An object's size and ETag (without quotes) in one request.
-    pub async fn size_and_etag(
-        &self,
-        path: &Path,
-    ) -> Result<Option<(u64, Option<String>)>, StoreError> {
-        match self.store.head(path).await {
-            Ok(meta) => Ok(Some((
-                meta.size,
-                meta.e_tag.map(|t| t.trim_matches('"').to_string()),
-            ))),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(other) => Err(other.into()),
-        }
     }
 
     /// Reads an object whole (manifests).
@@ -413,41 +367,5 @@ impl RegionStore {
             out.push(meta?.location.to_string());
         }
         Ok(out)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use md5::Digest;
-
-    #[test]
-    fn etags_follow_the_part_boundaries_of_the_upload() {
-        let dir = std::env::temp_dir().join(format!("coffer-etag-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let hex = |b: &[u8]| crate::crypto::encode_hex(&md5::Md5::digest(b));
-        for size in [
-            0usize,
-            5,
-            PART_BYTES,
-            PART_BYTES + 1,
-            2 * PART_BYTES,
-            2 * PART_BYTES + 7,
-        ] {
-            let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
-            let file = dir.join("f");
-            std::fs::write(&file, &data).unwrap();
-            let expected = if size <= PART_BYTES {
-                hex(&data)
-            } else {
-                let parts: Vec<u8> = data
-                    .chunks(PART_BYTES)
-                    .flat_map(|c| md5::Md5::digest(c).to_vec())
-                    .collect();
-                format!("{}-{}", hex(&parts), data.chunks(PART_BYTES).count())
-            };
-            assert_eq!(s3_etag_of(&file).unwrap(), expected, "size {size}");
-        }
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,7 +1,7 @@
 //! The upload worker: uploads, verifies and deletes replicas, region by region,
 //! with capped backoff; catches up after a restart.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -44,14 +44,7 @@ pub struct Replicator {
     /// At most this many (backup, region) transfers at once.
     pub parallel: usize,
     pub retention_sweep: Duration,
-    /// Expected ETags of spooled archives, by backup (shared by the regions).
-    pub etags: EtagCache,
 }
-
-/// Per backup: the ETag once computed, and when the entry was made.
-pub type EtagCache = Mutex<
-    std::collections::HashMap<String, (Arc<tokio::sync::OnceCell<String>>, std::time::Instant)>,
->;
 
 impl Replicator {
     /// Runs until `stop`; then waits for the uploads in flight to end.
@@ -219,8 +212,9 @@ impl Replicator {
         let manifest_bytes = Bytes::from(serde_json::to_vec_pretty(&expected).expect("serialises"));
         let archive = region.archive_path(tenant, backup);
         let manifest = region.manifest_path(tenant, backup);
-        // The ETag the store should report for what this step uploads.
-        let mut uploaded_etag = None;
+        // Whether this step uploaded the archive to a store that checked it
+        // on receipt.
+        let mut checked_on_receipt = false;
         if replica.state != ReplicaState::Replicated {
             match region.size(&archive).await? {
                 Some(size) if size == expected.archive_size => {
@@ -233,14 +227,15 @@ impl Replicator {
                     )))
                 }
                 None => {
-                    // The expected ETag is computed while the bytes go out.
                     let file = self.spool.archive_path(tenant, backup);
-                    let (sent, etag) = tokio::join!(
-                        region.upload_file(&archive, &file),
-                        self.expected_etag(backup, file.clone())
-                    );
-                    sent?;
-                    uploaded_etag = Some(etag?);
+                    let sent = region.upload_file(&archive, &file).await?;
+                    if sent != expected.archive_size {
+                        return Err(StoreError::Conflict(format!(
+                            "the spooled archive has {sent} bytes, its manifest says {}",
+                            expected.archive_size
+                        )));
+                    }
+                    checked_on_receipt = region.checks_on_receipt;
                 }
             }
             match region.get_bytes(&manifest).await {
@@ -260,20 +255,14 @@ impl Replicator {
             self.save(replica)
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         }
-        // Verify. Where the store's ETag is the MD5 of what this step sent
-        // (S3 and Garage compute it on receipt), it vouches for the archive
-        // without reading it back; otherwise (directories, other stores, an
-        // object from before a restart) read it back and hash it.
-        let by_etag = match &uploaded_etag {
-            Some(expected_etag) => match region.size_and_etag(&archive).await? {
-                Some((size, etag)) => {
-                    etag.as_deref() == Some(expected_etag.as_str()) && size == expected.archive_size
-                }
-                None => false,
-            },
-            None => false,
-        };
-        if !by_etag {
+        // Verify. A store that checked every part's SHA-256 on receipt
+        // (S3, Garage) holds what this step sent, and what was sent is the
+        // spool's archive, whose SHA-256 the sealing recorded; the size must
+        // still agree. Otherwise (directories, other stores, an object from
+        // before a restart) read it back and hash it.
+        let by_checksum =
+            checked_on_receipt && region.size(&archive).await? == Some(expected.archive_size);
+        if !by_checksum {
             let (size, sha256) = region.digest(&archive).await?;
             if size != expected.archive_size || sha256 != expected.archive_sha256 {
                 return Err(StoreError::Conflict(format!(
@@ -282,44 +271,17 @@ impl Replicator {
             }
         }
         tracing::info!(
-            by = if by_etag { "etag" } else { "read-back" },
+            by = if by_checksum {
+                "checksum on receipt"
+            } else {
+                "read-back"
+            },
             "replica checked"
         );
         if region.get_bytes(&manifest).await? != manifest_bytes {
             return Err(StoreError::Conflict(format!("{manifest} was altered")));
         }
         Ok(())
-    }
-
-    /// The S3 ETag of a spooled archive, computed once per backup however
-    /// many regions it goes to.
-    async fn expected_etag(
-        &self,
-        backup: &str,
-        file: std::path::PathBuf,
-    ) -> Result<String, StoreError> {
-        let cell = {
-            let mut etags = self.etags.lock().expect("etag cache");
-            etags.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(3600));
-            etags
-                .entry(backup.to_string())
-                .or_insert_with(|| {
-                    (
-                        Arc::new(tokio::sync::OnceCell::new()),
-                        std::time::Instant::now(),
-                    )
-                })
-                .0
-                .clone()
-        };
-        cell.get_or_try_init(|| async move {
-            crate::tasks::blocking(move || store::s3_etag_of(&file))
-                .await
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?
-                .map_err(|e| StoreError::Unavailable(format!("read the spooled archive: {e}")))
-        })
-        .await
-        .cloned()
     }
 
     async fn any_manifest(&self, tenant: &str, backup: &str) -> Option<StoredBackup> {

@@ -8,6 +8,7 @@ use crate::support::backups::{start_backup, wait_verified};
 use crate::support::eventually;
 use crate::support::garage::Garage;
 use crate::support::records::{all_records, populated_tenant, CRM};
+use crate::support::tamper::Tamper;
 use crate::support::{contains, files_under, Host, TempDir};
 
 const REGIONS: &[&str] = &["in", "sg", "uk"];
@@ -697,4 +698,70 @@ fn a_tenant_moves_to_a_host_in_another_region_and_the_source_points_there_then_p
         |exists| !exists,
     );
     assert_eq!(all_records(&us, &t, &a, CRM).len(), CRM.len());
+}
+
+/// Upload integrity by checksum: every PUT carries `x-amz-checksum-sha256`,
+/// and Garage refuses a body altered on the way instead of storing it, so a
+/// region never holds (or counts as holding) bytes the host did not send.
+#[test]
+fn an_upload_altered_on_the_way_is_refused_by_the_store_and_never_counted() {
+    let dir = TempDir::new("repl-tamper");
+    let garage = Garage::start(&dir.path().join("garage"), &["in", "sg"]);
+    let sg = garage.endpoint("sg");
+    let tamper = Tamper::start(sg.trim_start_matches("http://"));
+    let config = dir.path().join("host.toml");
+    std::fs::write(
+        &config,
+        garage.coffer_config("in").replace(&sg, &tamper.url),
+    )
+    .unwrap();
+    let host = Host::start(
+        &dir.path().join("host"),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--backup-interval",
+            "0s",
+        ],
+    );
+    let (t, a) = populated_tenant(&host, "tamper");
+    let done = start_backup(&host, &t, &a);
+    let backup = done["id"].as_str().unwrap().to_string();
+    wait_verified(&host, &t, &a, &backup, &["in"]);
+    let refused = eventually(
+        "sg refuses the altered upload",
+        || read_backup(&host, &t, &a, &backup),
+        |b| {
+            b["regions"]["sg"]["state"] == "failed"
+                && b["regions"]["sg"]["attempts"].as_u64() >= Some(2)
+        },
+    );
+    let error = refused["regions"]["sg"]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.contains("400"),
+        "the store's refusal is shown: {refused}"
+    );
+    assert!(tamper.altered() >= 2, "the relay altered the uploads");
+    // Nothing of the backup was stored in sg: the store refused the body.
+    assert_eq!(objects_of(&garage, "sg", &t), vec![], "{refused}");
+
+    // The network heals: the next attempt is accepted and verified.
+    tamper.stop_altering();
+    wait_verified(&host, &t, &a, &backup, &["in", "sg"]);
+    let objects = objects_of(&garage, "sg", &t);
+    assert_eq!(objects.len(), 2, "{objects:?}");
+    // The bytes sg holds are the sealed archive the host sent: a restore
+    // from sg brings back every record.
+    let original = all_records(&host, &t, &a, CRM);
+    let r = host.json(
+        "POST",
+        &format!("/v1/tenants/{t}/backups/{backup}/restore"),
+        Some(&a),
+        json!({"name": "from sg", "region": "sg"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let restored = r.value()["id"].as_str().unwrap().to_string();
+    assert_eq!(all_records(&host, &restored, &a, CRM), original);
 }

@@ -85,6 +85,17 @@ impl Garage {
         self.dir.join(region)
     }
 
+    /// A region's S3 endpoint (`http://127.0.0.1:PORT`).
+    pub fn endpoint(&self, region: &str) -> String {
+        let config = std::fs::read_to_string(self.dir.join(region).join("coffer.toml")).unwrap();
+        config
+            .lines()
+            .find_map(|l| l.strip_prefix("endpoint = "))
+            .unwrap()
+            .trim_matches('"')
+            .to_string()
+    }
+
     /// A Coffer config serving `host_region`, replicating to every region.
     pub fn coffer_config(&self, host_region: &str) -> String {
         let mut text = format!("[host]\nregion = \"{host_region}\"\n\n");

@@ -8,6 +8,7 @@ pub mod backups;
 pub mod garage;
 pub mod grants;
 pub mod records;
+pub mod tamper;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
