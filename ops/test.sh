@@ -19,6 +19,8 @@ need_component clippy clippy
 missing=()
 command -v zstd >/dev/null 2>&1 || missing+=(zstd)
 command -v age >/dev/null 2>&1 || missing+=(age)
+# python3 -m venv for the contract tester below (Debian splits it out).
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]}"
   if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
@@ -33,6 +35,15 @@ export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v garage >/dev/null 2>&1; then
   echo "== installing garage (cargo install garage --locked; once per machine)"
   cargo install garage --locked
+fi
+
+# schemathesis, the contract tester tests/host/contract.rs runs against a real
+# host for each role, in a virtual environment of our own (PyPI only).
+venv=target/contract-venv
+if [ ! -x "$venv/bin/schemathesis" ]; then
+  echo "== installing schemathesis into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==4.32.5"
 fi
 
 echo "== cargo fmt --check"

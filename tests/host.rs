@@ -9,6 +9,8 @@ mod archives;
 mod audit;
 #[path = "host/backups.rs"]
 mod backups;
+#[path = "host/contract.rs"]
+mod contract;
 #[path = "host/durability.rs"]
 mod durability;
 #[path = "host/exports.rs"]
