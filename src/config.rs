@@ -5,6 +5,7 @@
 //! [host]
 //! region = "eu"                    # the region this host serves
 //! listen = "127.0.0.1:7070"
+//! metrics_listen = "127.0.0.1:9470"   # GET /metrics (Prometheus); off when absent
 //! data_dir = "/var/lib/coffer"
 //! master_key_file = "/etc/coffer/master.key"   # optional; default: keyring in data_dir
 //!
@@ -97,6 +98,8 @@ pub const MASTER_KEY_ENV: &str = "COFFER_MASTER_KEY";
 pub struct Config {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    /// Where `GET /metrics` is served; `None`: nowhere (the default).
+    pub metrics_listen: Option<SocketAddr>,
     pub region: Region,
     pub key_source: KeySource,
     pub grace_period: Duration,
@@ -172,6 +175,7 @@ pub struct Overrides {
     pub config_file: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
     pub listen: Option<String>,
+    pub metrics_listen: Option<String>,
     pub region: Option<String>,
     pub master_key_file: Option<PathBuf>,
     pub grace_period: Option<String>,
@@ -325,6 +329,7 @@ struct RawBackup {
 struct RawHost {
     region: Option<String>,
     listen: Option<String>,
+    metrics_listen: Option<String>,
     data_dir: Option<PathBuf>,
     master_key_file: Option<PathBuf>,
 }
@@ -363,6 +368,13 @@ impl Config {
         let listen: SocketAddr = listen_text
             .parse()
             .with_context(|| format!("listen address {listen_text:?} is not host:port"))?;
+        let metrics_listen = match overrides.metrics_listen.or(raw.host.metrics_listen) {
+            Some(text) => Some(
+                text.parse::<SocketAddr>()
+                    .with_context(|| format!("metrics listen address {text:?} is not host:port"))?,
+            ),
+            None => None,
+        };
         let region_text = overrides
             .region
             .or(raw.host.region)
@@ -422,6 +434,7 @@ impl Config {
             max_archive_bytes: raw.backup.max_archive_bytes.unwrap_or(64 << 30),
             data_dir,
             listen,
+            metrics_listen,
             region,
             key_source,
             access: AccessPolicy {

@@ -11,7 +11,7 @@
 //! service    service: backups as jobs, upgrades, checkpoint shipping, key rotation
 //! domain     access ─► grants ─► auth ◄─ tokens;  lifecycle;  fleet
 //! rooms      replication ─► backup ─► storage;  audit;  keys
-//! leaves     schema, config, secret_file ─► ids ─► crypto;  tasks
+//! leaves     schema, config, secret_file ─► ids ─► crypto;  tasks;  metrics
 //! ```
 //!
 //! The arrows each room may take are [`LAYERS`], checked by a unit test that
@@ -60,6 +60,9 @@
 //! - [`secret_file`] — 0600 secret files, written atomically.
 //! - [`tasks`] — the one blocking helper (keeps the span) and the host's
 //!   background loops, stopped by one token and waited for at shutdown.
+//! - [`metrics`] — the process-wide Prometheus metrics (prometheus-client)
+//!   the rooms record into; rendered by `api` on `--metrics-listen`. Labels
+//!   never hold a tenant id, token or value. A leaf.
 //! - [`config`] — TOML file + flags → one checked `Config` (a leaf).
 //! - [`client`] — the one HTTP client (ureq) of the CLI's tooling, the tests
 //!   and the benches: a host, a token, JSON, streamed answers. A leaf.
@@ -112,14 +115,15 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ("crypto", &[]),
     ("tasks", &[]),
     ("client", &[]),
+    ("metrics", &[]),
     ("ids", &["crypto"]),
     ("secret_file", &["crypto"]),
     ("schema", &["ids"]),
     ("config", &["ids"]),
     // rooms
-    ("storage", &["crypto", "ids", "schema"]),
+    ("storage", &["crypto", "ids", "metrics", "schema"]),
     ("keys", &["config", "crypto", "secret_file"]),
-    ("audit", &["crypto", "ids", "secret_file"]),
+    ("audit", &["crypto", "ids", "metrics", "secret_file"]),
     ("backup", &["crypto", "ids", "schema", "storage"]),
     // replication reads what backup exposes as data (jobs, spool handles)
     (
@@ -129,6 +133,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
             "config",
             "crypto",
             "ids",
+            "metrics",
             "secret_file",
             "storage",
             "tasks",
@@ -154,6 +159,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
             "crypto",
             "ids",
             "keys",
+            "metrics",
             "replication",
             "schema",
             "secret_file",
@@ -175,6 +181,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
             "grants",
             "ids",
             "lifecycle",
+            "metrics",
             "replication",
             "schema",
             "service",
@@ -195,6 +202,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
             "ids",
             "keys",
             "lifecycle",
+            "metrics",
             "replication",
             "schema",
             "service",
@@ -219,6 +227,7 @@ pub mod grants;
 pub mod ids;
 pub mod keys;
 pub mod lifecycle;
+pub mod metrics;
 pub mod replication;
 pub mod schema;
 pub mod secret_file;

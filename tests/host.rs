@@ -25,6 +25,8 @@ mod lifecycle;
 mod limits;
 #[path = "host/neighbours.rs"]
 mod neighbours;
+#[path = "host/operations.rs"]
+mod operations;
 #[path = "host/pitr.rs"]
 mod pitr;
 #[path = "host/records.rs"]

@@ -54,6 +54,7 @@ impl JobSlots {
     ) -> Result<JobSlot, ApiError> {
         let mut held = self.held.lock().expect("job slots poisoned");
         if held.total >= self.limits.long_jobs_total {
+            crate::metrics::refused("long_jobs_host");
             return Err(ApiError::TooBusy {
                 message: format!(
                     "the host runs {} long jobs already (its limit); {what} refused, try again shortly",
@@ -65,6 +66,7 @@ impl JobSlots {
         if let Some(tenant) = tenant {
             let mine = held.per_tenant.get(tenant).copied().unwrap_or(0);
             if mine >= self.limits.long_jobs_per_tenant {
+                crate::metrics::refused("long_jobs_tenant");
                 return Err(ApiError::TooBusy {
                     message: format!(
                         "this tenant runs {mine} long jobs already (exports, backups, restores, upgrades; the limit is {}); {what} refused, try again when one ends",
@@ -146,18 +148,15 @@ impl BodyBudget {
     /// Takes `n` more bytes for a body that already holds `held`.
     pub fn take(&self, held: &mut Option<BodyBytes>, n: usize) -> Result<(), ApiError> {
         let n = u32::try_from(n).map_err(|_| ApiError::PayloadTooLarge(u32::MAX as u64))?;
-        let permit =
-            self.bytes
-                .clone()
-                .try_acquire_many_owned(n)
-                .map_err(|_| {
-                    ApiError::TooBusy {
+        let permit = self.bytes.clone().try_acquire_many_owned(n).map_err(|_| {
+            crate::metrics::refused("request_memory");
+            ApiError::TooBusy {
                 message:
                     "the host holds as many request bytes as it allows at once; try again shortly"
                         .into(),
                 retry_after: 1,
             }
-                })?;
+        })?;
         match held {
             Some(BodyBytes(existing)) => existing.merge(permit),
             None => *held = Some(BodyBytes(permit)),

@@ -42,7 +42,7 @@ pub use error::ApiError;
 use request::read_body;
 pub(crate) use request::{blocking, checked_name, empty_response, json_response, parse_json};
 pub use routes::{Endpoint, MoveStep};
-pub use server::serve;
+pub use server::{serve, serve_metrics};
 pub(crate) use tenants::{copy_json, tenant_json};
 
 use crate::audit::{AuditLog, Event};

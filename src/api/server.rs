@@ -82,8 +82,10 @@ async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Response<Bo
     // Imports, restores and upgrades move whole tenants: bounded by their own
     // size limits, not by the request timeout. Their request bodies (but an
     // import's archive) are still read within the normal timeout (`route`).
+    let endpoint = Endpoint::parse(request.method(), request.uri().path());
+    let kind = endpoint.as_ref().map(Endpoint::kind).unwrap_or("unknown");
     let long_running = matches!(
-        Endpoint::parse(request.method(), request.uri().path()),
+        endpoint,
         Ok(Endpoint::ImportTenant | Endpoint::RestoreBackup(..) | Endpoint::UpgradeTenant(_))
     );
     let timeout = if long_running {
@@ -126,6 +128,7 @@ async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Response<Bo
     .instrument(span.clone())
     .await;
     let _enter = span.enter();
+    crate::metrics::request(kind, response.status().as_u16(), started.elapsed());
     let elapsed_ms = started.elapsed().as_millis() as u64;
     if elapsed_ms > 1000 {
         tracing::warn!(
@@ -141,4 +144,63 @@ async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Response<Bo
         );
     }
     response
+}
+
+/// Serves `GET /metrics` (the Prometheus text format) on its own listener
+/// until `shutdown` resolves; anything else is 404. `scrape` reads the state
+/// the gauges show (blocking: it may read the catalog).
+pub async fn serve_metrics(
+    listener: TcpListener,
+    scrape: Arc<dyn Fn() -> crate::metrics::Scrape + Send + Sync>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let scrape = scrape.clone();
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let scrape = scrape.clone();
+                    async move {
+                        let response = if request.method() == hyper::Method::GET
+                            && request.uri().path() == "/metrics"
+                        {
+                            let text = crate::tasks::blocking(move || crate::metrics::render(scrape()))
+                                .await
+                                .unwrap_or_default();
+                            Response::builder()
+                                .header(hyper::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)
+                                .body(text_body(text))
+                        } else {
+                            Response::builder()
+                                .status(hyper::StatusCode::NOT_FOUND)
+                                .body(text_body("only GET /metrics is served here\n".into()))
+                        };
+                        Ok::<_, Infallible>(response.expect("a valid response"))
+                    }
+                });
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    Ok(())
+}
+
+fn text_body(text: String) -> Body {
+    use http_body_util::BodyExt;
+    http_body_util::Full::new(bytes::Bytes::from(text))
+        .map_err(|never| match never {})
+        .boxed()
 }

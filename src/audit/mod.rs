@@ -570,6 +570,7 @@ impl AuditLog {
         let from = sync.synced;
         drop(sync);
         let target = self.state.lock().expect("audit state").written();
+        let started = std::time::Instant::now();
         let mut result = Ok(());
         // The journals holding entries from..target (one, or two across a
         // tile's edge).
@@ -605,6 +606,9 @@ impl AuditLog {
                 state.failed = Some(error.clone());
                 tracing::error!(%error, "audit log sync failed: refusing audited actions until restart");
             }
+        }
+        if result.is_ok() {
+            crate::metrics::audit_sync(target - from, started.elapsed());
         }
         let mut sync = self.sync.lock().expect("audit sync");
         sync.syncing = false;

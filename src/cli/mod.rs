@@ -256,6 +256,10 @@ struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:7070].
     #[arg(long)]
     listen: Option<String>,
+    /// Serve `GET /metrics` (Prometheus text format, no authentication) on
+    /// this address, e.g. 127.0.0.1:9470 [default: not served].
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// The region this host serves [default: local].
     #[arg(long)]
     region: Option<String>,

@@ -51,6 +51,7 @@ pub(super) fn open_backups(
 pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::resolve(Overrides {
         listen: args.listen,
+        metrics_listen: args.metrics_listen,
         region: args.region,
         grace_period: args.grace_period,
         move_purge_delay: args.move_purge_delay,
@@ -150,11 +151,43 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if let Some(log) = changelog.clone() {
             background.spawn("changelog", move |stop| log.run(stop));
         }
+        let metrics = match config.metrics_listen {
+            Some(at) => {
+                let listener = tokio::net::TcpListener::bind(at)
+                    .await
+                    .with_context(|| format!("listen for metrics on {at}"))?;
+                let address = listener.local_addr()?;
+                if !address.ip().is_loopback() {
+                    tracing::warn!(%address, "metrics are served without authentication beyond loopback; keep this address private");
+                }
+                tracing::info!(%address, "metrics serving");
+                let (storage, replication) = (storage.clone(), backups.replication.clone());
+                let scrape = Arc::new(move || crate::metrics::Scrape {
+                    open_tenants: storage.open_tenant_count(),
+                    regions: replication
+                        .lag(&storage)
+                        .into_iter()
+                        .map(|l| {
+                            (
+                                l.region.as_str().to_string(),
+                                l.behind + l.log_behind,
+                                l.lag_seconds.max(l.log_lag_seconds),
+                            )
+                        })
+                        .collect(),
+                });
+                Some(tokio::spawn(api::serve_metrics(listener, scrape, std::future::pending())))
+            }
+            None => None,
+        };
         let state = Arc::new(
             AppState::new(storage, schemas, config, backups.clone(), audit.clone())
                 .with_changelog(changelog.clone()),
         );
         api::serve(state, listener, shutdown_signal()).await?;
+        if let Some(task) = metrics {
+            task.abort();
+        }
         // Each loop ends between two steps; a backup round or an upload in
         // flight finishes first.
         background.stop(std::time::Duration::from_secs(10)).await;

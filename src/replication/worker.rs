@@ -160,6 +160,7 @@ impl Replicator {
             }
             Err(error) => {
                 replica.attempts += 1;
+                crate::metrics::replication_failure(replica.region.as_str());
                 if replica.state != ReplicaState::Deleting {
                     replica.state = ReplicaState::Failed;
                 }

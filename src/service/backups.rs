@@ -121,7 +121,11 @@ impl Backups {
     ) -> BackupJob {
         job.state = JobState::Running;
         let _ = JOBS.put(&storage.catalog, &job.id, &job);
-        match self.write_backup(storage, schemas, &job, retain_secs) {
+        let started = std::time::Instant::now();
+        let written = self.write_backup(storage, schemas, &job, retain_secs);
+        let outcome = if written.is_ok() { "ok" } else { "failed" };
+        crate::metrics::job("backup", outcome, started.elapsed());
+        match written {
             Ok(stored) => {
                 job.state = JobState::Done;
                 job.stored = Some(stored);
@@ -283,6 +287,28 @@ impl Backups {
     /// `region` (or from wherever it is).
     #[allow(clippy::too_many_arguments)]
     pub fn restore(
+        &self,
+        storage: &Storage,
+        schemas: &Registry,
+        tenant: &str,
+        backup: &str,
+        region: Option<&str>,
+        name: String,
+        keep_id: Option<TenantId>,
+        mint_token: bool,
+        copy_of: Option<CopyOf>,
+    ) -> Result<Restored, BackupError> {
+        let started = std::time::Instant::now();
+        let restored = self.restore_from(
+            storage, schemas, tenant, backup, region, name, keep_id, mint_token, copy_of,
+        );
+        let outcome = if restored.is_ok() { "ok" } else { "failed" };
+        crate::metrics::job("restore", outcome, started.elapsed());
+        restored
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn restore_from(
         &self,
         storage: &Storage,
         schemas: &Registry,

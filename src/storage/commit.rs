@@ -44,8 +44,11 @@ impl GroupCommit {
             if !state.flushing {
                 state.flushing = true;
                 let covers = state.issued;
+                let writes = covers - state.durable;
                 drop(state);
+                let started = std::time::Instant::now();
                 let result = flush().map_err(|e| e.to_string());
+                crate::metrics::durable_flush(writes, started.elapsed());
                 state = self.state.lock().expect("group commit lock poisoned");
                 state.flushing = false;
                 state.durable = covers;

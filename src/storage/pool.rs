@@ -59,7 +59,9 @@ impl Pool {
                 return Ok(db);
             }
         }
+        let started = std::time::Instant::now();
         let opened = open().map(Arc::new);
+        crate::metrics::tenant_opened(opened.is_ok(), started.elapsed());
         let mut inner = self.inner.lock().expect("pool lock poisoned");
         // Nobody else waits at the gate (its clones are taken under this lock).
         if opened.is_ok() || Arc::strong_count(&gate) == 2 {
