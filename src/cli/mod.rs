@@ -18,6 +18,7 @@ mod moving;
 mod progress;
 mod rotate;
 mod serve;
+mod systemd;
 mod tokens;
 
 /// JSON output when asked for, or when stdout is not a terminal (a pipe or a
@@ -381,12 +382,27 @@ fn init_tracing() {
         .ok()
         .and_then(|l| l.parse::<tracing::Level>().ok())
         .unwrap_or(tracing::Level::INFO);
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+        .with_target(false);
+    // COFFER_LOG_FORMAT=json: one JSON object per line, for a log collector
+    // (timestamp, level, fields, and the request span's id, method, path).
+    match std::env::var("COFFER_LOG_FORMAT").as_deref() {
+        Ok("json") => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        Ok("text") | Ok("") | Err(_) => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        Ok(other) => {
+            builder.init();
+            tracing::warn!(
+                format = other,
+                "COFFER_LOG_FORMAT is json or text; writing text"
+            );
+        }
+    }
 }
 
 /// Opens the data directory: keyring, schemas, catalog and tenant pool.

@@ -80,8 +80,10 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("start async runtime")?;
     let backups = Arc::new(open_backups(&config, runtime.handle().clone())?);
     let audit = Arc::new(
-        crate::audit::AuditLog::open(&config.data_dir, config.region.as_str())
-            .context("open the audit log")?,
+        super::systemd::extending_start_timeout("opening the audit log", || {
+            crate::audit::AuditLog::open(&config.data_dir, config.region.as_str())
+        })
+        .context("open the audit log")?,
     );
     // Entries a crash left unsigned are covered before anything else happens.
     audit
@@ -184,6 +186,8 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
             AppState::new(storage, schemas, config, backups.clone(), audit.clone())
                 .with_changelog(changelog.clone()),
         );
+        // Audit log open, port bound, background loops started: ready.
+        super::systemd::notify("READY=1\nSTATUS=serving");
         api::serve(state, listener, shutdown_signal()).await?;
         if let Some(task) = metrics {
             task.abort();
@@ -228,6 +232,7 @@ pub(super) async fn shutdown_signal() {
         _ = terminate.recv() => tracing::info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
     }
+    super::systemd::notify("STOPPING=1\nSTATUS=finishing in-flight requests");
 }
 
 /// On a new data directory, mints the first operator token into

@@ -1,4 +1,5 @@
-//! What an operator runs the host with: the metrics endpoint.
+//! What an operator runs the host with: the metrics endpoint, JSON logs, the
+//! service manager's readiness protocol.
 
 use serde_json::json;
 
@@ -181,4 +182,80 @@ fn a_scrape_after_a_workload_has_its_series_and_no_tenant_id_token_or_value() {
         404
     );
     assert_eq!(host.call("GET", "/metrics", None, None).status, 404);
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_without_values() {
+    let dir = TempDir::new("json-logs");
+    let host = Host::try_start_env(
+        &dir.path().join("data"),
+        &["--backup-interval", "0s"],
+        &[("COFFER_LOG_FORMAT", "json")],
+    )
+    .unwrap();
+    let (t, admin) = host.create_tenant("logged", "crm");
+    let canary = "CANARY-jsonlog-77aa";
+    let r = host.json(
+        "POST",
+        &records_path(&t, "contacts"),
+        Some(&admin),
+        json!({"name": canary}),
+    );
+    assert_eq!(r.status, 201);
+    assert_eq!(
+        host.call("GET", "/v1/tenants", Some("wrong"), None).status,
+        401
+    );
+    let log = host.log.clone();
+    host.stop();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut requests = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let entry: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(entry["timestamp"].is_string(), "{line}");
+        assert!(entry["level"].is_string(), "{line}");
+        assert!(entry["fields"]["message"].is_string(), "{line}");
+        if entry["fields"]["message"] == "request done" {
+            assert!(entry["span"]["path"].is_string(), "{line}");
+            assert!(entry["fields"]["status"].is_u64(), "{line}");
+            requests += 1;
+        }
+    }
+    assert!(requests >= 3, "{text}");
+    assert!(!text.contains(canary) && !text.contains(&admin));
+}
+
+#[test]
+fn systemd_hears_ready_after_the_port_is_bound_and_stopping_on_sigterm() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = TempDir::new("notify");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let host = Host::try_start_env(
+        &dir.path().join("data"),
+        &["--backup-interval", "0s"],
+        &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())],
+    )
+    .unwrap();
+    let mut buffer = [0u8; 512];
+    let mut heard = Vec::new();
+    while !heard.iter().any(|m: &String| m.contains("READY=1")) {
+        let n = socket
+            .recv(&mut buffer)
+            .expect("a notification before the timeout");
+        heard.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+    }
+    // Ready means serving.
+    assert_eq!(host.call("GET", "/healthz", None, None).status, 200);
+    host.stop();
+    let n = socket.recv(&mut buffer).expect("STOPPING=1 after SIGTERM");
+    let stopping = String::from_utf8_lossy(&buffer[..n]).into_owned();
+    assert!(
+        stopping.contains("STOPPING=1"),
+        "{stopping} after {heard:?}"
+    );
 }
