@@ -19,6 +19,8 @@ need_component clippy clippy
 missing=()
 command -v zstd >/dev/null 2>&1 || missing+=(zstd)
 command -v age >/dev/null 2>&1 || missing+=(age)
+# openssl makes the certificates of the TLS tests.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # python3 -m venv for the contract tester below (Debian splits it out).
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then

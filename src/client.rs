@@ -2,7 +2,8 @@
 //! host's URL and a bearer token, JSON requests, answers streamed to a writer.
 //! Built on ureq (blocking, no runtime of its own, a connection pool per
 //! `Client`); a status is an answer, not an error, and redirects are never
-//! followed. Plain `http://` today; https comes with ureq's rustls feature.
+//! followed. https through rustls (the platform's roots or a CA file); plain
+//! http only to loopback unless the caller insists.
 //!
 //! It imports nothing of the crate: a leaf that only `cli` (and code outside
 //! `src/`) uses.
@@ -28,28 +29,81 @@ pub struct Response {
     body: ureq::Body,
 }
 
+/// How the client may reach a host.
+#[derive(Debug, Clone, Default)]
+pub struct Transport {
+    /// PEM certificates to trust for https (a private CA or a self-signed
+    /// host); without it, the platform's roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Allow plain http to a host that is not loopback (tokens would cross
+    /// the network in the clear).
+    pub insecure_http: bool,
+}
+
 impl Client {
     /// `url` names the host only (`http://127.0.0.1:7070`); `timeout` bounds
-    /// each read from the connection (not the whole transfer).
+    /// each read from the connection (not the whole transfer). Plain http
+    /// only to loopback; see [`Client::with_transport`].
     pub fn new(url: &str, token: Option<String>, timeout: Duration) -> anyhow::Result<Client> {
-        let authority = url
-            .strip_prefix("http://")
-            .with_context(|| format!("--url {url:?}: only http:// URLs are supported"))?
-            .trim_end_matches('/');
+        Self::with_transport(url, token, timeout, &Transport::default())
+    }
+
+    /// As [`Client::new`], with https (`https://host:port`, verified against
+    /// the platform's roots or `transport.ca_file`) and plain http to a
+    /// non-loopback host only when `transport.insecure_http` says so.
+    pub fn with_transport(
+        url: &str,
+        token: Option<String>,
+        timeout: Duration,
+        transport: &Transport,
+    ) -> anyhow::Result<Client> {
+        let (scheme, authority) = match url.split_once("://") {
+            Some((scheme @ ("http" | "https"), rest)) => (scheme, rest.trim_end_matches('/')),
+            _ => bail!("--url {url:?}: give http://HOST:PORT or https://HOST:PORT"),
+        };
         if authority.is_empty() || authority.contains('/') {
-            bail!("--url {url:?}: give the host only, e.g. http://127.0.0.1:7070");
+            bail!("--url {url:?}: give the host only, e.g. https://coffer.example:7070");
         }
-        let config = ureq::Agent::config_builder()
+        if scheme == "http" && !is_loopback(authority) && !transport.insecure_http {
+            bail!("--url {url:?}: plain http to a host that is not this machine would send the token in the clear; use https:// (or --insecure-http if you must)");
+        }
+        let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
             .timeout_global(None)
             .timeout_connect(Some(Duration::from_secs(10)))
             .timeout_recv_response(Some(timeout))
-            .timeout_recv_body(None)
-            .build();
+            .timeout_recv_body(None);
+        if scheme == "https" {
+            // Our rustls provider (ring), as for the object stores.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let roots = match &transport.ca_file {
+                Some(file) => {
+                    let pem = std::fs::read(file)
+                        .with_context(|| format!("read --ca-file {}", file.display()))?;
+                    let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+                        .filter_map(|item| match item {
+                            Ok(ureq::tls::PemItem::Certificate(cert)) => Some(cert),
+                            _ => None,
+                        })
+                        .collect();
+                    if certs.is_empty() {
+                        bail!("--ca-file {}: no PEM certificate in it", file.display());
+                    }
+                    ureq::tls::RootCerts::new_with_certs(&certs)
+                }
+                None => ureq::tls::RootCerts::PlatformVerifier,
+            };
+            config = config.tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .provider(ureq::tls::TlsProvider::Rustls)
+                    .root_certs(roots)
+                    .build(),
+            );
+        }
         Ok(Client {
-            agent: config.into(),
-            base: format!("http://{authority}"),
+            agent: config.build().into(),
+            base: format!("{scheme}://{authority}"),
             token,
         })
     }
@@ -178,5 +232,52 @@ impl Response {
             total += n as u64;
             progress(total);
         }
+    }
+}
+
+/// `host:port` names this machine (127.0.0.0/8, ::1 or localhost).
+fn is_loopback(authority: &str) -> bool {
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_to_loopback_unless_insisted() {
+        let t = Duration::from_secs(1);
+        for ok in [
+            "http://127.0.0.1:7070",
+            "http://localhost:1",
+            "http://[::1]:7070",
+            "https://db.example:7070",
+        ] {
+            assert!(Client::new(ok, None, t).is_ok(), "{ok}");
+        }
+        for refused in [
+            "http://10.0.0.5:7070",
+            "http://db.example:7070",
+            "ftp://x:1",
+            "db.example:7070",
+        ] {
+            let error = Client::new(refused, None, t)
+                .err()
+                .unwrap_or_else(|| panic!("{refused}"));
+            assert!(error.to_string().contains("--url"), "{error}");
+        }
+        let insisting = Transport {
+            insecure_http: true,
+            ..Default::default()
+        };
+        assert!(Client::with_transport("http://10.0.0.5:7070", None, t, &insisting).is_ok());
     }
 }

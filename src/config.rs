@@ -6,6 +6,8 @@
 //! region = "eu"                    # the region this host serves
 //! listen = "127.0.0.1:7070"
 //! metrics_listen = "127.0.0.1:9470"   # GET /metrics (Prometheus); off when absent
+//! tls_cert = "/etc/coffer/tls/cert.pem"  # with tls_key: the API speaks https only
+//! tls_key = "/etc/coffer/tls/key.pem"    # mode 0600
 //! data_dir = "/var/lib/coffer"
 //! master_key_file = "/etc/coffer/master.key"   # optional; default: keyring in data_dir
 //!
@@ -100,6 +102,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where `GET /metrics` is served; `None`: nowhere (the default).
     pub metrics_listen: Option<SocketAddr>,
+    /// The API's TLS certificate chain and key (PEM); both or neither.
+    pub tls: Option<(PathBuf, PathBuf)>,
     pub region: Region,
     pub key_source: KeySource,
     pub grace_period: Duration,
@@ -176,6 +180,8 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub listen: Option<String>,
     pub metrics_listen: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub region: Option<String>,
     pub master_key_file: Option<PathBuf>,
     pub grace_period: Option<String>,
@@ -330,6 +336,8 @@ struct RawHost {
     region: Option<String>,
     listen: Option<String>,
     metrics_listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     master_key_file: Option<PathBuf>,
 }
@@ -374,6 +382,14 @@ impl Config {
                     .with_context(|| format!("metrics listen address {text:?} is not host:port"))?,
             ),
             None => None,
+        };
+        let tls = match (
+            overrides.tls_cert.or(raw.host.tls_cert),
+            overrides.tls_key.or(raw.host.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => anyhow::bail!("TLS needs both a certificate (tls_cert) and its key (tls_key)"),
         };
         let region_text = overrides
             .region
@@ -435,6 +451,7 @@ impl Config {
             data_dir,
             listen,
             metrics_listen,
+            tls,
             region,
             key_source,
             access: AccessPolicy {

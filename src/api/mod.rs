@@ -25,6 +25,7 @@ mod routes;
 mod server;
 mod stream;
 mod tenants;
+pub mod tls;
 mod tokens;
 
 use std::sync::atomic::AtomicU64;

@@ -24,8 +24,10 @@ use super::{route, ApiError, AppState, Body, Endpoint};
 pub async fn serve(
     state: Arc<AppState>,
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
@@ -49,12 +51,37 @@ pub async fn serve(
                     let state = state.clone();
                     async move { Ok::<_, Infallible>(handle(state, request).await) }
                 });
-                let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-                tokio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        tracing::debug!(%error, "connection ended with an error");
+                match &tls {
+                    None => {
+                        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                        tokio::spawn(async move {
+                            if let Err(error) = connection.await {
+                                tracing::debug!(%error, "connection ended with an error");
+                            }
+                        });
                     }
-                });
+                    Some(acceptor) => {
+                        // The handshake runs in the connection's task, bounded
+                        // like a request head: a silent client holds no one up.
+                        let (acceptor, builder) = (acceptor.clone(), builder.clone());
+                        let watcher = graceful.watcher();
+                        tokio::spawn(async move {
+                            let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
+                            let stream = match handshake {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(error)) => {
+                                    tracing::debug!(%error, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => return,
+                            };
+                            let connection = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
+                            if let Err(error) = connection.await {
+                                tracing::debug!(%error, "connection ended with an error");
+                            }
+                        });
+                    }
+                }
             }
             _ = &mut shutdown => break,
         }

@@ -163,14 +163,31 @@ enum TenantCommand {
         via: Option<String>,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        transport: TransportArgs,
     },
+}
+
+/// How the CLI reaches a host over the network.
+#[derive(Args, Debug, Clone, Default)]
+struct TransportArgs {
+    /// PEM certificate(s) to trust for https (a private CA, or the host's own
+    /// self-signed certificate) [default: the system's roots].
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Allow plain http to a host that is not this machine (the token would
+    /// cross the network unencrypted).
+    #[arg(long)]
+    insecure_http: bool,
 }
 
 #[derive(Args, Debug)]
 struct Remote {
-    /// The host, e.g. http://127.0.0.1:7070.
+    /// The host, e.g. https://coffer.example:7070 (plain http only to loopback).
     #[arg(long, default_value = "http://127.0.0.1:7070")]
     url: String,
+    #[command(flatten)]
+    transport: TransportArgs,
     /// File holding the bearer token (mode 0600).
     #[arg(long)]
     token_file: PathBuf,
@@ -261,6 +278,12 @@ struct ServeArgs {
     /// this address, e.g. 127.0.0.1:9470 [default: not served].
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// Serve the API over TLS with this PEM certificate chain (with --tls-key).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's PEM private key; the file must be mode 0600.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
     /// The region this host serves [default: local].
     #[arg(long)]
     region: Option<String>,
@@ -334,15 +357,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     to_token_file,
                     via,
                     json,
+                    transport,
                 },
         } => {
             let source = remote_client(&Remote {
                 url: from.clone(),
+                transport: transport.clone(),
                 token_file: from_token_file,
                 json,
             })?;
             let target = remote_client(&Remote {
                 url: to.clone(),
+                transport,
                 token_file: to_token_file,
                 json,
             })?;
@@ -436,9 +462,13 @@ fn remote_client(remote: &Remote) -> anyhow::Result<crate::client::Client> {
     keys::check_private(&remote.token_file)?;
     let token = std::fs::read_to_string(&remote.token_file)
         .with_context(|| format!("read token file {}", remote.token_file.display()))?;
-    crate::client::Client::new(
+    crate::client::Client::with_transport(
         &remote.url,
         Some(token.trim().to_string()),
         std::time::Duration::from_secs(300),
+        &crate::client::Transport {
+            ca_file: remote.transport.ca_file.clone(),
+            insecure_http: remote.transport.insecure_http,
+        },
     )
 }

@@ -52,6 +52,8 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::resolve(Overrides {
         listen: args.listen,
         metrics_listen: args.metrics_listen,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
         region: args.region,
         grace_period: args.grace_period,
         move_purge_delay: args.move_purge_delay,
@@ -64,6 +66,13 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ..overrides(args.host)
     })?;
     init_tracing();
+    let tls = match &config.tls {
+        Some((cert, key)) => {
+            keys::check_private(key).context("the TLS key file")?;
+            Some(api::tls::server_config(cert, key)?)
+        }
+        None => None,
+    };
     let (storage, schemas) = open_host(&config)?;
     let keep_logs = config.changelog.is_some() && !config.backup_regions.is_empty();
     if keep_logs {
@@ -121,7 +130,8 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let address = listener.local_addr()?;
         tracing::info!(%address, region = %config.region, data_dir = %config.data_dir.display(), "coffer serving");
         // One plain line on stdout, for people and for scripts that started us on port 0.
-        println!("coffer listening on http://{address}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        println!("coffer listening on {scheme}://{address}");
         let mut background = crate::tasks::Background::new();
         {
             let (storage, audit, every) = (storage.clone(), audit.clone(), config.sweep_interval);
@@ -188,7 +198,7 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
         // Audit log open, port bound, background loops started: ready.
         super::systemd::notify("READY=1\nSTATUS=serving");
-        api::serve(state, listener, shutdown_signal()).await?;
+        api::serve(state, listener, tls, shutdown_signal()).await?;
         if let Some(task) = metrics {
             task.abort();
         }

@@ -259,3 +259,156 @@ fn systemd_hears_ready_after_the_port_is_bound_and_stopping_on_sigterm() {
         "{stopping} after {heard:?}"
     );
 }
+
+/// A test CA and a server certificate it signed for 127.0.0.1 and
+/// localhost, made with openssl: (ca.pem, cert.pem, key.pem with mode 0600).
+fn certificates(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use std::process::Command;
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    crate::support::run_ok(
+        Command::new("openssl")
+            .args(["req", "-x509", "-days", "2", "-subj", "/CN=coffer test CA"])
+            .args(ec)
+            .args(["-keyout", &path("ca.key"), "-out", &path("ca.pem")]),
+    );
+    crate::support::run_ok(
+        Command::new("openssl")
+            .args(["req", "-subj", "/CN=127.0.0.1"])
+            .args(ec)
+            .args(["-keyout", &path("key.pem"), "-out", &path("server.csr")]),
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    crate::support::run_ok(Command::new("openssl").args([
+        "x509",
+        "-req",
+        "-days",
+        "2",
+        "-in",
+        &path("server.csr"),
+        "-CA",
+        &path("ca.pem"),
+        "-CAkey",
+        &path("ca.key"),
+        "-CAcreateserial",
+        "-extfile",
+        &path("server.ext"),
+        "-out",
+        &path("cert.pem"),
+    ]));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join("key.pem"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    )
+}
+
+#[test]
+fn the_api_over_tls_with_the_cli_and_no_plain_http_to_another_machine() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+    let dir = TempDir::new("tls");
+    let (ca, cert, key) = certificates(dir.path());
+    let tls_args = [
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+
+    // A key file others can read is refused, with one clear line.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let refused = Host::try_start(&dir.path().join("data"), &tls_args)
+        .err()
+        .expect("refused");
+    assert!(refused.contains("0600"), "{refused}");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let host = Host::start(
+        &dir.path().join("data"),
+        &[&tls_args[..], &["--backup-interval", "0s"]].concat(),
+    );
+    let url = format!("https://127.0.0.1:{}", host.addr.port());
+    let token_file = dir.path().join("operator.token");
+    std::fs::write(&token_file, &host.operator).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // The client library over https, trusting the test's certificate.
+    let client = coffer::client::Client::with_transport(
+        &url,
+        Some(host.operator.clone()),
+        std::time::Duration::from_secs(30),
+        &coffer::client::Transport {
+            ca_file: Some(ca.clone()),
+            insecure_http: false,
+        },
+    )
+    .unwrap();
+    let created = client
+        .json(
+            "POST",
+            "/v1/tenants",
+            Some(&json!({"name": "over-tls", "schema": "crm", "region": "local"})),
+        )
+        .unwrap();
+    let tenant = created["id"].as_str().unwrap().to_string();
+
+    // The CLI: https with --ca-file works end to end.
+    let cli = |extra: &[&str]| {
+        Command::new(crate::support::BIN)
+            .args([
+                "backup",
+                "list",
+                "--tenant",
+                &tenant,
+                "--json",
+                "--token-file",
+            ])
+            .arg(&token_file)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let listed = cli(&["--url", &url, "--ca-file", ca.to_str().unwrap()]);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert!(listed["backups"].is_array(), "{listed}");
+    // Without trusting the certificate, the handshake is refused.
+    let untrusted = cli(&["--url", &url]);
+    assert!(!untrusted.status.success());
+    let why = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(
+        why.to_lowercase().contains("certificate") || why.contains("issuer"),
+        "{why}"
+    );
+    // Plain http to the TLS port gets nothing useful.
+    let plain = cli(&["--url", &format!("http://127.0.0.1:{}", host.addr.port())]);
+    assert!(!plain.status.success());
+    // Plain http to another machine is refused before any connection is made.
+    let elsewhere = cli(&["--url", "http://192.0.2.10:7070"]);
+    assert!(!elsewhere.status.success());
+    let why = String::from_utf8_lossy(&elsewhere.stderr);
+    assert!(
+        why.contains("in the clear") && why.contains("--insecure-http"),
+        "{why}"
+    );
+    assert_eq!(why.trim().lines().count(), 1, "one clear line: {why}");
+}

@@ -126,7 +126,10 @@ impl Host {
         if let Err(e) = BufReader::new(stdout).read_line(&mut line) {
             return fail(child, e.to_string());
         }
-        let Some(addr) = line.trim().strip_prefix("coffer listening on http://") else {
+        let listening = line.trim().strip_prefix("coffer listening on ");
+        let Some(addr) =
+            listening.and_then(|l| l.strip_prefix("http://").or(l.strip_prefix("https://")))
+        else {
             let status = child.wait().map_err(|e| e.to_string())?;
             let log_text = std::fs::read_to_string(&log).unwrap_or_default();
             return Err(format!("exited {status}: {log_text}"));
