@@ -51,6 +51,10 @@
 //! [audit]
 //! checkpoint_interval = "2s"                 # signed checkpoints while entries arrive
 //!
+//! [drills]                                   # restore drills of every tenant's newest backup
+//! every = "7days"                            # each tenant drilled at least this often; "0s": off
+//! check_interval = "1h"                      # how often the host looks for tenants due
+//!
 //! [changelog]                                # continuous backup (point-in-time restore)
 //! enabled = true
 //! segment_after = "2s"                       # a segment closes once its oldest change is this old
@@ -128,6 +132,8 @@ pub struct Config {
     pub access: AccessPolicy,
     /// How often the audit log signs a checkpoint (when it grew).
     pub checkpoint_interval: Duration,
+    /// Restore drills: (every, check interval); `None` when off.
+    pub drills: Option<(Duration, Duration)>,
     /// The fleet's hosts by region (`[hosts]`): the only move targets.
     pub hosts: std::collections::BTreeMap<Region, String>,
     pub limits: Limits,
@@ -213,6 +219,8 @@ struct RawConfig {
     #[serde(default)]
     audit: RawAudit,
     #[serde(default)]
+    drills: RawDrills,
+    #[serde(default)]
     hosts: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     limits: RawLimits,
@@ -255,6 +263,13 @@ struct RawAccess {
 #[serde(deny_unknown_fields)]
 struct RawAudit {
     checkpoint_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDrills {
+    every: Option<String>,
+    check_interval: Option<String>,
 }
 
 /// One backup region's object store.
@@ -516,6 +531,11 @@ impl Config {
                         bail!("limits.job_max_mb_per_s must be a number of MiB/s, 0 for no cap")
                     }
                 },
+            },
+            drills: {
+                let every = duration("drills.every", raw.drills.every, "7days")?;
+                let check = duration("drills.check_interval", raw.drills.check_interval, "1h")?;
+                (!every.is_zero()).then_some((every, check.max(Duration::from_millis(100))))
             },
             checkpoint_interval: duration(
                 "audit.checkpoint_interval",

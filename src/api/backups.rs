@@ -377,6 +377,9 @@ pub async fn copies(state: &Arc<AppState>, id: TenantId) -> Result<Response<Body
                 "on_host_spool": spool.iter().any(|s| b["id"] == s.as_str()),
             })).collect::<Vec<_>>(),
             "change_log": change_log,
+            "last_drill": crate::service::drills::DRILLS
+                .get(&inner.storage.catalog, id.as_str())?
+                .map(|d| drill_json(&d)),
             "backups_erased": erased,
             "copies_remaining": backups.len(),
             "copies": copies,
@@ -606,4 +609,40 @@ pub async fn import(
     body["admin_token"] = Value::from(restored.token.unwrap_or_default());
     body["records"] = Value::from(restored.records);
     Ok(json_response(StatusCode::CREATED, &body))
+}
+
+/// `GET /v1/drills`: the newest restore drill of every tenant on the host.
+pub async fn drills(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
+    let inner = state.clone();
+    let drills = blocking(move || -> Result<Vec<Value>, ApiError> {
+        let live = |id: &TenantId| {
+            inner
+                .storage
+                .catalog
+                .tenant(id)
+                .is_some_and(|t| t.state != TenantState::Destroyed)
+        };
+        Ok(crate::service::drills::DRILLS
+            .all(&inner.storage.catalog)?
+            .iter()
+            .filter(|d| live(&d.tenant))
+            .map(drill_json)
+            .collect())
+    })
+    .await??;
+    Ok(json_response(StatusCode::OK, &json!({ "drills": drills })))
+}
+
+fn drill_json(drill: &crate::service::drills::DrillRecord) -> Value {
+    json!({
+        "tenant": drill.tenant.as_str(),
+        "backup_id": drill.backup_id,
+        "backup_created_at": rfc3339(drill.backup_created_at),
+        "region": drill.region,
+        "at": rfc3339(drill.at),
+        "duration_ms": drill.duration_ms,
+        "outcome": drill.outcome,
+        "error": drill.error,
+        "records": drill.records,
+    })
 }

@@ -378,6 +378,7 @@ async fn dispatch(
         Endpoint::Copies(id) => backups::copies(state, id).await,
         Endpoint::ListRegions => backups::regions(state).await,
         Endpoint::RegionTenants(region) => backups::region_tenants(state, region).await,
+        Endpoint::ListDrills => backups::drills(state).await,
         Endpoint::SetBackupSchedule(id) => {
             tenants::set_backup_schedule(state, principal, id, body).await
         }

@@ -61,6 +61,7 @@ pub enum Endpoint {
     CancelAdminRecovery(String),
     ListRegions,
     RegionTenants(String),
+    ListDrills,
 }
 
 /// How an endpoint's caller is checked (see [`Endpoint::check`]).
@@ -118,6 +119,7 @@ impl Endpoint {
             Endpoint::CancelAdminRecovery(..) => "CancelAdminRecovery",
             Endpoint::ListRegions => "ListRegions",
             Endpoint::RegionTenants(..) => "RegionTenants",
+            Endpoint::ListDrills => "ListDrills",
         }
     }
 
@@ -232,6 +234,7 @@ impl Endpoint {
                 Endpoint::MoveTenant(tenant(id)?, MoveStep::Abort)
             }
             (&M::GET, ["v1", "regions"]) => Endpoint::ListRegions,
+            (&M::GET, ["v1", "drills"]) => Endpoint::ListDrills,
             (&M::GET, ["v1", "regions", r, "tenants"]) => Endpoint::RegionTenants(r.to_string()),
             (&M::POST, ["v1", "tokens"]) => Endpoint::MintToken,
             (&M::GET, ["v1", "tokens"]) => Endpoint::ListTokens,
@@ -272,6 +275,7 @@ impl Endpoint {
                     "export" | "backups" | "backup-schedule" | "copies"
                 ]
                 | ["v1", "regions"]
+                | ["v1", "drills"]
                 | ["v1", "access-requests"]
                 | ["v1", "access-requests", _]
                 | [
@@ -341,6 +345,8 @@ impl Endpoint {
             }
             Endpoint::CancelAdminRecovery(_) => A::CancelAdminRecovery,
             Endpoint::ListRegions | Endpoint::RegionTenants(_) => A::ReadRegions,
+            // Every tenant's drill results: an operator's host-wide view.
+            Endpoint::ListDrills => A::ListTenants,
         })
     }
 
@@ -413,6 +419,7 @@ impl Endpoint {
             | Endpoint::ImportTenant
             | Endpoint::ListRegions
             | Endpoint::RegionTenants(_)
+            | Endpoint::ListDrills
             | Endpoint::RequestAccess
             | Endpoint::ReadAccessRequest(_)
             | Endpoint::DecideAccessRequest(..)

@@ -14,6 +14,7 @@
 //!
 //! [`Snapshot`]: crate::storage::Snapshot
 
+pub mod drill;
 pub mod export;
 pub mod format;
 pub mod import;

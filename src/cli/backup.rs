@@ -89,6 +89,36 @@ pub(super) fn backup(command: BackupCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        BackupCommand::Drills { remote } => {
+            let client = remote_client(&remote)?;
+            let value = client.json("GET", "/v1/drills", None)?;
+            if machine_output(remote.json) {
+                println!("{value}");
+            } else {
+                let drills = value["drills"].as_array().cloned().unwrap_or_default();
+                if drills.is_empty() {
+                    println!("no restore drill has run yet");
+                }
+                for d in drills {
+                    println!(
+                        "{}  {}  {:<6} from {:<8} backup {} ({})  {} ms  records={}{}",
+                        d["tenant"].as_str().unwrap_or(""),
+                        d["at"].as_str().unwrap_or(""),
+                        d["outcome"].as_str().unwrap_or(""),
+                        d["region"].as_str().unwrap_or(""),
+                        d["backup_id"].as_str().unwrap_or(""),
+                        d["backup_created_at"].as_str().unwrap_or(""),
+                        d["duration_ms"],
+                        d["records"],
+                        d["error"]
+                            .as_str()
+                            .map(|e| format!("  error: {e}"))
+                            .unwrap_or_default(),
+                    );
+                }
+            }
+            Ok(())
+        }
         BackupCommand::List { remote, tenant } => {
             let client = remote_client(&remote)?;
             let value = client.json("GET", &format!("/v1/tenants/{tenant}/backups"), None)?;

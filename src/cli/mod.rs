@@ -209,6 +209,11 @@ enum BackupCommand {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// Every tenant's newest restore drill (GET /v1/drills; operators).
+    Drills {
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// List a tenant's backups and their state per region.
     List {
         #[command(flatten)]

@@ -163,6 +163,13 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if let Some(log) = changelog.clone() {
             background.spawn("changelog", move |stop| log.run(stop));
         }
+        if let Some((every, check)) = config.drills {
+            let (backups, storage, schemas, audit) = (backups.clone(), storage.clone(), schemas.clone(), audit.clone());
+            let settings = crate::service::drills::DrillSettings { every, check };
+            background.spawn("drills", move |stop| {
+                crate::service::drills::run_drills(backups, storage, schemas, audit, settings, stop)
+            });
+        }
         let metrics = match config.metrics_listen {
             Some(at) => {
                 let listener = tokio::net::TcpListener::bind(at)

@@ -88,6 +88,12 @@ impl StagedTenant {
     pub fn db(&self) -> &TenantDb {
         self.db.as_ref().expect("a staged tenant has its database")
     }
+
+    /// The database as a handle (for a snapshot); drop it before the staged
+    /// tenant is committed or aborted.
+    pub fn db_handle(&self) -> Arc<TenantDb> {
+        self.db.clone().expect("a staged tenant has its database")
+    }
 }
 
 impl Drop for StagedTenant {

@@ -412,3 +412,143 @@ fn the_api_over_tls_with_the_cli_and_no_plain_http_to_another_machine() {
     );
     assert_eq!(why.trim().lines().count(), 1, "one clear line: {why}");
 }
+
+/// Restore drills, from each region in turn: a backup damaged in one region
+/// is reported failed from there (and passes from the other), and no drill
+/// leaves a scratch tenant or its files behind.
+#[test]
+fn drills_restore_from_each_region_in_turn_and_report_a_damaged_copy() {
+    use crate::support::backups::wait_verified;
+    use crate::support::records::populated_tenant;
+    let dir = TempDir::new("drills");
+    let stores = dir.path().join("stores");
+    let config = dir.path().join("host.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[regions.a]\nstore = \"file://{0}/a\"\n\n[regions.b]\nstore = \"file://{0}/b\"\n\n[backup]\nregions = [\"a\", \"b\"]\nretry_base = \"100ms\"\nretry_cap = \"1s\"\n\n[drills]\nevery = \"1s\"\ncheck_interval = \"200ms\"\n",
+            stores.display()
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let host = Host::start(
+        &data,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--backup-interval",
+            "0s",
+        ],
+    );
+    let (t, admin) = populated_tenant(&host, "drilled");
+    let records: u64 =
+        crate::support::records::all_records(&host, &t, &admin, crate::support::records::CRM)
+            .iter()
+            .map(|(_, records)| records.len() as u64)
+            .sum();
+    let backup = start_backup(&host, &t, &admin)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_verified(&host, &t, &admin, &backup, &["a", "b"]);
+
+    let drills = |host: &Host| {
+        let r = host.call("GET", "/v1/drills", Some(&host.operator), None);
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.value()["drills"].as_array().cloned().unwrap_or_default()
+    };
+    let passed_from = |region: &str| {
+        let drill = eventually(
+            &format!("a passed drill from {region}"),
+            || drills(&host),
+            |d| {
+                d.iter().any(|d| {
+                    d["tenant"] == t.as_str() && d["region"] == region && d["outcome"] == "passed"
+                })
+            },
+        );
+        drill
+            .into_iter()
+            .find(|d| d["tenant"] == t.as_str())
+            .unwrap()
+    };
+    for region in ["a", "b"] {
+        let drill = passed_from(region);
+        assert_eq!(drill["backup_id"], backup.as_str(), "{drill}");
+        assert_eq!(drill["records"], records, "{drill}");
+        assert!(drill["duration_ms"].is_u64(), "{drill}");
+    }
+
+    // One byte of the archive changes in region b's store.
+    let archive = stores
+        .join("b")
+        .join("tenants")
+        .join(&t)
+        .join(&backup)
+        .join("archive.cfrdr");
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    std::fs::write(&archive, &bytes).unwrap();
+    let failed = eventually(
+        "a failed drill from b",
+        || drills(&host),
+        |d| {
+            d.iter().any(|d| {
+                d["tenant"] == t.as_str() && d["region"] == "b" && d["outcome"] == "failed"
+            })
+        },
+    );
+    let failed = failed
+        .into_iter()
+        .find(|d| d["tenant"] == t.as_str())
+        .unwrap();
+    assert!(
+        failed["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{failed}"
+    );
+    assert_eq!(failed["records"], 0);
+    // The tenant's own view shows it, and region a still restores.
+    let copies = eventually(
+        "the last drill in /copies",
+        || {
+            host.call(
+                "GET",
+                &format!("/v1/tenants/{t}/copies"),
+                Some(&admin),
+                None,
+            )
+            .value()
+        },
+        |c| c["last_drill"]["outcome"].is_string(),
+    );
+    assert!(copies["last_drill"]["region"].is_string(), "{copies}");
+    passed_from("a");
+    // The failure is in the audit log, with its outcome.
+    let audit_text: String = crate::support::files_under(&data.join("audit"))
+        .iter()
+        .map(|f| String::from_utf8_lossy(&std::fs::read(f).unwrap()).into_owned())
+        .collect();
+    assert!(
+        audit_text.contains("backup.drilled") && audit_text.contains("failed"),
+        "no drill in the audit log"
+    );
+
+    // Nothing left behind: one tenant in the catalog, nothing staged, one
+    // tenant directory.
+    let tenants = host
+        .call("GET", "/v1/tenants", Some(&host.operator), None)
+        .value();
+    assert_eq!(tenants["tenants"].as_array().unwrap().len(), 1, "{tenants}");
+    let staged: Vec<_> = std::fs::read_dir(data.join("staging"))
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(staged.is_empty(), "{staged:?}");
+    let dirs: Vec<_> = std::fs::read_dir(data.join("tenants"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(dirs, vec![std::ffi::OsString::from(&t)]);
+}
