@@ -8,6 +8,7 @@
 //! configured region names — never a tenant id, token, record or query value.
 //! `ops/metrics.md` lists every metric and the alert to set on it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -155,8 +156,24 @@ static SET: LazyLock<Set> = LazyLock::new(|| {
     Set { registry, ..set }
 });
 
+/// Off until [`enable`]: a host that serves no metrics records none (and
+/// pays nothing for them).
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Starts recording (the host serves `/metrics`).
+pub fn enable() {
+    ENABLED.store(true, Ordering::Relaxed);
+}
+
+fn on() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
 /// A request answered: its endpoint kind (`"ReadRecord"`, or `"unknown"`).
 pub fn request(endpoint: &'static str, status: u16, elapsed: Duration) {
+    if !on() {
+        return;
+    }
     SET.requests
         .get_or_create(&vec![
             ("endpoint", endpoint.to_string()),
@@ -170,12 +187,18 @@ pub fn request(endpoint: &'static str, status: u16, elapsed: Duration) {
 
 /// A group-commit flush that made `writes` writes durable.
 pub fn durable_flush(writes: u64, elapsed: Duration) {
+    if !on() {
+        return;
+    }
     SET.flush_seconds.observe(elapsed.as_secs_f64());
     SET.flush_writes.observe(writes as f64);
 }
 
 /// A cold open of a tenant database.
 pub fn tenant_opened(ok: bool, elapsed: Duration) {
+    if !on() {
+        return;
+    }
     if ok {
         SET.tenant_open_seconds.observe(elapsed.as_secs_f64());
     } else {
@@ -185,12 +208,18 @@ pub fn tenant_opened(ok: bool, elapsed: Duration) {
 
 /// An audit sync that made `entries` appends durable.
 pub fn audit_sync(entries: u64, elapsed: Duration) {
+    if !on() {
+        return;
+    }
     SET.audit_sync_seconds.observe(elapsed.as_secs_f64());
     SET.audit_sync_entries.observe(entries as f64);
 }
 
 /// A backup or restore (`kind`) that ended with `outcome` (`"ok"`, `"failed"`).
 pub fn job(kind: &'static str, outcome: &'static str, elapsed: Duration) {
+    if !on() {
+        return;
+    }
     SET.jobs
         .get_or_create(&vec![
             ("kind", kind.to_string()),
@@ -204,6 +233,9 @@ pub fn job(kind: &'static str, outcome: &'static str, elapsed: Duration) {
 
 /// A failed attempt to upload or verify an object in a configured region.
 pub fn replication_failure(region: &str) {
+    if !on() {
+        return;
+    }
     SET.replication_failures
         .get_or_create(&vec![("region", region.to_string())])
         .inc();
@@ -212,6 +244,9 @@ pub fn replication_failure(region: &str) {
 /// A request refused by a limit (`"long_jobs_host"`, `"long_jobs_tenant"`,
 /// `"request_memory"`).
 pub fn refused(limit: &'static str) {
+    if !on() {
+        return;
+    }
     SET.refusals
         .get_or_create(&vec![("limit", limit.to_string())])
         .inc();
@@ -245,6 +280,7 @@ mod tests {
 
     #[test]
     fn recorded_values_appear_in_the_text_format() {
+        enable();
         request("ReadRecord", 200, Duration::from_millis(3));
         durable_flush(7, Duration::from_millis(2));
         job("backup", "ok", Duration::from_secs(3));

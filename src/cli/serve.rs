@@ -66,6 +66,9 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ..overrides(args.host)
     })?;
     init_tracing();
+    if config.metrics_listen.is_some() {
+        crate::metrics::enable();
+    }
     let tls = match &config.tls {
         Some((cert, key)) => {
             keys::check_private(key).context("the TLS key file")?;
