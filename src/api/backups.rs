@@ -23,7 +23,7 @@ use crate::backup::{self, BackupError, BackupJob, JobState, JOBS};
 use crate::crypto::age::AgeRecipient;
 use crate::ids::{rfc3339, unix_now, BackupId, TenantId};
 use crate::replication::{Replica, Replication};
-use crate::storage::{CopyOf, Storage, TenantState};
+use crate::storage::{CopyOf, TenantState};
 
 impl From<BackupError> for ApiError {
     fn from(e: BackupError) -> Self {
@@ -92,7 +92,6 @@ pub async fn export(
     let (writer, body) = channel(state.config.limits.stall_timeout, still_wanted);
     let export_tenant = tenant.clone();
     let encrypted = recipient.is_some();
-    let storage = state.storage.clone();
     let writing = run_long(slot, move || {
         match write_export(
             writer,
@@ -111,9 +110,6 @@ pub async fn export(
                 }
             }
         }
-        // The pages a large tenant's export read go with its database.
-        drop(snapshot);
-        storage.release_after_job(&export_tenant.id, Storage::LARGE_TENANT_BYTES);
     });
     tokio::spawn(writing);
     let mut response = Response::new(body.boxed());

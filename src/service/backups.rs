@@ -123,8 +123,6 @@ impl Backups {
         let _ = JOBS.put(&storage.catalog, &job.id, &job);
         let started = std::time::Instant::now();
         let written = self.write_backup(storage, schemas, &job, retain_secs);
-        // The pages a large tenant's backup read go with its database.
-        storage.release_after_job(&job.tenant, Storage::LARGE_TENANT_BYTES);
         let outcome = if written.is_ok() { "ok" } else { "failed" };
         crate::metrics::job("backup", outcome, started.elapsed());
         match written {

@@ -712,24 +712,6 @@ impl Storage {
             .retain(|id| in_use.iter().any(|used| used == id));
     }
 
-    /// A tenant this large on disk is closed after a job that read it whole
-    /// ([`Storage::release_after_job`]).
-    pub const LARGE_TENANT_BYTES: u64 = 64 << 20;
-
-    /// After a long job read a tenant whole (an export, a DR backup), closes
-    /// its database if it is at least `above_bytes` on disk and nothing else
-    /// holds it: the pages sled read for the job are freed now, not kept
-    /// until the pool evicts the tenant. The next request reopens it.
-    pub fn release_after_job(&self, id: &TenantId, above_bytes: u64) -> bool {
-        let released = self
-            .pool
-            .release(id, |db| db.disk_bytes().is_ok_and(|b| b >= above_bytes));
-        if released {
-            tracing::info!(tenant_id = %id, "large tenant closed after its job; memory released");
-        }
-        released
-    }
-
     pub fn open_tenant_count(&self) -> usize {
         self.pool.open_count()
     }

@@ -111,52 +111,6 @@ impl Pool {
         }
     }
 
-    /// Closes the tenant's database when the pool is its only holder and
-    /// `close_it` says so (given the open database); returns whether it did.
-    /// The close (sled's flush and the release of its page cache) happens
-    /// under the tenant's own gate, outside the pool's lock: other tenants
-    /// never wait for it, and a request for this one waits at the gate and
-    /// then opens it afresh, never twice at once.
-    pub(super) fn release(&self, id: &TenantId, close_it: impl FnOnce(&TenantDb) -> bool) -> bool {
-        let gate = {
-            let mut inner = self.inner.lock().expect("pool lock poisoned");
-            inner.opening.entry(id.clone()).or_default().clone()
-        };
-        let opening = gate.lock().expect("pool gate poisoned");
-        let only_here = {
-            let inner = self.inner.lock().expect("pool lock poisoned");
-            inner
-                .open
-                .get(id)
-                .filter(|(db, _)| Arc::strong_count(db) == 1)
-                .map(|(db, _)| db.clone())
-        };
-        // Decided without the pool's lock (it may read the disk); the clone
-        // taken above is the only other holder, and it goes before the check.
-        let close = only_here.is_some_and(|db| close_it(&db));
-        let taken = close
-            .then(|| {
-                let mut inner = self.inner.lock().expect("pool lock poisoned");
-                match inner.open.get(id) {
-                    Some((db, _)) if Arc::strong_count(db) == 1 => {
-                        inner.alive.remove(id);
-                        inner.open.remove(id).map(|(db, _)| db)
-                    }
-                    _ => None,
-                }
-            })
-            .flatten();
-        let released = taken.is_some();
-        drop(taken);
-        let mut inner = self.inner.lock().expect("pool lock poisoned");
-        if Arc::strong_count(&gate) == 2 {
-            inner.opening.remove(id);
-        }
-        drop(inner);
-        drop(opening);
-        released
-    }
-
     /// Drops the tenant from the pool (destroyed, moved away, replaced). An
     /// open in progress finishes first, so that it cannot put the database
     /// back afterwards.
@@ -265,46 +219,6 @@ mod tests {
         let db = pool.get_or_open(&id, || open_in(&dir, &id)).unwrap();
         assert_eq!(db.tenant(), &id);
         drop(db);
-        pool.forget(&id);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    /// A released tenant's database closes only when nothing holds it, and
-    /// the next request opens it again from its files (sled's directory
-    /// lock proves the first one closed), with what was written still there.
-    #[test]
-    fn a_release_closes_only_an_unheld_database_and_the_next_request_reopens_it() {
-        let dir =
-            std::env::temp_dir().join(format!("coffer-unit-pool-release-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let pool = Pool::new(4);
-        let id = TenantId::generate().unwrap();
-        let cipher_key = SecretKey::generate().unwrap();
-        let open = || {
-            TenantDb::open(
-                &dir.join(id.as_str()),
-                id.clone(),
-                TenantCipher::new(&cipher_key),
-                1 << 20,
-            )
-        };
-        let held = pool.get_or_open(&id, open).unwrap();
-        held.put_raw_record(
-            "contacts",
-            &crate::ids::RecordId::generate().unwrap(),
-            b"sealed",
-        )
-        .unwrap();
-        assert!(!pool.release(&id, |_| true), "a request still holds it");
-        assert!(!pool.release(&id, |_| false), "not asked to");
-        drop(held);
-        assert!(pool.release(&id, |_| true));
-        assert_eq!(pool.open_count(), 0);
-        let reopened = pool
-            .get_or_open(&id, open)
-            .expect("opened again: the first one closed");
-        assert_eq!(reopened.count("contacts").unwrap(), 1);
-        drop(reopened);
         pool.forget(&id);
         let _ = std::fs::remove_dir_all(&dir);
     }

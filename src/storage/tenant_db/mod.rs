@@ -377,11 +377,6 @@ impl TenantDb {
         Ok(out)
     }
 
-    /// Bytes of the database's files on disk.
-    pub fn disk_bytes(&self) -> Result<u64, StorageError> {
-        Ok(self.db.size_on_disk()?)
-    }
-
     /// How many records a collection holds (a key scan; nothing is decrypted).
     pub fn count(&self, collection: &str) -> Result<u64, StorageError> {
         let mut n = 0;
