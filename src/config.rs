@@ -63,6 +63,7 @@
 //! replicated_timeout = "30s"                 # then the write answers 503 (it stays and ships)
 //! retention_days = 30                        # the point-in-time window
 //! base_every_changes = 1000000               # a full backup once the log since the last one is this long
+//! first_base_after = "60s"                   # a tenant with shipped changes and no full backup gets one
 //!
 //! [backup]
 //! regions = ["eu", "us"]                     # default: every [regions.*] table; with none,
@@ -150,6 +151,7 @@ pub struct ChangeLogConfig {
     pub replicated_timeout: Duration,
     pub retention: Duration,
     pub base_every_changes: u64,
+    pub first_base_after: Duration,
 }
 
 /// Bounds on long jobs, so that no tenant (or broken client) takes the host.
@@ -238,6 +240,7 @@ struct RawChangeLog {
     replicated_timeout: Option<String>,
     retention_days: Option<u64>,
     base_every_changes: Option<u64>,
+    first_base_after: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -508,6 +511,11 @@ impl Config {
                         .base_every_changes
                         .unwrap_or(1_000_000)
                         .max(1),
+                    first_base_after: duration(
+                        "changelog.first_base_after",
+                        raw.changelog.first_base_after.clone(),
+                        "60s",
+                    )?,
                 }),
             },
             limits: Limits {

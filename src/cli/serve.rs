@@ -116,6 +116,7 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     retention_secs: settings.retention.as_secs(),
                     sweep_every: config.sweep_interval,
                     base_every_changes: settings.base_every_changes,
+                    first_base_after: settings.first_base_after,
                 },
             ));
             log.recover();

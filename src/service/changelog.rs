@@ -65,6 +65,9 @@ pub struct LogSettings {
     /// A full backup is taken once a tenant's log holds this many changes
     /// after its newest one, so that a restore replays a bounded log.
     pub base_every_changes: u64,
+    /// A tenant whose shipped changes have had no full backup under them
+    /// this long gets one (see `ensure_base`).
+    pub first_base_after: Duration,
 }
 
 impl Default for LogSettings {
@@ -77,6 +80,7 @@ impl Default for LogSettings {
             retention_secs: 30 * 86_400,
             sweep_every: Duration::from_secs(60),
             base_every_changes: 1_000_000,
+            first_base_after: Duration::from_secs(60),
         }
     }
 }
@@ -119,6 +123,11 @@ pub struct ChangeLog {
     basing: Mutex<std::collections::HashSet<TenantId>>,
     /// (tenant, generation) with a full backup verified in enough regions.
     ready: Mutex<std::collections::HashSet<(TenantId, String)>>,
+    /// (tenant, generation) with a full backup done or running (see
+    /// `ensure_base`).
+    based: Mutex<std::collections::HashSet<(TenantId, String)>>,
+    /// (tenant, generation) shipping with no base yet, and since when.
+    unbased: Mutex<HashMap<(TenantId, String), Instant>>,
     /// Tenants with unshipped changes, and since when.
     pending: Mutex<HashMap<TenantId, Instant>>,
     /// Tenants a `replicated` write waits for.
@@ -144,6 +153,8 @@ impl ChangeLog {
             bases: Mutex::new(HashMap::new()),
             basing: Mutex::new(std::collections::HashSet::new()),
             ready: Mutex::new(std::collections::HashSet::new()),
+            based: Mutex::new(std::collections::HashSet::new()),
+            unbased: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             urgent: Mutex::new(Vec::new()),
             wake: tokio::sync::Notify::new(),
@@ -220,7 +231,11 @@ impl ChangeLog {
             }
             {
                 let this = self.clone();
-                let _ = crate::tasks::blocking(move || this.prune()).await;
+                let _ = crate::tasks::blocking(move || {
+                    this.prune();
+                    this.base_the_unbased();
+                })
+                .await;
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -305,8 +320,86 @@ impl ChangeLog {
         }
         if let Ok(db) = self.storage.tenant_db(&record) {
             if let Some(generation) = db.log_generation() {
+                self.ensure_base(tenant, &generation);
                 self.keep_replay_bounded(tenant, &generation, db.last_seq());
             }
+        }
+    }
+
+    /// `ensure_base` for every tenant whose wait has run out (a tenant that
+    /// shipped once and then went quiet still gets its base).
+    fn base_the_unbased(self: &Arc<Self>) {
+        let due: Vec<(TenantId, String)> = self
+            .unbased
+            .lock()
+            .expect("unbased")
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= self.settings.first_base_after)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for (tenant, generation) in due {
+            let active = self
+                .storage
+                .catalog
+                .tenant(&tenant)
+                .is_some_and(|t| t.state == TenantState::Active);
+            if active {
+                self.ensure_base(&tenant, &generation);
+            } else {
+                self.unbased
+                    .lock()
+                    .expect("unbased")
+                    .remove(&(tenant, generation));
+            }
+        }
+    }
+
+    /// A tenant whose log has shipped for `first_base_after` with no full
+    /// backup of its generation under it (a new tenant before its first
+    /// scheduled backup, a restored one) gets one: without a base, a restore
+    /// from the regions has nothing to replay the log onto, and the shipped
+    /// writes would not bring the tenant back. Once a base exists (or is
+    /// running) it is not asked again.
+    fn ensure_base(self: &Arc<Self>, tenant: &TenantId, generation: &str) {
+        let key = (tenant.clone(), generation.to_string());
+        if self.based.lock().expect("based").contains(&key) {
+            return;
+        }
+        let exists = crate::backup::JOBS
+            .all(&self.storage.catalog)
+            .unwrap_or_default()
+            .iter()
+            .filter(|j| &j.tenant == tenant)
+            .any(|j| match &j.stored {
+                Some(stored) => stored
+                    .covers
+                    .as_ref()
+                    .is_some_and(|c| c.generation == generation),
+                None => matches!(
+                    j.state,
+                    crate::backup::JobState::Pending | crate::backup::JobState::Running
+                ),
+            });
+        if exists {
+            self.unbased.lock().expect("unbased").remove(&key);
+            self.based.lock().expect("based").insert(key);
+            return;
+        }
+        let due = {
+            let mut unbased = self.unbased.lock().expect("unbased");
+            let since = unbased.entry(key).or_insert_with(Instant::now);
+            // A base that fails is tried again after another wait, not in a loop.
+            let due = since.elapsed() >= self.settings.first_base_after;
+            if due {
+                *since = Instant::now();
+            }
+            due
+        };
+        if due {
+            self.start_base(
+                tenant,
+                "the tenant's changes shipped with no full backup under them",
+            );
         }
     }
 
