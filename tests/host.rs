@@ -29,6 +29,8 @@ mod neighbours;
 mod operations;
 #[path = "host/pitr.rs"]
 mod pitr;
+#[path = "host/pitr_bases.rs"]
+mod pitr_bases;
 #[path = "host/records.rs"]
 mod records;
 #[path = "host/replication.rs"]

@@ -16,7 +16,7 @@ use crate::support::{contains, files_under, Host, TempDir};
 
 const REGIONS: &[&str] = &["in", "sg", "uk"];
 
-fn contact(host: &Host, tenant: &str, token: &str, name: &str) -> String {
+pub(crate) fn contact(host: &Host, tenant: &str, token: &str, name: &str) -> String {
     let r = host.json(
         "POST",
         &records_path(tenant, "contacts"),
@@ -27,7 +27,7 @@ fn contact(host: &Host, tenant: &str, token: &str, name: &str) -> String {
     r.value()["id"].as_str().unwrap().to_string()
 }
 
-fn names(host: &Host, tenant: &str, token: &str) -> Vec<String> {
+pub(crate) fn names(host: &Host, tenant: &str, token: &str) -> Vec<String> {
     let mut names = Vec::new();
     let mut after = String::new();
     loop {
@@ -55,7 +55,12 @@ fn now_rfc3339_ms() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
-fn restore(host: &Host, tenant: &str, token: &str, body: Value) -> crate::support::Response {
+pub(crate) fn restore(
+    host: &Host,
+    tenant: &str,
+    token: &str,
+    body: Value,
+) -> crate::support::Response {
     host.json(
         "POST",
         &format!("/v1/tenants/{tenant}/restore"),
@@ -65,7 +70,7 @@ fn restore(host: &Host, tenant: &str, token: &str, body: Value) -> crate::suppor
 }
 
 /// The tenant's change log as `/copies` reports it.
-fn change_log(host: &Host, tenant: &str, token: &str) -> Value {
+pub(crate) fn change_log(host: &Host, tenant: &str, token: &str) -> Value {
     host.call(
         "GET",
         &format!("/v1/tenants/{tenant}/copies"),
@@ -76,7 +81,7 @@ fn change_log(host: &Host, tenant: &str, token: &str) -> Value {
         .clone()
 }
 
-fn wait_shipped(host: &Host, tenant: &str, token: &str, regions: &[&str]) -> Value {
+pub(crate) fn wait_shipped(host: &Host, tenant: &str, token: &str, regions: &[&str]) -> Value {
     eventually(
         "the change log in every region",
         || change_log(host, tenant, token),
@@ -277,7 +282,7 @@ fn the_wrong_delete_is_undone_by_a_restore_to_the_minute_before_it() {
 }
 
 /// The default regions of a host without `[regions.*]`: three directories.
-const REGIONS_DIRS: &[&str] = &["local", "local-2", "local-3"];
+pub(crate) const REGIONS_DIRS: &[&str] = &["local", "local-2", "local-3"];
 
 fn start_on_garage(dir: &TempDir, garage: &Garage, name: &str, extra: &[&str]) -> Host {
     let config = garage.write_config("in", &dir.path().join(format!("{name}.toml")));
@@ -771,98 +776,4 @@ fn a_restore_in_place_keeps_the_state_before_it_and_is_undone() {
         names(&host, &tenant, &admin),
         ["a0", "a1", "a2", "a3", "a4", "c0"]
     );
-}
-
-#[test]
-fn a_long_log_gets_a_full_backup_so_that_restores_replay_a_bounded_log() {
-    let dir = TempDir::new("pitr-bounded");
-    let data = dir.path().join("host");
-    let host = Host::start_configured(&data, "[changelog]\nbase_every_changes = 5\n");
-    let (tenant, admin) = host.create_tenant("Busy Co", "crm");
-    for i in 0..8 {
-        contact(&host, &tenant, &admin, &format!("busy-{i}"));
-    }
-    // Nobody asked for a backup: the log's length did.
-    let listed = eventually(
-        "a full backup taken for the log",
-        || {
-            host.call(
-                "GET",
-                &format!("/v1/tenants/{tenant}/backups"),
-                Some(&admin),
-                None,
-            )
-            .value()
-        },
-        |v| {
-            v["backups"].as_array().is_some_and(|b| {
-                b.iter()
-                    .any(|b| b["kind"] == "log-base" && b["state"] == "done")
-            })
-        },
-    );
-    assert_eq!(listed["backups"].as_array().unwrap().len(), 1, "{listed}");
-    wait_shipped(&host, &tenant, &admin, REGIONS_DIRS);
-    let r = restore(&host, &tenant, &admin, json!({"name": "latest"}));
-    assert_eq!(r.status, 201, "{}", r.text());
-    assert_eq!(r.value()["restored_to"]["sequence"], 8);
-    assert_eq!(r.value()["records"], 8);
-}
-
-/// A new tenant is restorable from the regions before anyone took a backup:
-/// its first shipped changes bring a full backup under them, so the log has
-/// a base to replay onto.
-#[test]
-fn a_new_tenant_restores_from_the_regions_before_any_backup_was_asked_for() {
-    let dir = TempDir::new("pitr-new");
-    // The base is taken once shipped changes have waited this long for one
-    // (60 s by default; other tests take their own backups well before).
-    let host = Host::start_configured(
-        &dir.path().join("host"),
-        "[changelog]\nfirst_base_after = \"1s\"\n",
-    );
-    let (tenant, admin) = host.create_tenant("New Co", "crm");
-    for i in 0..5 {
-        contact(&host, &tenant, &admin, &format!("first-{i}"));
-    }
-    // Nobody asked for a backup; the host takes the log's base by itself.
-    let backups = eventually(
-        "a base backup verified in every region",
-        || {
-            host.call(
-                "GET",
-                &format!("/v1/tenants/{tenant}/backups"),
-                Some(&admin),
-                None,
-            )
-            .value()
-        },
-        |v| {
-            v["backups"].as_array().is_some_and(|b| {
-                b.iter().any(|b| {
-                    REGIONS_DIRS
-                        .iter()
-                        .all(|r| b["regions"][*r]["state"] == "verified")
-                })
-            })
-        },
-    );
-    assert_eq!(backups["backups"][0]["kind"], "log-base", "{backups}");
-    contact(&host, &tenant, &admin, "after-the-base");
-    wait_shipped(&host, &tenant, &admin, REGIONS_DIRS);
-    let r = restore(
-        &host,
-        &tenant,
-        &admin,
-        json!({"name": "New Co, again", "region": "local-2"}),
-    );
-    assert_eq!(r.status, 201, "{}", r.text());
-    let copy = r.value();
-    let copy_admin = copy["admin_token"].as_str().unwrap_or(&admin).to_string();
-    let mut restored = names(&host, copy["id"].as_str().unwrap(), &copy_admin);
-    let mut written = names(&host, &tenant, &admin);
-    restored.sort();
-    written.sort();
-    assert_eq!(restored, written);
-    assert_eq!(written.len(), 6);
 }
