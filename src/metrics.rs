@@ -231,6 +231,18 @@ pub fn job(kind: &'static str, outcome: &'static str, elapsed: Duration) {
         .observe(elapsed.as_secs_f64());
 }
 
+/// Runs a job of `kind` and records its outcome and duration.
+pub fn timed_job<T, E>(kind: &'static str, job: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+    let started = std::time::Instant::now();
+    let result = job();
+    self::job(
+        kind,
+        if result.is_ok() { "ok" } else { "failed" },
+        started.elapsed(),
+    );
+    result
+}
+
 /// A failed attempt to upload or verify an object in a configured region.
 pub fn replication_failure(region: &str) {
     if !on() {

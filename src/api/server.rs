@@ -29,10 +29,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
+    let builder = http1_builder();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -181,10 +178,7 @@ pub async fn serve_metrics(
     scrape: Arc<dyn Fn() -> crate::metrics::Scrape + Send + Sync>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
+    let builder = http1_builder();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -223,6 +217,15 @@ pub async fn serve_metrics(
         }
     }
     Ok(())
+}
+
+/// HTTP/1.1 with a 10 s bound on reading a request's head.
+fn http1_builder() -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    builder
 }
 
 fn text_body(text: String) -> Body {

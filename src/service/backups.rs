@@ -121,10 +121,9 @@ impl Backups {
     ) -> BackupJob {
         job.state = JobState::Running;
         let _ = JOBS.put(&storage.catalog, &job.id, &job);
-        let started = std::time::Instant::now();
-        let written = self.write_backup(storage, schemas, &job, retain_secs);
-        let outcome = if written.is_ok() { "ok" } else { "failed" };
-        crate::metrics::job("backup", outcome, started.elapsed());
+        let written = crate::metrics::timed_job("backup", || {
+            self.write_backup(storage, schemas, &job, retain_secs)
+        });
         match written {
             Ok(stored) => {
                 job.state = JobState::Done;
@@ -298,59 +297,39 @@ impl Backups {
         mint_token: bool,
         copy_of: Option<CopyOf>,
     ) -> Result<Restored, BackupError> {
-        let started = std::time::Instant::now();
-        let restored = self.restore_from(
-            storage, schemas, tenant, backup, region, name, keep_id, mint_token, copy_of,
-        );
-        let outcome = if restored.is_ok() { "ok" } else { "failed" };
-        crate::metrics::job("restore", outcome, started.elapsed());
-        restored
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn restore_from(
-        &self,
-        storage: &Storage,
-        schemas: &Registry,
-        tenant: &str,
-        backup: &str,
-        region: Option<&str>,
-        name: String,
-        keep_id: Option<TenantId>,
-        mint_token: bool,
-        copy_of: Option<CopyOf>,
-    ) -> Result<Restored, BackupError> {
-        let (envelope, reader) = self.open_stored(tenant, backup, region)?;
-        // A restore from a tenant's backups stops when that tenant (when it
-        // lives here) is deactivated or purged meanwhile: no copy outlives
-        // the purge it raced.
-        let source = TenantId::parse(tenant);
-        let live_at_start = source
-            .as_ref()
-            .and_then(|id| storage.catalog.tenant(id))
-            .filter(|t| storage.catalog.still_serving(&t.id, "restore").is_ok())
-            .map(|t| t.id);
-        let watch = Watch::new(|| match &live_at_start {
-            Some(id) => storage.catalog.still_serving(id, "restore"),
-            None => Ok(()),
+        crate::metrics::timed_job("restore", || {
+            let (envelope, reader) = self.open_stored(tenant, backup, region)?;
+            // A restore from a tenant's backups stops when that tenant (when it
+            // lives here) is deactivated or purged meanwhile: no copy outlives
+            // the purge it raced.
+            let source = TenantId::parse(tenant);
+            let live_at_start = source
+                .as_ref()
+                .and_then(|id| storage.catalog.tenant(id))
+                .filter(|t| storage.catalog.still_serving(&t.id, "restore").is_ok())
+                .map(|t| t.id);
+            let watch = Watch::new(|| match &live_at_start {
+                Some(id) => storage.catalog.still_serving(id, "restore"),
+                None => Ok(()),
+            })
+            .at_most(self.max_rate);
+            let restored = restore_archive(
+                storage,
+                schemas,
+                watch.wrap(reader),
+                name,
+                keep_id,
+                self.region.clone(),
+                self.limits,
+                &envelope.admins,
+                mint_token,
+                copy_of,
+            );
+            match watch.stopped() {
+                Some(why) => Err(BackupError::Stopped(format!("{why}; nothing was restored"))),
+                None => restored,
+            }
         })
-        .at_most(self.max_rate);
-        let restored = restore_archive(
-            storage,
-            schemas,
-            watch.wrap(reader),
-            name,
-            keep_id,
-            self.region.clone(),
-            self.limits,
-            &envelope.admins,
-            mint_token,
-            copy_of,
-        );
-        match watch.stopped() {
-            Some(why) => Err(BackupError::Stopped(format!("{why}; nothing was restored"))),
-            None => restored,
-        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! `GET /v1/drills`, in the metrics (`coffer_jobs_total{kind="drill"}`) and
 //! in the audit log (`backup.drilled`, with its outcome).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::{Actor, AuditLog, Event};
 use crate::backup::drill::drill_archive;
+use crate::backup::store::StoredBackup;
 use crate::backup::watch::Watch;
 use crate::backup::{JobState, JOBS};
 use crate::ids::{unix_now, TenantId};
@@ -54,23 +56,37 @@ pub struct DrillSettings {
     pub check: Duration,
 }
 
-/// Drills `tenant`'s newest finished backup now, from the next region in
-/// turn that holds it verified. `None` when it has no such backup yet.
-pub fn drill_tenant(
+/// Every tenant's newest finished backup (not change-log segments), in one
+/// read of the backup jobs.
+fn newest_backups(storage: &Storage) -> HashMap<TenantId, StoredBackup> {
+    let mut newest: HashMap<TenantId, StoredBackup> = HashMap::new();
+    for job in JOBS.all(&storage.catalog).unwrap_or_default() {
+        let Some(stored) = job
+            .stored
+            .filter(|s| job.state == JobState::Done && s.log.is_none())
+        else {
+            continue;
+        };
+        let newer = newest
+            .get(&job.tenant)
+            .is_none_or(|n| (stored.created_at, &stored.backup_id) > (n.created_at, &n.backup_id));
+        if newer {
+            newest.insert(job.tenant, stored);
+        }
+    }
+    newest
+}
+
+/// Drills `newest`, `tenant`'s newest finished backup, now, from the next
+/// region in turn that holds it verified. `None` when no region does yet.
+fn drill_backup(
     backups: &Backups,
     storage: &Storage,
     schemas: &Registry,
     audit: &AuditLog,
     tenant: &TenantId,
+    newest: &StoredBackup,
 ) -> Option<DrillRecord> {
-    let newest = JOBS
-        .all(&storage.catalog)
-        .ok()?
-        .into_iter()
-        .filter(|job| &job.tenant == tenant && job.state == JobState::Done)
-        .filter_map(|job| job.stored)
-        .filter(|stored| stored.log.is_none())
-        .max_by(|a, b| (a.created_at, &a.backup_id).cmp(&(b.created_at, &b.backup_id)))?;
     let verified: Vec<String> = backups
         .replication
         .replicas_of(storage, &newest.backup_id)
@@ -156,6 +172,7 @@ pub fn run_due(
 ) -> usize {
     let now = unix_now();
     let mut ran = 0;
+    let mut newest = newest_backups(storage);
     for tenant in storage.catalog.tenants() {
         if tenant.state != TenantState::Active {
             continue;
@@ -167,7 +184,10 @@ pub fn run_due(
         if last.is_some_and(|d| now.saturating_sub(d.at) < every.as_secs()) {
             continue;
         }
-        if drill_tenant(backups, storage, schemas, audit, &tenant.id).is_some() {
+        let Some(backup) = newest.remove(&tenant.id) else {
+            continue;
+        };
+        if drill_backup(backups, storage, schemas, audit, &tenant.id, &backup).is_some() {
             ran += 1;
         }
     }
