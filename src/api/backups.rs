@@ -89,7 +89,11 @@ pub async fn export(
             .still_serving(&watched, "export")
             .map_err(|why| format!("{why}; the archive is incomplete"))
     });
-    let (writer, body) = channel(state.config.limits.stall_timeout, still_wanted);
+    let (writer, body) = channel(
+        state.config.limits.stall_timeout,
+        still_wanted,
+        slot.release(),
+    );
     let export_tenant = tenant.clone();
     let encrypted = recipient.is_some();
     let writing = run_long(slot, move || {
@@ -194,11 +198,16 @@ pub async fn start(state: &Arc<AppState>, id: TenantId) -> Result<Response<Body>
     };
     let body = job_json(&job, &[], &state.backups.replication);
     let runner = state.clone();
+    let release = slot.release();
     let running = run_long(slot, move || {
         let retain = runner.backups.retention_secs;
-        let done = runner
-            .backups
-            .run(&runner.storage, &runner.schemas, job, retain);
+        let done = runner.backups.run_then_free(
+            &runner.storage,
+            &runner.schemas,
+            job,
+            retain,
+            move || drop(release),
+        );
         tracing::info!(backup_id = %done.id, state = done.state.as_str(), "backup finished");
     });
     tokio::spawn(running);

@@ -28,9 +28,17 @@ struct Held {
 }
 
 /// A held slot; dropping it frees the slot (when the job ends, however).
-pub struct JobSlot {
+pub struct JobSlot(Arc<Claim>);
+
+/// Frees a job's slot when dropped, if the job has not freed it already: a
+/// streamed export frees its slot the moment its body ends, so a client that
+/// has the whole archive can ask for the next one at once.
+pub struct SlotRelease(Arc<Claim>);
+
+struct Claim {
     slots: Arc<JobSlots>,
     tenant: Option<TenantId>,
+    freed: std::sync::atomic::AtomicBool,
 }
 
 impl JobSlots {
@@ -78,15 +86,27 @@ impl JobSlots {
             *held.per_tenant.entry(tenant.clone()).or_default() += 1;
         }
         held.total += 1;
-        Ok(JobSlot {
+        Ok(JobSlot(Arc::new(Claim {
             slots: self.clone(),
             tenant: tenant.cloned(),
-        })
+            freed: std::sync::atomic::AtomicBool::new(false),
+        })))
     }
 }
 
-impl Drop for JobSlot {
-    fn drop(&mut self) {
+impl JobSlot {
+    /// A handle that frees this slot when dropped, before the job's thread ends.
+    pub fn release(&self) -> SlotRelease {
+        SlotRelease(self.0.clone())
+    }
+}
+
+impl Claim {
+    /// Frees the slot once, whichever of its holders goes first.
+    fn free(&self) {
+        if self.freed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let mut held = self.slots.held.lock().expect("job slots poisoned");
         held.total -= 1;
         if let Some(tenant) = &self.tenant {
@@ -100,10 +120,23 @@ impl Drop for JobSlot {
     }
 }
 
+impl Drop for JobSlot {
+    fn drop(&mut self) {
+        self.0.free();
+    }
+}
+
+impl Drop for SlotRelease {
+    fn drop(&mut self) {
+        self.0.free();
+    }
+}
+
 /// Runs a long job on a thread of its own (`coffer-job`), inside the current
 /// span. The slot is the proof that the job is counted (these threads are
-/// bounded by the host's long-job limit) and is held until the job ends; the
-/// job runs to completion even if the returned future is dropped.
+/// bounded by the host's long-job limit) and is held until the job's work
+/// ends, freed before its answer is handed over; the job runs to completion
+/// even if the returned future is dropped.
 pub fn run_long<T: Send + 'static>(
     slot: JobSlot,
     work: impl FnOnce() -> T + Send + 'static,
@@ -116,8 +149,11 @@ pub fn run_long<T: Send + 'static>(
         .name("coffer-job".into())
         .spawn(move || {
             let _context = runtime.as_ref().map(|r| r.enter());
-            let _slot = slot;
-            let _ = tx.send(span.in_scope(work));
+            let answer = span.in_scope(work);
+            // Freed before the answer goes: a caller who has it may start
+            // the next job at once.
+            drop(slot);
+            let _ = tx.send(answer);
         });
     async move {
         spawned.map_err(|error| {
@@ -186,6 +222,28 @@ mod tests {
         let _third = slots.take(Some(&b), "backup").unwrap();
         assert!(slots.take(Some(&b), "backup").is_err(), "host-wide bound");
         drop(first);
+        assert!(slots.take(Some(&a), "export").is_ok());
+    }
+
+    #[test]
+    fn a_release_frees_its_slot_once_before_the_job_ends() {
+        let slots = JobSlots::new(Limits {
+            long_jobs_per_tenant: 1,
+            long_jobs_total: 2,
+            stall_timeout: std::time::Duration::from_secs(1),
+            buffered_body_bytes: 1 << 20,
+            job_max_bytes_per_s: None,
+        });
+        let a = TenantId::generate().unwrap();
+        let job = slots.take(Some(&a), "export").unwrap();
+        let release = job.release();
+        assert!(slots.take(Some(&a), "export").is_err());
+        drop(release);
+        let next = slots.take(Some(&a), "export").unwrap();
+        // The first job's thread ends later: it must not free the second's slot.
+        drop(job);
+        assert!(slots.take(Some(&a), "export").is_err());
+        drop(next);
         assert!(slots.take(Some(&a), "export").is_ok());
     }
 

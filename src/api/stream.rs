@@ -36,6 +36,9 @@ impl Body for ChannelBody {
 /// and a job slot for as long as its socket stays open), and work that is no
 /// longer wanted (`still_wanted` says why: e.g. the tenant was purged).
 pub struct ChannelWriter {
+    /// Dropped before `tx` (fields drop in order): the job's slot is free by
+    /// the time the client sees the body end.
+    _frees: super::limits::SlotRelease,
     tx: mpsc::Sender<io::Result<Bytes>>,
     buffer: Vec<u8>,
     stall: Duration,
@@ -47,14 +50,17 @@ pub struct ChannelWriter {
 const CHUNK: usize = 64 * 1024;
 
 /// Call from inside the runtime.
+/// `frees` is the slot of the job that writes, freed when the body ends.
 pub fn channel(
     stall: Duration,
     still_wanted: Box<dyn Fn() -> Result<(), String> + Send>,
+    frees: super::limits::SlotRelease,
 ) -> (ChannelWriter, ChannelBody) {
     // Four chunks in flight: memory stays bounded whatever the tenant's size.
     let (tx, rx) = mpsc::channel(4);
     (
         ChannelWriter {
+            _frees: frees,
             tx,
             buffer: Vec::with_capacity(CHUNK),
             stall,

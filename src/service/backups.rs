@@ -116,8 +116,22 @@ impl Backups {
         &self,
         storage: &Storage,
         schemas: &Registry,
+        job: BackupJob,
+        retain_secs: u64,
+    ) -> BackupJob {
+        self.run_then_free(storage, schemas, job, retain_secs, || {})
+    }
+
+    /// As [`run`](Self::run), calling `free` once the work is over and before
+    /// the outcome is recorded: a caller who sees the job done finds what it
+    /// held (a job slot) already given back.
+    pub fn run_then_free(
+        &self,
+        storage: &Storage,
+        schemas: &Registry,
         mut job: BackupJob,
         retain_secs: u64,
+        free: impl FnOnce(),
     ) -> BackupJob {
         job.state = JobState::Running;
         let _ = JOBS.put(&storage.catalog, &job.id, &job);
@@ -137,6 +151,7 @@ impl Backups {
             }
         }
         job.finished_at = Some(unix_now());
+        free();
         if let Err(error) = JOBS.put(&storage.catalog, &job.id, &job) {
             tracing::error!(backup_id = %job.id, %error, "record backup outcome");
         }

@@ -1,6 +1,7 @@
 //! Refusing early and saying only what is the caller's: bodies declared too
 //! large, bodies that never arrive, JSON that says two things, grant state
-//! kept from those it is not for, and schedule changes in the tenant's proof.
+//! kept from those it is not for, schedule changes in the tenant's proof, and
+//! long jobs bounded, their slots freed the moment their callers have the answer.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -665,4 +666,42 @@ fn spellings_of_one_address_collide_on_a_case_insensitive_unique_field() {
         json!({"name": "Bo", "email": "BO@EXAMPLE.COM"}),
     );
     assert_eq!(r.status, 409, "{}", r.text());
+}
+
+#[test]
+fn a_finished_export_frees_its_slot_before_the_client_sees_its_end() {
+    let dir = TempDir::new("export-slot");
+    let host = Host::start_configured(
+        &dir.path().join("data"),
+        "[limits]\nlong_jobs_per_tenant = 1\nlong_jobs_total = 1\n",
+    );
+    let (t, a) = host.create_tenant("one-at-a-time", "crm");
+    let r = host.json(
+        "POST",
+        &format!("/v1/tenants/{t}/collections/contacts/records"),
+        Some(&a),
+        json!({"name": "c"}),
+    );
+    assert_eq!(r.status, 201);
+    // One slot in all: each export asked for the moment the last one was
+    // read whole finds the slot free.
+    for n in 0..20 {
+        let r = host.call("GET", &format!("/v1/tenants/{t}/export"), Some(&a), None);
+        assert_eq!(r.status, 200, "export {n}: {}", r.text());
+    }
+    // So does a job after a backup seen done, and after a restore answered.
+    let backup = crate::support::backups::start_backup(&host, &t, &a);
+    assert_eq!(backup["state"], "done", "{backup}");
+    let backup = backup["id"].as_str().unwrap();
+    for n in 0..5 {
+        let r = host.json(
+            "POST",
+            &format!("/v1/tenants/{t}/backups/{backup}/restore"),
+            Some(&a),
+            json!({"name": format!("copy {n}")}),
+        );
+        assert_eq!(r.status, 201, "restore {n}: {}", r.text());
+        let r = host.call("GET", &format!("/v1/tenants/{t}/export"), Some(&a), None);
+        assert_eq!(r.status, 200, "export after restore {n}: {}", r.text());
+    }
 }

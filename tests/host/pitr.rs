@@ -324,10 +324,12 @@ fn a_lost_host_comes_back_from_the_regions_with_every_replicated_write() {
     );
     let paused = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let idle = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Set just before the kill: from then on a failed write is expected.
+    let killing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = |tenant: String,
                   token: String,
                   pause: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>| {
-        let (stop, idle) = (stop.clone(), idle.clone());
+        let (stop, idle, killing) = (stop.clone(), idle.clone(), killing.clone());
         std::thread::spawn(move || {
             // One keep-alive connection per writer.
             let client = coffer::client::Client::new(
@@ -356,6 +358,21 @@ fn a_lost_host_comes_back_from_the_regions_with_every_replicated_write() {
                         let _ = r.bytes();
                         acknowledged.push((name, Instant::now()));
                     }
+                    // Refused before the kill: say why (the pause below would
+                    // otherwise wait for a writer that is gone).
+                    Ok(mut r) if !killing.load(std::sync::atomic::Ordering::SeqCst) => {
+                        let text =
+                            String::from_utf8_lossy(&r.bytes().unwrap_or_default()).into_owned();
+                        panic!("writer of {tenant}: {} {text}", r.status);
+                    }
+                    // The host may close an idle keep-alive connection (the
+                    // pause below): the next write goes on a new one. The
+                    // write was not acknowledged, so nothing is owed for it.
+                    Err(error) if !killing.load(std::sync::atomic::Ordering::SeqCst) => {
+                        eprintln!("writer of {tenant}: {error:#}; again");
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
                     _ => break,
                 }
                 i += 1;
@@ -373,8 +390,13 @@ fn a_lost_host_comes_back_from_the_regions_with_every_replicated_write() {
     paused.store(true, std::sync::atomic::Ordering::SeqCst);
     eventually(
         "the local writer paused",
-        || idle.load(std::sync::atomic::Ordering::SeqCst),
+        || idle.load(std::sync::atomic::Ordering::SeqCst) || w_local.is_finished(),
         |idle| *idle,
+    );
+    assert!(
+        !w_local.is_finished(),
+        "the local writer stopped: {:?}",
+        w_local.join().err()
     );
     wait_shipped(&host, &local, &l_admin, &["sg"]);
     let reported_safe_at = Instant::now();
@@ -382,6 +404,7 @@ fn a_lost_host_comes_back_from_the_regions_with_every_replicated_write() {
     std::thread::sleep(Duration::from_secs(2));
     let killed_at = Instant::now();
     let data_dir = dir.path().join("first");
+    killing.store(true, std::sync::atomic::Ordering::SeqCst);
     host.kill();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let acked_replicated = w_replicated.join().unwrap();
