@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use coffer::crypto::{record_aad, SecretKey, TenantCipher};
+use coffer::crypto::{record_aad, SecretKey, TenantCipher, TenantKeys};
 use coffer::ids::TenantId;
 use coffer::schema::Schema;
 use coffer::storage::TenantDb;
@@ -115,7 +115,15 @@ fn main() {
     // --- Coffer's tenant database: sealed values, blind index, group commit.
     let tenant = TenantId::generate().unwrap();
     let cipher = TenantCipher::new(&SecretKey::generate().unwrap());
-    let db = Arc::new(TenantDb::open(&root.join("coffer"), tenant, cipher, 64 << 20).unwrap());
+    let db = Arc::new(
+        TenantDb::open(
+            &root.join("coffer"),
+            tenant,
+            TenantKeys::new(cipher),
+            64 << 20,
+        )
+        .unwrap(),
+    );
     let mut ids = Vec::with_capacity(records);
     let start = Instant::now();
     for i in 0..durable_n {

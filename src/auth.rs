@@ -136,6 +136,8 @@ pub enum Action<'a> {
     RestoreBackup(&'a TenantId),
     ImportTenant,
     UpgradeTenant(&'a TenantId),
+    /// Rotate the tenant's data key, and follow the rotation.
+    RotateDataKey(&'a TenantId),
     /// How the tenant's writes are acknowledged (`local`, `replicated`).
     SetDurability(&'a TenantId),
     /// Begin, complete or abort a move to another host.
@@ -186,6 +188,7 @@ pub fn authorize(principal: &Principal, action: &Action<'_>) -> Result<(), Denie
             | Action::DeactivateTenant(t)
             | Action::ReactivateTenant(t)
             | Action::UpgradeTenant(t)
+            | Action::RotateDataKey(t)
             | Action::SetDurability(t),
             role,
         ) => role == Operator || own(t),

@@ -20,13 +20,14 @@
 //! and line.
 //!
 //! - [`crypto`] — AES-256-GCM sealing (ring), key wrapping, HKDF, blind-index HMAC,
-//!   token digests. **No I/O.** The only module that touches AEAD and key bytes.
+//!   token digests; a tenant's data keys by id (two during a rotation).
+//!   **No I/O.** The only module that touches AEAD and key bytes.
 //! - [`ids`] — id newtypes (`TenantId`, `RecordId`, `Region`…), parsed at the edge.
 //! - [`schema`] — tenant schema files (`tenant-schemas/`), record validation,
 //!   migrations. No I/O but reading schema files.
 //! - [`storage`] — **the only user of sled**: the catalog, one database per tenant,
 //!   the bounded pool of open tenant databases, group commit, crash-safe create,
-//!   shred and re-wrap.
+//!   shred and re-wrap, and a data-key rotation's steps (`rekey`).
 //! - [`keys`] — master keys and the backup key on disk (0600 files).
 //! - [`lifecycle`] — active → deactivated → destroyed, and the sweeper.
 //! - [`access`] — the data path's gate: the only way to a tenant's records
@@ -55,6 +56,7 @@
 //!   jobs (spool + regions + backup key; `service::Backups`), the schema
 //!   upgrade service (backup first, migrate, swap), the audit checkpoint
 //!   shipper (audit → regions), master-key rotation (keyring + catalog),
+//!   online data-key rotation as jobs (`data_keys`),
 //!   continuous backup (`changelog`: the change log shipped in segments,
 //!   durability modes) and point-in-time restores (`pitr`).
 //! - [`secret_file`] — 0600 secret files, written atomically.

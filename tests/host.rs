@@ -11,6 +11,8 @@ mod audit;
 mod backups;
 #[path = "host/contract.rs"]
 mod contract;
+#[path = "host/data_keys.rs"]
+mod data_keys;
 #[path = "host/durability.rs"]
 mod durability;
 #[path = "host/exports.rs"]

@@ -15,6 +15,7 @@
 
 mod backups;
 mod continuous;
+mod data_keys;
 mod error;
 mod grants;
 mod limits;
@@ -72,6 +73,8 @@ pub struct AppState {
     next_request: AtomicU64,
     /// Continuous backup, when the host keeps change logs.
     pub changelog: Option<Arc<crate::service::changelog::ChangeLog>>,
+    /// Data-key rotations, when the host runs them (`coffer serve` does).
+    pub data_keys: Option<Arc<crate::service::data_keys::DataKeys>>,
 }
 
 impl AppState {
@@ -95,7 +98,13 @@ impl AppState {
             grant_lock: tokio::sync::Mutex::new(()),
             next_request: AtomicU64::new(1),
             changelog: None,
+            data_keys: None,
         }
+    }
+
+    pub fn with_data_keys(mut self, data_keys: Arc<crate::service::data_keys::DataKeys>) -> Self {
+        self.data_keys = Some(data_keys);
+        self
     }
 
     pub fn with_changelog(
@@ -383,6 +392,8 @@ async fn dispatch(
             tenants::set_backup_schedule(state, principal, id, body).await
         }
         Endpoint::UpgradeTenant(id) => tenants::upgrade(state, principal, id, body).await,
+        Endpoint::RotateDataKey(id) => data_keys::rotate(state, principal, id).await,
+        Endpoint::ReadKeyRotation(id, rotation) => data_keys::read(state, id, rotation).await,
         Endpoint::SetDurability(id) => {
             continuous::set_durability(state, principal, id, &body).await
         }

@@ -45,6 +45,8 @@ pub enum Endpoint {
     RestoreBackup(TenantId, BackupId),
     ImportTenant,
     UpgradeTenant(TenantId),
+    RotateDataKey(TenantId),
+    ReadKeyRotation(TenantId, String),
     SetDurability(TenantId),
     PointInTimeRestore(TenantId),
     SetBackupSchedule(TenantId),
@@ -103,6 +105,8 @@ impl Endpoint {
             Endpoint::RestoreBackup(..) => "RestoreBackup",
             Endpoint::ImportTenant => "ImportTenant",
             Endpoint::UpgradeTenant(..) => "UpgradeTenant",
+            Endpoint::RotateDataKey(..) => "RotateDataKey",
+            Endpoint::ReadKeyRotation(..) => "ReadKeyRotation",
             Endpoint::SetDurability(..) => "SetDurability",
             Endpoint::PointInTimeRestore(..) => "PointInTimeRestore",
             Endpoint::SetBackupSchedule(..) => "SetBackupSchedule",
@@ -174,6 +178,14 @@ impl Endpoint {
             }
             (&M::POST, ["v1", "tenants", id, "purge"]) => Endpoint::PurgeTenant(tenant(id)?),
             (&M::POST, ["v1", "tenants", id, "upgrade"]) => Endpoint::UpgradeTenant(tenant(id)?),
+            (&M::POST, ["v1", "tenants", id, "keys", "rotate"]) => {
+                Endpoint::RotateDataKey(tenant(id)?)
+            }
+            (&M::GET, ["v1", "tenants", id, "keys", "rotations", r]) => {
+                let rotation =
+                    grant(r).map_err(|_| ApiError::NotFound("no such rotation".into()))?;
+                Endpoint::ReadKeyRotation(tenant(id)?, rotation)
+            }
             (&M::PUT, ["v1", "tenants", id, "durability"]) => Endpoint::SetDurability(tenant(id)?),
             (&M::POST, ["v1", "tenants", id, "restore"]) => {
                 Endpoint::PointInTimeRestore(tenant(id)?)
@@ -287,6 +299,8 @@ impl Endpoint {
                 | ["v1", "tenants", _, "access-log" | "audit-proof"]
                 | ["v1", "audit", "public-key"]
                 | ["v1", "tenants", _, "admin-recovery"]
+                | ["v1", "tenants", _, "keys", "rotate"]
+                | ["v1", "tenants", _, "keys", "rotations", _]
                 | ["v1", "admin-recoveries", _, "approve" | "cancel"]
                 | ["v1", "tenants", _, "move"]
                 | ["v1", "tenants", _, "move", "approve" | "complete" | "abort"]
@@ -330,6 +344,7 @@ impl Endpoint {
             Endpoint::RestoreBackup(t, _) => A::RestoreBackup(t),
             Endpoint::ImportTenant => A::ImportTenant,
             Endpoint::UpgradeTenant(t) => A::UpgradeTenant(t),
+            Endpoint::RotateDataKey(t) | Endpoint::ReadKeyRotation(t, _) => A::RotateDataKey(t),
             Endpoint::SetDurability(t) => A::SetDurability(t),
             Endpoint::PointInTimeRestore(t) => A::RestoreBackup(t),
             Endpoint::Copies(t) => A::ReadCopies(t),
@@ -357,6 +372,7 @@ impl Endpoint {
             Endpoint::ReactivateTenant(_) => "tenant.reactivate",
             Endpoint::PurgeTenant(_) => "tenant.purge",
             Endpoint::UpgradeTenant(_) => "tenant.upgrade",
+            Endpoint::RotateDataKey(_) => "key.rotate",
             Endpoint::SetDurability(_) => "tenant.durability",
             Endpoint::PointInTimeRestore(_) => "tenant.restore",
             Endpoint::SetBackupSchedule(_) => "backup.schedule",
@@ -399,6 +415,8 @@ impl Endpoint {
             | Endpoint::ReadBackup(t, _)
             | Endpoint::RestoreBackup(t, _)
             | Endpoint::UpgradeTenant(t)
+            | Endpoint::RotateDataKey(t)
+            | Endpoint::ReadKeyRotation(t, _)
             | Endpoint::SetDurability(t)
             | Endpoint::PointInTimeRestore(t)
             | Endpoint::SetBackupSchedule(t)
@@ -538,7 +556,8 @@ mod tests {
                 .replace("{region}", "in")
                 .replace("{id}", &id)
                 .replace("{backup}", &"1".repeat(32))
-                .replace("{record}", &"2".repeat(32));
+                .replace("{record}", &"2".repeat(32))
+                .replace("{rotation}", &"3".repeat(32));
             assert!(
                 !concrete.contains('{'),
                 "{path}: a parameter the test does not know"

@@ -167,6 +167,23 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if let Some(log) = changelog.clone() {
             background.spawn("changelog", move |stop| log.run(stop));
         }
+        let data_keys = {
+            let settings = crate::service::data_keys::DataKeySettings {
+                rotate_every: config.data_keys.rotate_every,
+                batch: config.data_keys.batch_records,
+                pause: config.data_keys.batch_pause,
+                check: config.data_keys.check_interval,
+            };
+            let service = Arc::new(crate::service::data_keys::DataKeys::new(
+                storage.clone(),
+                schemas.clone(),
+                audit.clone(),
+                settings,
+            ));
+            let running = service.clone();
+            background.spawn("data-keys", move |stop| running.run_loop(stop));
+            service
+        };
         if let Some((every, check)) = config.drills {
             let (backups, storage, schemas, audit) = (backups.clone(), storage.clone(), schemas.clone(), audit.clone());
             let settings = crate::service::drills::DrillSettings { every, check };
@@ -205,7 +222,8 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
         };
         let state = Arc::new(
             AppState::new(storage, schemas, config, backups.clone(), audit.clone())
-                .with_changelog(changelog.clone()),
+                .with_changelog(changelog.clone())
+                .with_data_keys(data_keys),
         );
         // Audit log open, port bound, background loops started: ready.
         super::systemd::notify("READY=1\nSTATUS=serving");

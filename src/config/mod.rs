@@ -55,6 +55,12 @@
 //! every = "7days"                            # each tenant drilled at least this often; "0s": off
 //! check_interval = "1h"                      # how often the host looks for tenants due
 //!
+//! [data_keys]                                # online rotation of tenants' data keys
+//! rotate_every = "0s"                        # each tenant's key rotated this often; "0s": off
+//! batch_records = 256                        # values re-sealed under the write lock at a time
+//! batch_pause = "0s"                         # rest between two batches
+//! check_interval = "1h"                      # how often the host looks for tenants due
+//!
 //! [changelog]                                # continuous backup (point-in-time restore)
 //! enabled = true
 //! segment_after = "2s"                       # a segment closes once its oldest change is this old
@@ -135,11 +141,22 @@ pub struct Config {
     pub checkpoint_interval: Duration,
     /// Restore drills: (every, check interval); `None` when off.
     pub drills: Option<(Duration, Duration)>,
+    pub data_keys: DataKeysConfig,
     /// The fleet's hosts by region (`[hosts]`): the only move targets.
     pub hosts: std::collections::BTreeMap<Region, String>,
     pub limits: Limits,
     /// Continuous backup; `None` when `[changelog] enabled = false`.
     pub changelog: Option<ChangeLogConfig>,
+}
+
+/// `[data_keys]`: online data-key rotation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DataKeysConfig {
+    /// `None`: no scheduled rotation.
+    pub rotate_every: Option<Duration>,
+    pub batch_records: usize,
+    pub batch_pause: Duration,
+    pub check_interval: Duration,
 }
 
 /// `[changelog]`: how change logs ship.
@@ -223,6 +240,8 @@ struct RawConfig {
     #[serde(default)]
     drills: RawDrills,
     #[serde(default)]
+    data_keys: RawDataKeys,
+    #[serde(default)]
     hosts: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     limits: RawLimits,
@@ -266,6 +285,15 @@ struct RawAccess {
 #[serde(deny_unknown_fields)]
 struct RawAudit {
     checkpoint_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDataKeys {
+    rotate_every: Option<String>,
+    batch_records: Option<usize>,
+    batch_pause: Option<String>,
+    check_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -544,6 +572,26 @@ impl Config {
                 let every = duration("drills.every", raw.drills.every, "7days")?;
                 let check = duration("drills.check_interval", raw.drills.check_interval, "1h")?;
                 (!every.is_zero()).then_some((every, check.max(Duration::from_millis(100))))
+            },
+            data_keys: DataKeysConfig {
+                rotate_every: Some(duration(
+                    "data_keys.rotate_every",
+                    raw.data_keys.rotate_every,
+                    "0s",
+                )?)
+                .filter(|every| !every.is_zero()),
+                batch_records: match raw.data_keys.batch_records {
+                    Some(0) => bail!("data_keys.batch_records must be at least 1"),
+                    Some(n) => n,
+                    None => 256,
+                },
+                batch_pause: duration("data_keys.batch_pause", raw.data_keys.batch_pause, "0s")?,
+                check_interval: duration(
+                    "data_keys.check_interval",
+                    raw.data_keys.check_interval,
+                    "1h",
+                )?
+                .max(Duration::from_millis(100)),
             },
             checkpoint_interval: duration(
                 "audit.checkpoint_interval",

@@ -6,11 +6,18 @@
 //! * A **sealed value** is `0x01 || nonce(12) || ciphertext || tag(16)`, sealed under
 //!   a tenant's data key with associated data that names the tenant, the collection
 //!   and the record id ([`record_aad`]). Moved anywhere else, it fails to open.
+//!   Under a tenant's rotated data key (key id 1 and up) it is `0x02 || key id
+//!   (u32 BE) || nonce(12) || ciphertext || tag(16)`; see `tenant`.
 //! * A **wrapped data key** is the same layout (version `0x01`) sealed under the
 //!   master key (KEK) with associated data naming the tenant and the KEK's id.
 //! * Secrets ([`SecretKey`]) are zeroized on drop and print `[SECRET]` in Debug.
 
 pub mod age;
+mod tenant;
+
+pub use tenant::{
+    sealed_key_id, sealed_plain_len, TenantCipher, TenantKeys, SEALED_FORMAT_V2, SEALED_OVERHEAD_V2,
+};
 
 use std::fmt;
 
@@ -104,85 +111,6 @@ pub fn keyed_tag(key: &SecretKey, context: &[u8], data: &[u8]) -> [u8; 32] {
 impl fmt::Debug for SecretKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[SECRET]")
-    }
-}
-
-/// A tenant's data key, ready to seal and open records. Holds the expanded AES key
-/// and the blind-index key derived from the DEK; both are dropped with it.
-pub struct TenantCipher {
-    aead: LessSafeKey,
-    blind_index: hmac::Key,
-}
-
-impl fmt::Debug for TenantCipher {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TenantCipher([SECRET])")
-    }
-}
-
-impl TenantCipher {
-    pub fn new(dek: &SecretKey) -> Self {
-        TenantCipher {
-            aead: dek.aead_key(),
-            blind_index: derive_hmac_key(dek, b"coffer blind index v1"),
-        }
-    }
-
-    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        seal_with(&self.aead, aad, plaintext)
-    }
-
-    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        open_with(&self.aead, aad, sealed)
-    }
-
-    /// Opens `sealed` onto the end of `out` (decrypted in place there, no other
-    /// copy). On failure `out` is as it was.
-    pub fn open_append(
-        &self,
-        aad: &[u8],
-        sealed: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Result<(), CryptoError> {
-        if sealed.len() < SEALED_OVERHEAD || sealed[0] != SEALED_FORMAT_V1 {
-            return Err(CryptoError::Open);
-        }
-        let nonce: [u8; NONCE_LEN] = sealed[1..1 + NONCE_LEN]
-            .try_into()
-            .map_err(|_| CryptoError::Open)?;
-        let start = out.len();
-        out.extend_from_slice(&sealed[1 + NONCE_LEN..]);
-        match self.aead.open_in_place(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(aad),
-            &mut out[start..],
-        ) {
-            Ok(plain) => {
-                let plain_len = plain.len();
-                out.truncate(start + plain_len);
-                Ok(())
-            }
-            Err(_) => {
-                out.truncate(start);
-                Err(CryptoError::Open)
-            }
-        }
-    }
-
-    /// The blind index of one field value: HMAC-SHA256 under the tenant's index
-    /// key over collection, field and the value's canonical bytes. Equal values give
-    /// equal tags, so lookups work without the value ever reaching the disk.
-    pub fn blind_index(&self, collection: &str, field: &str, value: &[u8]) -> [u8; 32] {
-        let mut ctx = hmac::Context::with_key(&self.blind_index);
-        for part in [collection.as_bytes(), field.as_bytes()] {
-            ctx.update(&(part.len() as u32).to_be_bytes());
-            ctx.update(part);
-        }
-        ctx.update(value);
-        let tag = ctx.sign();
-        let mut out = [0u8; 32];
-        out.copy_from_slice(tag.as_ref());
-        out
     }
 }
 

@@ -62,6 +62,11 @@ pub fn check(schemas: &Registry, tenant: &TenantRecord, target: u32) -> Result<(
     if tenant.state != TenantState::Active {
         return Err(UpgradeError::NotActive(tenant.state.as_str()));
     }
+    if tenant.rotating_to.is_some() {
+        return Err(UpgradeError::Storage(StorageError::Exists(
+            crate::storage::ROTATING.into(),
+        )));
+    }
     if target <= tenant.schema_version {
         return Err(UpgradeError::NotNewer {
             schema: tenant.schema.clone(),

@@ -18,6 +18,7 @@ mod catalog;
 mod commit;
 mod new_token;
 mod pool;
+mod rekey;
 mod tenant_db;
 
 use new_token::new_token;
@@ -33,8 +34,12 @@ pub use catalog::{
 };
 pub use tenant_db::{Change, ChangeFeed, Record, Snapshot, SnapshotRecords, TenantDb};
 
-use crate::crypto::{self, CryptoError, Keyring, MasterKey, SecretKey, TenantCipher};
+use crate::crypto::{self, CryptoError, Keyring, MasterKey, SecretKey, TenantCipher, TenantKeys};
 use crate::ids::{unix_now, Region, TenantId, TokenId};
+
+/// Why a tenant's data cannot be replaced (upgrade, restore in place) now.
+pub const ROTATING: &str =
+    "the tenant's data key is being rotated; try again when the rotation is done";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -214,6 +219,7 @@ impl Storage {
         let wrapped = WrappedDek {
             kek_id: kek.id.clone(),
             sealed: crypto::encode_hex(&kek.wrap_dek(tenant.as_str(), &dek)?),
+            key_id: 0,
         };
         Ok((wrapped, dek))
     }
@@ -244,6 +250,7 @@ impl Storage {
             pending_upgrade: None,
             moved_to: None,
             proposed_move: None,
+            rotating_to: None,
             copy_of: None,
             durability: Default::default(),
             wrapped_dek: Some(wrapped_dek),
@@ -261,7 +268,7 @@ impl Storage {
         let db = self.live(TenantDb::open(
             &self.tenant_dir(&id),
             id.clone(),
-            TenantCipher::new(&dek),
+            TenantKeys::new(TenantCipher::new(&dek)),
             self.cache_bytes_per_tenant,
         )?)?;
         let (token, secret) = new_token(NewToken::admin(&id, "initial admin", DATA_DIR_CREATOR))?;
@@ -282,7 +289,15 @@ impl Storage {
 
     /// Stages a new copy of an existing tenant (same id, fresh data key) under
     /// `staging/<id>-upgrade`, for the schema upgrade service.
+    /// Refused while the tenant's data key is being rotated.
     pub fn stage_replacement(&self, tenant: &TenantRecord) -> Result<StagedTenant, StorageError> {
+        let rotating = self
+            .catalog
+            .tenant(&tenant.id)
+            .is_some_and(|t| t.rotating_to.is_some());
+        if rotating || tenant.rotating_to.is_some() {
+            return Err(StorageError::Exists(ROTATING.into()));
+        }
         let (wrapped_dek, dek) = self.new_wrapped_dek(&tenant.id)?;
         let mut record = tenant.clone();
         record.wrapped_dek = Some(wrapped_dek);
@@ -303,7 +318,7 @@ impl Storage {
         let db = TenantDb::open(
             &dir,
             record.id.clone(),
-            TenantCipher::new(dek),
+            TenantKeys::new(TenantCipher::new(dek)),
             self.cache_bytes_per_tenant,
         )?;
         Ok(StagedTenant {
@@ -468,21 +483,13 @@ impl Storage {
     /// The open database of an existing tenant (opened on demand).
     pub fn tenant_db(&self, record: &TenantRecord) -> Result<Arc<TenantDb>, StorageError> {
         self.pool.get_or_open(&record.id, || {
-            let wrapped = record.wrapped_dek.as_ref().ok_or(StorageError::Shredded)?;
-            let dek = {
-                let keyring = self.keyring.read().expect("keyring lock poisoned");
-                let kek = keyring
-                    .get(&wrapped.kek_id)
-                    .ok_or_else(|| StorageError::MissingKek(wrapped.kek_id.clone()))?;
-                let sealed = crypto::decode_hex(&wrapped.sealed)
-                    .ok_or_else(|| StorageError::Damaged("wrapped data key".into()))?;
-                kek.unwrap_dek(record.id.as_str(), &sealed)
-                    .map_err(|_| StorageError::Damaged("wrapped data key".into()))?
-            };
+            // The keys as the catalog holds them now: `record` may be older
+            // than a data-key rotation.
+            let fresh = self.catalog.tenant(&record.id);
             TenantDb::open(
                 &self.tenant_dir(&record.id),
                 record.id.clone(),
-                TenantCipher::new(&dek),
+                self.keys_of(fresh.as_ref().unwrap_or(record))?,
                 self.cache_bytes_per_tenant,
             )
             .and_then(|db| self.live(db))
@@ -531,6 +538,7 @@ impl Storage {
             record.destroyed_at = Some(unix_now());
             record.destroy_after = None;
             record.wrapped_dek = None;
+            record.rotating_to = None;
             self.catalog.destroy_tenant(&record)?;
             record
         };
@@ -639,8 +647,9 @@ impl Storage {
             .into_iter()
             .filter(|t| {
                 t.wrapped_dek
-                    .as_ref()
-                    .is_some_and(|w| w.kek_id != current.id)
+                    .iter()
+                    .chain(&t.rotating_to)
+                    .any(|w| w.kek_id != current.id)
             })
             .map(|t| t.id)
             .collect();
@@ -659,10 +668,22 @@ impl Storage {
                 let dek = old
                     .unwrap_dek(id.as_str(), &sealed)
                     .map_err(|_| StorageError::Damaged("wrapped data key".into()))?;
+                let key_id = wrapped.key_id;
+                drop(keyring);
                 record.wrapped_dek = Some(WrappedDek {
                     kek_id: current.id.clone(),
                     sealed: crypto::encode_hex(&current.wrap_dek(id.as_str(), &dek)?),
+                    key_id,
                 });
+                // A data-key rotation's new key is wrapped the same way.
+                if let Some(next) = record.rotating_to.take() {
+                    let dek = self.unwrap(id, &next)?;
+                    record.rotating_to = Some(WrappedDek {
+                        kek_id: current.id.clone(),
+                        sealed: crypto::encode_hex(&current.wrap_dek(id.as_str(), &dek)?),
+                        key_id: next.key_id,
+                    });
+                }
                 Ok(())
             })?;
             outcome?;
@@ -697,7 +718,8 @@ impl Storage {
             .catalog
             .tenants()
             .into_iter()
-            .filter_map(|t| t.wrapped_dek.map(|w| w.kek_id))
+            .flat_map(|t| t.wrapped_dek.into_iter().chain(t.rotating_to))
+            .map(|w| w.kek_id)
             .collect();
         ids.sort();
         ids.dedup();

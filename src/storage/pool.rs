@@ -142,13 +142,13 @@ impl Pool {
 mod tests {
     use super::*;
     use crate::crypto::SecretKey;
-    use crate::crypto::TenantCipher;
+    use crate::crypto::{TenantCipher, TenantKeys};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc;
 
     fn open_in(dir: &std::path::Path, id: &TenantId) -> Result<TenantDb, StorageError> {
-        let cipher = TenantCipher::new(&SecretKey::generate().unwrap());
-        TenantDb::open(&dir.join(id.as_str()), id.clone(), cipher, 1 << 20)
+        let keys = TenantKeys::new(TenantCipher::new(&SecretKey::generate().unwrap()));
+        TenantDb::open(&dir.join(id.as_str()), id.clone(), keys, 1 << 20)
     }
 
     /// A tenant that takes long to open (here: until the test says so) holds

@@ -54,6 +54,10 @@ pub struct WrappedDek {
     pub kek_id: String,
     /// The sealed key, hex (see `crypto`'s sealed-value layout).
     pub sealed: String,
+    /// Which of the tenant's data keys this is: 0 for its first, one more at
+    /// every rotation (values sealed under it carry this id).
+    #[serde(default)]
+    pub key_id: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,6 +79,10 @@ pub struct TenantRecord {
     /// Present while the tenant exists; removed (shredded) when it is destroyed.
     #[serde(default)]
     pub wrapped_dek: Option<WrappedDek>,
+    /// While its data key is rotated: the new key, which seals every new
+    /// value; `wrapped_dek` still opens the rest. Shredded with the tenant.
+    #[serde(default)]
+    pub rotating_to: Option<WrappedDek>,
     /// Where the tenant is going (`moving`) or went (`moved`).
     #[serde(default)]
     pub moved_to: Option<MovedTo>,

@@ -19,6 +19,7 @@ fn tenant(id: &str, state: TenantState) -> TenantRecord {
         moved_to: None,
         pending_upgrade: None,
         proposed_move: None,
+        rotating_to: None,
         copy_of: None,
         durability: Durability::Local,
     }

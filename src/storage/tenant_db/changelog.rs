@@ -127,7 +127,7 @@ impl TenantDb {
     pub(super) fn append_change(&self, change: &Change) -> Result<(), StorageError> {
         let plain = serde_json::to_vec(change).expect("a change always serialises");
         let sealed = self
-            .cipher
+            .keys()
             .seal(&change_aad(self.tenant.as_str(), change.seq), &plain)?;
         self.data.insert(log_key(change.seq), sealed)?;
         Ok(())
@@ -142,8 +142,7 @@ impl TenantDb {
             let (key, sealed) = item?;
             let seq = log_seq_from(&key)?;
             let plain = self
-                .cipher
-                .open(&change_aad(self.tenant.as_str(), seq), &sealed)
+                .open_sealed(&change_aad(self.tenant.as_str(), seq), &sealed)
                 .map_err(|_| StorageError::Damaged(format!("change {seq} of the log")))?;
             let change: Change = serde_json::from_slice(&plain)
                 .map_err(|_| StorageError::Damaged(format!("change {seq} of the log")))?;

@@ -25,6 +25,7 @@
 
 mod changelog;
 mod layout;
+mod rekey;
 mod snapshot;
 #[cfg(test)]
 mod tests;
@@ -38,7 +39,7 @@ use serde_json::{Map, Value};
 
 use super::commit::GroupCommit;
 use super::StorageError;
-use crate::crypto::{record_aad, TenantCipher};
+use crate::crypto::{record_aad, CryptoError, TenantKeys};
 use crate::ids::{RecordId, TenantId};
 use crate::schema::{index_form, legacy_index_forms, same_indexed_value, Collection, Field};
 
@@ -92,7 +93,9 @@ fn settle(db: &sled::Db) -> Result<(), StorageError> {
 
 pub struct TenantDb {
     tenant: TenantId,
-    cipher: TenantCipher,
+    /// Its data keys; replaced (under the write lock) when a rotation starts
+    /// and when it ends (see `rekey`).
+    keys: std::sync::RwLock<std::sync::Arc<TenantKeys>>,
     db: sled::Db,
     data: sled::Tree,
     /// Held by every writer; the state lists the snapshots writers must feed.
@@ -162,7 +165,7 @@ impl TenantDb {
     pub fn open(
         dir: &Path,
         tenant: TenantId,
-        cipher: TenantCipher,
+        keys: TenantKeys,
         cache_bytes: u64,
     ) -> Result<TenantDb, StorageError> {
         let db = sled::Config::new()
@@ -196,7 +199,7 @@ impl TenantDb {
         let seq = TenantDb::stored_seq(&db, &data)?;
         Ok(TenantDb {
             tenant,
-            cipher,
+            keys: std::sync::RwLock::new(std::sync::Arc::new(keys)),
             db,
             data,
             write_lock: Mutex::new(WriterState {
@@ -350,8 +353,17 @@ impl TenantDb {
         limit: usize,
     ) -> Result<Vec<Record>, StorageError> {
         let mut out: Vec<Record> = Vec::new();
-        for key in std::iter::once(index_form(spec, value)).chain(legacy_index_forms(spec, value)) {
-            let tag = self.cipher.blind_index(collection, field, &key);
+        let keys = self.keys();
+        let forms = std::iter::once(index_form(spec, value)).chain(legacy_index_forms(spec, value));
+        // Under every key the tenant has: during a rotation, a record's
+        // entries are under the key that sealed it.
+        let tags: Vec<_> = forms
+            .flat_map(|form| {
+                keys.all()
+                    .map(move |k| k.blind_index(collection, field, &form))
+            })
+            .collect();
+        for tag in tags {
             let prefix = index_prefix(collection, field, &tag);
             for item in self.data.scan_prefix(&prefix) {
                 let (key, _) = item?;
@@ -414,12 +426,41 @@ impl TenantDb {
         id: &RecordId,
         sealed: &[u8],
     ) -> Result<Vec<u8>, StorageError> {
-        self.cipher
-            .open(
-                &record_aad(self.tenant.as_str(), collection, id.as_str()),
-                sealed,
-            )
-            .map_err(|_| StorageError::Damaged(format!("record {id} in {collection}")))
+        self.open_sealed(
+            &record_aad(self.tenant.as_str(), collection, id.as_str()),
+            sealed,
+        )
+        .map_err(|_| StorageError::Damaged(format!("record {id} in {collection}")))
+    }
+
+    /// The tenant's data keys as they are now.
+    pub(super) fn keys(&self) -> std::sync::Arc<TenantKeys> {
+        self.keys.read().expect("tenant keys lock poisoned").clone()
+    }
+
+    /// Opens a value sealed by any of the tenant's keys. A reader that took
+    /// the keys just before a rotation began may meet a value sealed by the
+    /// new one: it takes the keys again.
+    pub(super) fn open_sealed(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let keys = self.keys();
+        match keys.sealer_of(sealed) {
+            Some(key) => key.open(aad, sealed),
+            None => self.keys().open(aad, sealed),
+        }
+    }
+
+    /// As [`open_sealed`](Self::open_sealed), onto the end of `out`.
+    pub(super) fn open_sealed_append(
+        &self,
+        aad: &[u8],
+        sealed: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
+        let keys = self.keys();
+        match keys.sealer_of(sealed) {
+            Some(key) => key.open_append(aad, sealed, out),
+            None => self.keys().open_append(aad, sealed, out),
+        }
     }
 
     /// Refuses every write from now on (under the write lock, so no write is half

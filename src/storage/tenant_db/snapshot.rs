@@ -37,7 +37,7 @@ impl TenantDb {
         out.extend_from_slice(id.as_str().as_bytes());
         out.push(b'"');
         let plain_at = out.len();
-        let opened = self.cipher.open_append(
+        let opened = self.open_sealed_append(
             &record_aad(self.tenant.as_str(), collection, id.as_str()),
             sealed,
             out,
@@ -166,7 +166,7 @@ impl Snapshot {
             let damaged = || StorageError::Damaged("a record key or sealed length".into());
             let split = key.iter().position(|b| *b == 0).ok_or_else(damaged)?;
             let collection = std::str::from_utf8(&key[1..split]).map_err(|_| damaged())?;
-            let length = line_len(key.len() - split - 1, sealed.len()).ok_or_else(damaged)?;
+            let length = line_len(key.len() - split - 1, &sealed).ok_or_else(damaged)?;
             let entry = match stats.get_mut(collection) {
                 Some(entry) => entry,
                 None => stats.entry(collection.to_string()).or_default(),
@@ -249,10 +249,10 @@ impl Snapshot {
 }
 
 /// The length of a record's NDJSON line (see `TenantDb::append_line`) from the
-/// lengths of its id and its sealed value; `None` if the value is too short to
-/// hold a sealed JSON object.
-pub(super) fn line_len(id_len: usize, sealed_len: usize) -> Option<u64> {
-    let plain_len = sealed_len.checked_sub(crate::crypto::SEALED_OVERHEAD)?;
+/// length of its id and its sealed value (not opened); `None` if the value is
+/// too short to hold a sealed JSON object.
+pub(super) fn line_len(id_len: usize, sealed: &[u8]) -> Option<u64> {
+    let plain_len = crate::crypto::sealed_plain_len(sealed)?;
     // `{"id":"` id `"` then `,` fields `}` (the object's own `{` replaced), or
     // `}` for an empty object; then the newline.
     let body = match plain_len {

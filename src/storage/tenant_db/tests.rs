@@ -4,15 +4,15 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::crypto::SecretKey;
+use crate::crypto::{SecretKey, TenantCipher};
 use crate::schema::Schema;
 use serde_json::json;
 
 fn open_temp(label: &str) -> (TenantDb, Collection, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("coffer-unit-{label}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let cipher = TenantCipher::new(&SecretKey::generate().unwrap());
-    let db = TenantDb::open(&dir, TenantId::generate().unwrap(), cipher, 1 << 20).unwrap();
+    let keys = TenantKeys::new(TenantCipher::new(&SecretKey::generate().unwrap()));
+    let db = TenantDb::open(&dir, TenantId::generate().unwrap(), keys, 1 << 20).unwrap();
     let schema = Schema::parse(
         "t",
         "format = 1\nname = \"t\"\nversion = 1\n[collections.people]\nfields.email = { type = \"string\", unique = true }\n",
@@ -47,7 +47,7 @@ fn stale_index_entries_left_by_a_crash_are_skipped_and_cleared() {
         .unwrap();
     // As if a crash came between "insert new entry" and "write record":
     // an entry claims record `a` holds b@x, which it does not.
-    let tag = db.cipher.blind_index("people", "email", b"b@x");
+    let tag = db.keys().current().blind_index("people", "email", b"b@x");
     db.data
         .insert(index_key("people", "email", &tag, &a), &[])
         .unwrap();
@@ -441,4 +441,122 @@ fn replace_and_delete_move_index_entries() {
     ));
     drop(db);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_rotation_reseals_and_reindexes_while_writes_go_on_and_leaves_only_the_new_key() {
+    let dir = std::env::temp_dir().join(format!("coffer-unit-rekey-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (old, new) = (
+        SecretKey::generate().unwrap(),
+        SecretKey::generate().unwrap(),
+    );
+    let db = Arc::new(
+        TenantDb::open(
+            &dir,
+            TenantId::generate().unwrap(),
+            TenantKeys::new(TenantCipher::new(&old)),
+            1 << 20,
+        )
+        .unwrap(),
+    );
+    let schema = Schema::parse(
+        "t",
+        "format = 1\nname = \"t\"\nversion = 1\n[collections.people]\nfields.email = { type = \"string\", unique = true }\n",
+    )
+    .unwrap();
+    let people = schema.collection("people").unwrap().clone();
+    let spec = &people.fields["email"];
+    let ids = insert_people(&db, &people, 40);
+    let find = |email: &str| {
+        db.find("people", "email", spec, &json!(email), 10)
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect::<Vec<_>>()
+    };
+    db.set_keys(TenantKeys::rotating(
+        TenantCipher::with_id(&new, 1),
+        TenantCipher::new(&old),
+    ));
+    let snapshot = db.snapshot().unwrap();
+    let cutoff = db.next_snapshot_id();
+    // Half way: some records re-sealed, then writes under the new key.
+    let first = db.reseal_batch(&schema, &[], 15, false).unwrap();
+    assert_eq!(first.records, 15);
+    let next = first.next.expect("more to do");
+    db.replace(
+        "people",
+        &people,
+        &ids[30],
+        &fields(json!({"email": "moved@x"})),
+    )
+    .unwrap();
+    db.replace(
+        "people",
+        &people,
+        &ids[5],
+        &fields(json!({"email": "5@x", "n": 1})),
+    )
+    .unwrap();
+    let fresh = db
+        .insert("people", &people, &fields(json!({"email": "new@x"})))
+        .unwrap();
+    // Lookups and the uniqueness check see records under either key.
+    assert_eq!(find("20@x"), vec![ids[20].clone()]);
+    assert_eq!(find("5@x"), vec![ids[5].clone()]);
+    assert!(matches!(
+        db.insert("people", &people, &fields(json!({"email": "25@x"}))),
+        Err(StorageError::Duplicate(_))
+    ));
+    assert!(matches!(
+        db.insert("people", &people, &fields(json!({"email": "3@x"}))),
+        Err(StorageError::Duplicate(_))
+    ));
+    let mut cursor = next;
+    loop {
+        let batch = db.reseal_batch(&schema, &cursor, 7, false).unwrap();
+        match batch.next {
+            Some(next) => cursor = next,
+            None => break,
+        }
+    }
+    // The snapshot from before still reads its point in time.
+    assert!(db.snapshots_before(cutoff));
+    let seen: Vec<Record> = snapshot
+        .records("people")
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut expected: Vec<Record> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.clone(), fields(json!({"email": format!("{i}@x")}))))
+        .collect();
+    expected.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(seen, expected);
+    drop(snapshot);
+    assert!(!db.snapshots_before(cutoff));
+    db.set_keys(TenantKeys::new(TenantCipher::with_id(&new, 1)));
+    let counts = db.sealed_key_ids().unwrap();
+    assert_eq!(counts, BTreeMap::from([(1, 41)]), "only the new key seals");
+    // No index entry under the old key is left.
+    let old_cipher = TenantCipher::new(&old);
+    for i in 0..40 {
+        let tag = old_cipher.blind_index("people", "email", format!("{i}@x").as_bytes());
+        assert!(db
+            .data
+            .scan_prefix(index_prefix("people", "email", &tag))
+            .next()
+            .is_none());
+    }
+    assert_eq!(find("moved@x"), vec![ids[30].clone()]);
+    assert!(find("30@x").is_empty());
+    assert_eq!(find("new@x"), vec![fresh]);
+    for (i, id) in ids.iter().enumerate().filter(|(i, _)| *i != 30) {
+        let (_, record) = db.get("people", id).unwrap().unwrap();
+        assert_eq!(record["email"], json!(format!("{i}@x")));
+        assert_eq!(find(&format!("{i}@x")), vec![id.clone()]);
+    }
+    drop(db);
+    let _ = std::fs::remove_dir_all(&dir);
 }

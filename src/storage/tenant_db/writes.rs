@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::crypto::record_aad;
+use crate::crypto::{record_aad, TenantCipher};
 use crate::ids::RecordId;
 use crate::schema::{index_form, legacy_index_forms, same_indexed_value, Collection, Field};
 use crate::storage::StorageError;
@@ -110,17 +110,34 @@ impl TenantDb {
                 }
             }
             state.writes += 1;
-            let old_tags = old
-                .as_ref()
-                .map(|o| self.index_tags(collection_name, collection, o))
-                .unwrap_or_default();
+            // The keys cannot change while the write lock is held.
+            let keys = self.keys();
+            // A record's index entries are under the key that sealed it (a
+            // rotation re-indexes each record as it re-seals it). The new
+            // version's go under the sealing key; those of the old version
+            // under any key go, unless the new version has them too.
             let new_tags = fields
-                .map(|f| self.index_tags(collection_name, collection, f))
+                .map(|f| self.index_tags(keys.current(), collection_name, collection, f))
                 .unwrap_or_default();
-            let added: Vec<_> = new_tags.iter().filter(|t| !old_tags.contains(t)).collect();
+            let old_tags: Vec<_> = match &old {
+                Some(o) => keys
+                    .all()
+                    .flat_map(|key| self.index_tags(key, collection_name, collection, o))
+                    .collect(),
+                None => Vec::new(),
+            };
+            let sealed_by_current = old_sealed
+                .as_ref()
+                .and_then(|v| keys.sealer_of(v))
+                .is_some_and(|key| key.id() == keys.current().id());
+            let added: Vec<_> = new_tags
+                .iter()
+                .filter(|t| !(sealed_by_current && old_tags.contains(t)))
+                .collect();
             let dropped: Vec<_> = old_tags.iter().filter(|t| !new_tags.contains(t)).collect();
-            for (field, _, unique) in &added {
-                if *unique {
+            for (field, tag, unique) in &added {
+                // A value the old version held already was checked when written.
+                if *unique && !old_tags.contains(&(field.clone(), *tag, true)) {
                     let value = fields
                         .and_then(|f| f.get(field))
                         .expect("a tag has a value");
@@ -131,7 +148,7 @@ impl TenantDb {
             let sealed = match fields {
                 Some(fields) => {
                     let plain = serde_json::to_vec(fields).expect("a JSON map always serialises");
-                    Some(self.cipher.seal(
+                    Some(keys.seal(
                         &record_aad(self.tenant.as_str(), collection_name, id.as_str()),
                         &plain,
                     )?)
@@ -147,8 +164,8 @@ impl TenantDb {
                     .insert(index_key(collection_name, field, tag, id), &[])?;
             }
             let id_len = id.as_str().len();
-            let before = old_sealed.as_ref().and_then(|v| line_len(id_len, v.len()));
-            let after = sealed.as_ref().and_then(|v| line_len(id_len, v.len()));
+            let before = old_sealed.as_ref().and_then(|v| line_len(id_len, v));
+            let after = sealed.as_ref().and_then(|v| line_len(id_len, v));
             match sealed {
                 Some(sealed) => self.data.insert(key, sealed)?,
                 None => self.data.remove(key)?,
@@ -188,8 +205,15 @@ impl TenantDb {
         value: &Value,
         writer: &RecordId,
     ) -> Result<(), StorageError> {
-        for key in std::iter::once(index_form(spec, value)).chain(legacy_index_forms(spec, value)) {
-            let tag = self.cipher.blind_index(collection, field, &key);
+        let keys = self.keys();
+        let forms = std::iter::once(index_form(spec, value)).chain(legacy_index_forms(spec, value));
+        let tags: Vec<_> = forms
+            .flat_map(|form| {
+                keys.all()
+                    .map(move |k| k.blind_index(collection, field, &form))
+            })
+            .collect();
+        for tag in tags {
             let prefix = index_prefix(collection, field, &tag);
             for item in self.data.scan_prefix(&prefix) {
                 let (key, _) = item?;
@@ -210,8 +234,10 @@ impl TenantDb {
         Ok(())
     }
 
+    /// The index entries (field, tag, unique) of `fields` under `key`.
     pub(super) fn index_tags(
         &self,
+        key: &TenantCipher,
         collection_name: &str,
         collection: &Collection,
         fields: &Map<String, Value>,
@@ -222,9 +248,7 @@ impl TenantDb {
             .filter(|(_, spec)| spec.is_indexed())
             .filter_map(|(name, spec)| {
                 let value = fields.get(name).filter(|v| !v.is_null())?;
-                let tag = self
-                    .cipher
-                    .blind_index(collection_name, name, &index_form(spec, value));
+                let tag = key.blind_index(collection_name, name, &index_form(spec, value));
                 Some((name.clone(), tag, spec.unique))
             })
             .collect()
