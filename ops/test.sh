@@ -23,6 +23,12 @@ command -v age >/dev/null 2>&1 || missing+=(age)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # python3 -m venv for the contract tester below (Debian splits it out).
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+# A real browser for the control panel's tests (headless, over WebDriver).
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+# Node.js runs the panel's own unit tests (its audit verifier); this
+# machine's image has Node 20, whose WebCrypto has Ed25519.
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]}"
   if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
@@ -52,5 +58,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
+echo "== node --test panel/tests/ (the panel's audit verifier, against real bundles)"
+node --test panel/tests/
 echo "== cargo test"
 cargo test --locked

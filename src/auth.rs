@@ -86,6 +86,18 @@ pub fn authenticate(storage: &Storage, header: Option<&str>) -> Result<Principal
         .filter(|t| !t.is_empty())
         .ok_or(AuthError::Invalid)?;
     let record = storage.authenticate(token)?.ok_or(AuthError::Invalid)?;
+    principal_of(storage, record)
+}
+
+/// The principal behind a control-panel session: the token it was made from
+/// (by its digest), which must still be live — revoking the token ends the
+/// session.
+pub fn authenticate_digest(storage: &Storage, digest: &[u8; 32]) -> Result<Principal, AuthError> {
+    let record = storage.catalog.token(digest)?.ok_or(AuthError::Revoked)?;
+    principal_of(storage, record)
+}
+
+fn principal_of(storage: &Storage, record: TokenRecord) -> Result<Principal, AuthError> {
     let now = unix_now();
     match record.state_at(now) {
         "revoked" => return Err(AuthError::Revoked),

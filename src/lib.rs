@@ -45,7 +45,8 @@
 //!   revocation and expiry.
 //! - [`fleet`] — the configured hosts of other regions and the one call a
 //!   host makes to another (does the move's target hold the tenant?).
-//! - [`api`] — **the only user of hyper**: routes, status mapping, server loop.
+//! - [`api`] — **the only user of hyper**: routes, status mapping, server loop,
+//!   the control panel's embedded files (`panel/`) and its cookie sessions.
 //! - [`backup`] — the archive format, streamed exports, STREAM-sealed DR backups
 //!   sealed into the host's spool, verification, restores into staged tenants.
 //! - [`replication`] — **the only user of object_store**: one store per backup

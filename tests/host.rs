@@ -29,6 +29,8 @@ mod limits;
 mod neighbours;
 #[path = "host/operations.rs"]
 mod operations;
+#[path = "host/panel.rs"]
+mod panel;
 #[path = "host/pitr.rs"]
 mod pitr;
 #[path = "host/pitr_bases.rs"]

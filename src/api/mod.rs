@@ -20,10 +20,12 @@ mod error;
 mod grants;
 mod limits;
 mod moves;
+mod panel;
 mod records;
 mod request;
 mod routes;
 mod server;
+mod sessions;
 mod stream;
 mod tenants;
 pub mod tls;
@@ -75,6 +77,8 @@ pub struct AppState {
     pub changelog: Option<Arc<crate::service::changelog::ChangeLog>>,
     /// Data-key rotations, when the host runs them (`coffer serve` does).
     pub data_keys: Option<Arc<crate::service::data_keys::DataKeys>>,
+    /// Control-panel sessions (in memory).
+    pub(crate) sessions: sessions::Sessions,
 }
 
 impl AppState {
@@ -99,6 +103,7 @@ impl AppState {
             next_request: AtomicU64::new(1),
             changelog: None,
             data_keys: None,
+            sessions: sessions::Sessions::default(),
         }
     }
 
@@ -175,6 +180,9 @@ async fn route(
         // Public by design: anyone checking a checkpoint needs it.
         return Ok(grants::public_key(&state));
     }
+    if let Endpoint::Panel(file) = &endpoint {
+        return panel::serve(file);
+    }
     // A declared body beyond the limit is refused before anything is read
     // or done.
     let limit = if endpoint == Endpoint::ImportTenant {
@@ -211,10 +219,42 @@ async fn route(
             .map(|t| moves::Bearer(t.trim().to_string())),
         _ => None,
     };
-    let mut principal = {
-        let storage = state.storage.clone();
-        blocking(move || auth::authenticate(&storage, auth_header.as_deref())).await??
+    if endpoint == Endpoint::CreateSession {
+        let (body, _held) = tokio::time::timeout(
+            state.config.request_timeout,
+            read_body(request, state.config.max_body_bytes, &state.bodies),
+        )
+        .await
+        .map_err(|_| {
+            ApiError::RequestTimeout("the request body did not arrive in time".into())
+        })??;
+        return sessions::create(&state, &body).await;
+    }
+    // A bearer token, or else a control-panel session's cookie (whose
+    // changes must carry its CSRF token).
+    let session = match auth_header {
+        Some(_) => None,
+        None => state.sessions.of_request(request.headers())?,
     };
+    let mut principal = match &session {
+        Some(current) => {
+            current.check_csrf(request.method(), request.headers())?;
+            current.principal(&state).await?
+        }
+        None => {
+            let storage = state.storage.clone();
+            blocking(move || auth::authenticate(&storage, auth_header.as_deref())).await??
+        }
+    };
+    if matches!(endpoint, Endpoint::ReadSession | Endpoint::EndSession) {
+        let current = session.ok_or_else(|| {
+            ApiError::Unauthorized("no session: sign in through the control panel".into())
+        })?;
+        return match endpoint {
+            Endpoint::ReadSession => Ok(sessions::read(&principal, &current)),
+            _ => sessions::end(&state, &principal, &current).await,
+        };
+    }
     if let Some(value) = request.headers().get("x-coffer-grant") {
         if principal.role == Role::Support {
             principal.grant = Some(
@@ -361,7 +401,12 @@ async fn dispatch(
         Endpoint::ApproveToken(id) => tokens::approve(state, principal, id).await,
         Endpoint::AccessLog(id) => grants::access_log(state, principal, id).await,
         Endpoint::AuditProof(id) => grants::audit_proof(state, principal, id, query).await,
-        Endpoint::Health | Endpoint::ImportTenant => {
+        Endpoint::Health
+        | Endpoint::ImportTenant
+        | Endpoint::Panel(_)
+        | Endpoint::CreateSession
+        | Endpoint::ReadSession
+        | Endpoint::EndSession => {
             unreachable!("answered before the body is read")
         }
         Endpoint::ExportTenant(id) => {

@@ -64,6 +64,11 @@ pub enum Endpoint {
     ListRegions,
     RegionTenants(String),
     ListDrills,
+    /// The control panel's page and files (`""` is the page).
+    Panel(String),
+    CreateSession,
+    ReadSession,
+    EndSession,
 }
 
 /// How an endpoint's caller is checked (see [`Endpoint::check`]).
@@ -124,6 +129,10 @@ impl Endpoint {
             Endpoint::ListRegions => "ListRegions",
             Endpoint::RegionTenants(..) => "RegionTenants",
             Endpoint::ListDrills => "ListDrills",
+            Endpoint::Panel(..) => "Panel",
+            Endpoint::CreateSession => "CreateSession",
+            Endpoint::ReadSession => "ReadSession",
+            Endpoint::EndSession => "EndSession",
         }
     }
 
@@ -159,6 +168,11 @@ impl Endpoint {
         use Method as M;
         let endpoint = match (method, segments.as_slice()) {
             (&M::GET, ["healthz"]) => Endpoint::Health,
+            (&M::GET, ["panel"]) => Endpoint::Panel(String::new()),
+            (&M::GET, ["panel", file]) => Endpoint::Panel(file.to_string()),
+            (&M::POST, ["v1", "sessions"]) => Endpoint::CreateSession,
+            (&M::GET, ["v1", "sessions", "current"]) => Endpoint::ReadSession,
+            (&M::DELETE, ["v1", "sessions", "current"]) => Endpoint::EndSession,
             (&M::POST, ["v1", "tenants"]) => Endpoint::CreateTenant,
             (&M::POST, ["v1", "tenants", "import"]) => Endpoint::ImportTenant,
             (&M::GET, ["v1", "tenants", id, "export"]) => Endpoint::ExportTenant(tenant(id)?),
@@ -266,6 +280,10 @@ impl Endpoint {
         matches!(
             segments,
             ["healthz"]
+                | ["panel"]
+                | ["panel", _]
+                | ["v1", "sessions"]
+                | ["v1", "sessions", "current"]
                 | ["v1", "tenants"]
                 | ["v1", "tenants", _]
                 | [
@@ -317,7 +335,14 @@ impl Endpoint {
     pub fn check(&self) -> Check<'_> {
         use Action as A;
         Check::Action(match self {
-            Endpoint::Health | Endpoint::AuditPublicKey => return Check::Public,
+            Endpoint::Health | Endpoint::AuditPublicKey | Endpoint::Panel(_) => {
+                return Check::Public
+            }
+            // The token is in the body; the session is the caller's own.
+            Endpoint::CreateSession => return Check::InHandler("sessions::create"),
+            Endpoint::ReadSession | Endpoint::EndSession => {
+                return Check::InHandler("sessions::read, sessions::end")
+            }
             // The role asked for is in the body.
             Endpoint::MintToken => return Check::InHandler("tokens::mint"),
             // Checked inside `records::run`, so that a refusal through a
@@ -438,6 +463,10 @@ impl Endpoint {
             | Endpoint::ListRegions
             | Endpoint::RegionTenants(_)
             | Endpoint::ListDrills
+            | Endpoint::Panel(_)
+            | Endpoint::CreateSession
+            | Endpoint::ReadSession
+            | Endpoint::EndSession
             | Endpoint::RequestAccess
             | Endpoint::ReadAccessRequest(_)
             | Endpoint::DecideAccessRequest(..)

@@ -149,10 +149,24 @@ pub async fn list(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
 pub async fn read(state: &Arc<AppState>, id: TenantId) -> Result<Response<Body>, ApiError> {
     let storage = state.storage.clone();
     let tenant = known_tenant(&storage, &id)?;
-    Ok(json_response(
-        StatusCode::OK,
-        &super::continuous::with_durability(state, &tenant),
-    ))
+    let mut body = super::continuous::with_durability(state, &tenant);
+    if let Some(wrapped) = &tenant.wrapped_dek {
+        body["data_key"] =
+            json!({"key_id": wrapped.key_id, "rotating": tenant.rotating_to.is_some()});
+        // Records per collection (the panel's overview).
+        let (inner, record) = (state.clone(), tenant.clone());
+        let counts = blocking(move || -> Result<_, ApiError> {
+            let schema = inner
+                .schemas
+                .get(&record.schema, record.schema_version)
+                .map_err(ApiError::internal)?;
+            let db = inner.storage.tenant_db(&record)?;
+            Ok(db.record_counts(schema.collections.keys().map(String::as_str))?)
+        })
+        .await??;
+        body["collections"] = json!(counts);
+    }
+    Ok(json_response(StatusCode::OK, &body))
 }
 
 pub async fn deactivate(

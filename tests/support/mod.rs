@@ -5,6 +5,7 @@
 
 pub mod archives;
 pub mod backups;
+pub mod browser;
 pub mod garage;
 pub mod grants;
 pub mod records;

@@ -105,3 +105,76 @@ fn requests(mut from: TcpStream, mut to: TcpStream, on: &AtomicBool, altered: &A
         }
     }
 }
+
+/// A relay that passes requests untouched and, while switched on, alters
+/// the first audit entry of every proof bundle on its way back to the
+/// client (one base64 character after `"entry":"`): a host serving a
+/// tampered log. Off when started.
+pub struct AnswerTamper {
+    pub url: String,
+    on: Arc<AtomicBool>,
+    altered: Arc<AtomicUsize>,
+}
+
+impl AnswerTamper {
+    pub fn start(upstream: &str) -> AnswerTamper {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the relay");
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let on = Arc::new(AtomicBool::new(false));
+        let altered = Arc::new(AtomicUsize::new(0));
+        let (upstream, flag, count) = (upstream.to_string(), on.clone(), altered.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let (flag, count) = (flag.clone(), count.clone());
+                let (mut client_read, mut server_write) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut client_read, &mut server_write);
+                    let _ = server_write.shutdown(Shutdown::Write);
+                });
+                std::thread::spawn(move || answers(server, client, &flag, &count));
+            }
+        });
+        AnswerTamper { url, on, altered }
+    }
+
+    pub fn set(&self, on: bool) {
+        self.on.store(on, Ordering::SeqCst);
+    }
+
+    /// How many bundles were altered.
+    pub fn altered(&self) -> usize {
+        self.altered.load(Ordering::SeqCst)
+    }
+}
+
+fn answers(mut from: TcpStream, mut to: TcpStream, on: &AtomicBool, altered: &AtomicUsize) {
+    const PATTERN: &[u8] = b"\"entry\":\"";
+    let mut buffer = vec![0u8; 64 << 10];
+    loop {
+        let n = match from.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunk = &mut buffer[..n];
+        // A pattern split across two reads is passed as it is; the tests
+        // check `altered()`.
+        if on.load(Ordering::SeqCst) {
+            if let Some(at) = chunk.windows(PATTERN.len()).position(|w| w == PATTERN) {
+                let i = at + PATTERN.len();
+                if i < chunk.len() {
+                    // Another base64 letter: the entry decodes to other bytes.
+                    chunk[i] = if chunk[i] == b'A' { b'B' } else { b'A' };
+                    altered.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+        if to.write_all(chunk).is_err() {
+            return;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}

@@ -399,6 +399,29 @@ impl TenantDb {
         Ok(n)
     }
 
+    /// Records per collection: from the counts every write keeps once a
+    /// snapshot has counted them (no scan), else by a key scan.
+    pub fn record_counts<'a>(
+        &self,
+        collections: impl Iterator<Item = &'a str>,
+    ) -> Result<BTreeMap<String, u64>, StorageError> {
+        let known = self
+            .write_lock
+            .lock()
+            .expect("tenant write lock poisoned")
+            .stats
+            .clone();
+        collections
+            .map(|c| {
+                let n = match &known {
+                    Some(stats) => stats.get(c).map_or(0, |(records, _)| *records),
+                    None => self.count(c)?,
+                };
+                Ok((c.to_string(), n))
+            })
+            .collect()
+    }
+
     /// Makes everything written so far durable.
     pub fn flush(&self) -> Result<(), StorageError> {
         self.db.flush()?;
