@@ -233,9 +233,20 @@ fn a_tenant_admin_decides_downloads_verifies_and_removes_in_the_browser() {
 
     // The other tenant's admin sees only its own tenant.
     sign_in(&browser, &relay.url, &other_admin);
-    let page: Value = browser.run("return document.body.innerText;");
-    assert!(!page.as_str().unwrap().contains("Panel Co"));
-    assert!(!page.as_str().unwrap().contains(&t));
+    browser.wait_text("main", |text| text.contains("Other Co"));
+    for view in [
+        "overview", "backups", "copies", "access", "audit", "tokens", "removal",
+    ] {
+        browser.click(&format!("[data-test=nav-{view}]"));
+        browser.find(&format!("[data-view={view}]"));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let page: Value = browser.run("return document.body.innerText;");
+        let page = page.as_str().unwrap();
+        assert!(
+            !page.contains("Panel Co") && !page.contains(&t),
+            "{view}: {page}"
+        );
+    }
     assert_eq!(
         page_fetch(
             &browser,
