@@ -616,10 +616,34 @@ async function drills() {
 }
 
 async function staff() {
-  const { tokens, identities = [] } = await get("/v1/tokens");
+  const [{ tokens, identities = [] }, pending] = await Promise.all([get("/v1/tokens"), get("/v1/approvals")]);
   const waiting = identities.filter((i) => i.state === "pending-approval").map((i) => [i.name, i.role, i.created_by, when(i.created)]);
+  const emergencies = pending.emergency_requests.map((g) =>
+    row({ "data-test": "grant-row", "data-grant-id": g.id, "data-state": g.state }, [
+      g.tenant,
+      g.requester,
+      g.reason,
+      g.ticket,
+      `${(g.approvals ?? []).length} of 2`,
+      action("Approve", "approve", () => post(`/v1/access-requests/${encodeURIComponent(g.id)}/approve`)),
+    ]),
+  );
+  const recoveries = pending.admin_recoveries.map((r) =>
+    row({ "data-test": "recovery-row", "data-recovery-id": r.id, "data-state": r.state }, [
+      r.tenant,
+      r.requested_by,
+      r.reason,
+      r.ticket,
+      r.state === "waiting" ? ["the tenant may cancel until ", when(r.ready_at)] : "ready",
+      r.state === "ready" ? action("Approve", "approve-recovery", () => post(`/v1/admin-recoveries/${encodeURIComponent(r.id)}/approve`)) : "",
+    ]),
+  );
   return [
-    el("h3", {}, "Waiting for a second operator"),
+    el("h3", {}, "Emergency access waiting for a second operator"),
+    table(["Tenant", "Engineer", "Reason", "Ticket", "Approvals", ""], emergencies, "No emergency request is waiting."),
+    el("h3", {}, "Admin recoveries waiting for a second operator"),
+    table(["Tenant", "Asked by", "Reason", "Ticket", "When", ""], recoveries, "No admin recovery is waiting."),
+    el("h3", {}, "Identities waiting for a second operator"),
     table(["Identity", "Role", "Made by", "Since"], waiting, "No identity is waiting."),
     el("p", { class: "quiet" }, "A new operator's token works once an operator other than its maker approves it below."),
     el("h3", {}, "Staff tokens"),

@@ -334,6 +334,34 @@ fn recovery_json(r: &Recovery, now: u64) -> Value {
     })
 }
 
+/// `GET /v1/approvals` (operators): what waits for a second operator —
+/// emergency access requests still pending, and admin recoveries not yet
+/// carried out, cancelled or expired.
+pub async fn pending_approvals(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
+    let inner = state.clone();
+    let body = blocking(move || -> Result<Value, ApiError> {
+        let now = unix_now();
+        let mut emergencies: Vec<Grant> = GRANTS
+            .all(&inner.storage.catalog)?
+            .into_iter()
+            .filter(|g| g.emergency && matches!(g.state_at(now), GrantState::Pending { .. }))
+            .collect();
+        emergencies.sort_by_key(|g| g.requested_at);
+        let mut recoveries: Vec<Recovery> = RECOVERIES
+            .all(&inner.storage.catalog)?
+            .into_iter()
+            .filter(|r| matches!(r.state_at(now), "waiting" | "ready"))
+            .collect();
+        recoveries.sort_by_key(|r| r.requested_at);
+        Ok(json!({
+            "emergency_requests": emergencies.iter().map(|g| grant_json(g, now)).collect::<Vec<_>>(),
+            "admin_recoveries": recoveries.iter().map(|r| recovery_json(r, now)).collect::<Vec<_>>(),
+        }))
+    })
+    .await??;
+    Ok(json_response(StatusCode::OK, &body))
+}
+
 /// `POST /v1/tenants/{id}/admin-recovery`: an operator asks to mint a new
 /// admin token for a tenant that lost every one; a second operator approves.
 pub async fn request_recovery(

@@ -433,6 +433,7 @@ async fn dispatch(
         Endpoint::ListRegions => backups::regions(state).await,
         Endpoint::RegionTenants(region) => backups::region_tenants(state, region).await,
         Endpoint::ListDrills => backups::drills(state).await,
+        Endpoint::PendingApprovals => grants::pending_approvals(state).await,
         Endpoint::SetBackupSchedule(id) => {
             tenants::set_backup_schedule(state, principal, id, body).await
         }

@@ -64,6 +64,8 @@ pub enum Endpoint {
     ListRegions,
     RegionTenants(String),
     ListDrills,
+    /// What waits for a second operator: emergency requests, admin recoveries.
+    PendingApprovals,
     /// The control panel's page and files (`""` is the page).
     Panel(String),
     CreateSession,
@@ -129,6 +131,7 @@ impl Endpoint {
             Endpoint::ListRegions => "ListRegions",
             Endpoint::RegionTenants(..) => "RegionTenants",
             Endpoint::ListDrills => "ListDrills",
+            Endpoint::PendingApprovals => "PendingApprovals",
             Endpoint::Panel(..) => "Panel",
             Endpoint::CreateSession => "CreateSession",
             Endpoint::ReadSession => "ReadSession",
@@ -261,6 +264,7 @@ impl Endpoint {
             }
             (&M::GET, ["v1", "regions"]) => Endpoint::ListRegions,
             (&M::GET, ["v1", "drills"]) => Endpoint::ListDrills,
+            (&M::GET, ["v1", "approvals"]) => Endpoint::PendingApprovals,
             (&M::GET, ["v1", "regions", r, "tenants"]) => Endpoint::RegionTenants(r.to_string()),
             (&M::POST, ["v1", "tokens"]) => Endpoint::MintToken,
             (&M::GET, ["v1", "tokens"]) => Endpoint::ListTokens,
@@ -306,6 +310,7 @@ impl Endpoint {
                 ]
                 | ["v1", "regions"]
                 | ["v1", "drills"]
+                | ["v1", "approvals"]
                 | ["v1", "access-requests"]
                 | ["v1", "access-requests", _]
                 | [
@@ -387,6 +392,8 @@ impl Endpoint {
             Endpoint::ListRegions | Endpoint::RegionTenants(_) => A::ReadRegions,
             // Every tenant's drill results: an operator's host-wide view.
             Endpoint::ListDrills => A::ListTenants,
+            // Requests across tenants waiting for a second operator.
+            Endpoint::PendingApprovals => A::AdminRecovery,
         })
     }
 
@@ -463,6 +470,7 @@ impl Endpoint {
             | Endpoint::ListRegions
             | Endpoint::RegionTenants(_)
             | Endpoint::ListDrills
+            | Endpoint::PendingApprovals
             | Endpoint::Panel(_)
             | Endpoint::CreateSession
             | Endpoint::ReadSession

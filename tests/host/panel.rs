@@ -258,7 +258,17 @@ fn a_tenant_admin_decides_downloads_verifies_and_removes_in_the_browser() {
     );
     browser.click("[data-test=sign-out]");
 
-    // An operator sees tenants, regions and drills, never a record.
+    // An operator sees tenants, regions, drills and what waits for a second
+    // operator, never a record.
+    let emergency = request_id(&host, &support, &t, "read", json!({"emergency": true}));
+    let r = host.json(
+        "POST",
+        &format!("/v1/tenants/{t}/admin-recovery"),
+        Some(&host.operator),
+        json!({"reason": "every admin token lost", "ticket": "SUP-9"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let recovery = r.value()["id"].as_str().unwrap().to_string();
     sign_in(&browser, &relay.url, &host.operator);
     browser.wait_text("main", |text| {
         text.contains("Panel Co") && text.contains("Other Co")
@@ -269,6 +279,22 @@ fn a_tenant_admin_decides_downloads_verifies_and_removes_in_the_browser() {
     browser.screenshot("operator-regions");
     browser.click("[data-test=nav-drills]");
     browser.screenshot("operator-drills");
+    browser.click("[data-test=nav-staff]");
+    browser.find(&format!(
+        "[data-test=recovery-row][data-recovery-id=\"{recovery}\"]"
+    ));
+    // The operator who minted the engineer's token is not a second person
+    // for its emergency: the page says so, and nothing is approved.
+    browser.click(&row(&emergency, "approve"));
+    browser.wait_text("#message", |text| text.contains("not a second person"));
+    let r = host.call(
+        "GET",
+        &format!("/v1/access-requests/{emergency}"),
+        Some(&support),
+        None,
+    );
+    assert_eq!(r.value()["approvals"], json!([]), "{}", r.text());
+    browser.screenshot("operator-approvals");
     let page: Value = browser.run("return document.body.innerText;");
     assert!(!page.as_str().unwrap().contains(canary));
     assert_eq!(
