@@ -240,6 +240,7 @@ fn a_tenant_admin_decides_downloads_verifies_and_removes_in_the_browser() {
         browser.click(&format!("[data-test=nav-{view}]"));
         browser.find(&format!("[data-view={view}]"));
         std::thread::sleep(std::time::Duration::from_millis(300));
+        browser.screenshot(&format!("other-tenant-{view}"));
         let page: Value = browser.run("return document.body.innerText;");
         let page = page.as_str().unwrap();
         assert!(
