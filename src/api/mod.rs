@@ -220,6 +220,17 @@ async fn route(
         _ => None,
     };
     if endpoint == Endpoint::CreateSession {
+        // JSON only: a form on another site cannot send it (no login CSRF).
+        let json = request
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().starts_with("application/json"));
+        if !json {
+            return Err(ApiError::BadRequest(
+                "POST /v1/sessions takes application/json".into(),
+            ));
+        }
         let (body, _held) = tokio::time::timeout(
             state.config.request_timeout,
             read_body(request, state.config.max_body_bytes, &state.bodies),

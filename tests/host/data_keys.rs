@@ -195,3 +195,41 @@ fn a_rotation_killed_half_way_resumes_to_done_with_every_record_and_only_the_new
     );
     assert!(counts[&1] >= 1530, "{counts:?}");
 }
+
+#[test]
+fn a_scheduled_rotation_runs_by_itself_and_the_tenant_shows_its_new_key() {
+    let dir = TempDir::new("dek-scheduled");
+    let data = dir.path().join("data");
+    let host = Host::start_configured(
+        &data,
+        "[data_keys]\nrotate_every = \"2s\"\ncheck_interval = \"200ms\"\n",
+    );
+    let (t, a) = host.create_tenant("Scheduled", "crm");
+    let r = host.json(
+        "POST",
+        &records_path(&t, "contacts"),
+        Some(&a),
+        json!({"name": "kept", "email": "kept@example.com"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.value()["id"].as_str().unwrap().to_string();
+    let tenant = eventually(
+        "the schedule rotated the tenant's key",
+        || {
+            host.call("GET", &format!("/v1/tenants/{t}"), Some(&a), None)
+                .value()
+        },
+        |v| {
+            v["data_key"]["key_id"].as_u64().unwrap_or(0) >= 1 && v["data_key"]["rotating"] == false
+        },
+    );
+    assert_eq!(tenant["collections"]["contacts"], 1, "{tenant}");
+    let r = host.call(
+        "GET",
+        &format!("{}/{id}", records_path(&t, "contacts")),
+        Some(&a),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.value()["name"], "kept");
+}

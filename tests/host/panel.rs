@@ -346,6 +346,17 @@ fn the_page_is_served_whole_from_the_host_with_a_strict_policy() {
     let support = mint(&host, "support", "sam");
     let r = host.json("POST", "/v1/sessions", None, json!({"token": support}));
     assert_eq!(r.status, 403, "{}", r.text());
+    // A form on another site posts text/plain: refused, so it cannot sign
+    // the browser in as someone else.
+    let form = host.call_with(
+        "POST",
+        "/v1/sessions",
+        None,
+        Some(format!("{{\"token\": \"{}\"}}", host.operator).as_bytes()),
+        &[("Content-Type", "text/plain")],
+    );
+    assert_eq!(form.status, 400, "{}", form.text());
+    assert!(form.header("set-cookie").is_none());
     let r = host.json("POST", "/v1/sessions", None, json!({"token": "nope"}));
     assert_eq!(r.status, 401, "{}", r.text());
     let r = host.json(
