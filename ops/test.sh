@@ -53,6 +53,12 @@ if [ ! -x "$venv/bin/schemathesis" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==4.32.5"
 fi
+# standardwebhooks verifies every webhook delivery at the tests' receiver
+# (tests/support/webhook_receiver.py), an implementation we did not write.
+if ! "$venv/bin/python" -c 'import standardwebhooks' >/dev/null 2>&1; then
+  echo "== installing standardwebhooks into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "standardwebhooks==1.1.0"
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -15,6 +15,7 @@ const TENANT_VIEWS = {
   access: ["Support access", access],
   audit: ["Audit", audit],
   tokens: ["Tokens", tenantTokens],
+  webhooks: ["Webhooks", webhooks],
   removal: ["Removal", removal],
 };
 const OPERATOR_VIEWS = {
@@ -535,6 +536,40 @@ async function tenantTokens() {
       field("Name (who will use it)", name),
       el("button", { type: "submit", "data-test": "mint-token" }, "Make token"),
     ),
+  ];
+}
+
+// ---- tenant admin: webhooks ----
+
+async function webhooks() {
+  const { webhooks: hooks } = await get(tenantPath(tenant(), "webhooks"));
+  const logs = await Promise.all(hooks.map((h) => get(tenantPath(tenant(), "webhooks", h.id, "deliveries"))));
+  const url = el("input", { type: "url", "data-test": "webhook-url", required: true, placeholder: "https://…" });
+  const register = async () => {
+    const made = await post(tenantPath(tenant(), "webhooks"), { url: url.value.trim() });
+    say("Webhook registered. Its signing secret is shown once; give it to the receiver now: ", el("code", { "data-test": "webhook-secret" }, made.secret));
+  };
+  const sections = hooks.map((h, i) =>
+    el(
+      "div",
+      { class: "panel", "data-test": "webhook-row", "data-webhook-id": h.id },
+      el("h3", {}, h.url),
+      el("p", { class: "quiet" }, h.disabled ? `Disabled ${h.disabled.at}: ${h.disabled.reason}` : h.failing_since ? ["Failing since ", when(h.failing_since)] : "Delivering."),
+      action("Send a test", "webhook-test", () => post(tenantPath(tenant(), "webhooks", h.id, "test"))),
+      action("Remove", "webhook-remove", () => remove(tenantPath(tenant(), "webhooks", h.id))),
+      table(
+        ["Event", "Audit entry", "State", "Attempts", "Last attempt", "Last error"],
+        logs[i].deliveries.map((d) =>
+          row({ "data-test": "delivery-row", "data-state": d.state }, [d.event, d.audit_seq ?? "—", d.state, String(d.attempts), d.last_attempt_at ? when(d.last_attempt_at) : "—", d.last_error ?? "—"]),
+        ),
+        "Nothing sent yet.",
+      ),
+    ),
+  );
+  return [
+    el("p", {}, "Every access request and decision, emergency, admin recovery, removal, token, copy and key rotation of this tenant is sent to these addresses, signed the Standard Webhooks way, with the audit entry it comes from."),
+    ...sections,
+    el("form", { class: "panel", onsubmit: act(register) }, el("h3", {}, "Register a webhook"), field("Address (https://)", url), el("button", { type: "submit", "data-test": "webhook-register" }, "Register")),
   ];
 }
 

@@ -150,6 +150,8 @@ pub enum Action<'a> {
     UpgradeTenant(&'a TenantId),
     /// Rotate the tenant's data key, and follow the rotation.
     RotateDataKey(&'a TenantId),
+    /// Register, list and remove the tenant's webhook endpoints.
+    ManageWebhooks(&'a TenantId),
     /// How the tenant's writes are acknowledged (`local`, `replicated`).
     SetDurability(&'a TenantId),
     /// Begin, complete or abort a move to another host.
@@ -211,6 +213,7 @@ pub fn authorize(principal: &Principal, action: &Action<'_>) -> Result<(), Denie
         // Requesters, tenant admins and operators; `grants` decides per request.
         (Action::HandleAccessRequest, role) => matches!(role, Support | TenantAdmin | Operator),
         (Action::ReadAuditTrail(t), _) => own(t),
+        (Action::ManageWebhooks(t), _) => own(t),
         // The one way staff obtain a tenant-admin token: two operators, audited,
         // shown in the tenant's access log (`grants::Recovery`).
         (Action::AdminRecovery, role) => role == Operator,

@@ -248,6 +248,38 @@ fn is_loopback(authority: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// One webhook delivery: `body` POSTed to `url` with `headers`, no redirect
+/// followed, within `timeout`. The receiver's status, or why there was none
+/// (the body of the answer is not read beyond a little).
+pub fn post_webhook(
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> Result<u16, String> {
+    let mut config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_global(Some(timeout));
+    if url.starts_with("https://") {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        config = config.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .provider(ureq::tls::TlsProvider::Rustls)
+                .root_certs(ureq::tls::RootCerts::PlatformVerifier)
+                .build(),
+        );
+    }
+    let agent: ureq::Agent = config.build().into();
+    let mut request = http::Request::builder().method("POST").uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(body).map_err(|e| e.to_string())?;
+    let answer = agent.run(request).map_err(|e| e.to_string())?;
+    Ok(answer.status().as_u16())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

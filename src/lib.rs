@@ -57,7 +57,8 @@
 //!   jobs (spool + regions + backup key; `service::Backups`), the schema
 //!   upgrade service (backup first, migrate, swap), the audit checkpoint
 //!   shipper (audit → regions), master-key rotation (keyring + catalog),
-//!   online data-key rotation as jobs (`data_keys`),
+//!   online data-key rotation as jobs (`data_keys`), signed webhooks
+//!   read from the audit log (`webhooks`),
 //!   continuous backup (`changelog`: the change log shipped in segments,
 //!   durability modes) and point-in-time restores (`pitr`).
 //! - [`secret_file`] — 0600 secret files, written atomically.
@@ -158,6 +159,8 @@ pub const LAYERS: &[(&str, &[&str])] = &[
         &[
             "audit",
             "backup",
+            // webhook deliveries go out through the one HTTP client (ureq)
+            "client",
             "config",
             "crypto",
             "ids",

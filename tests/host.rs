@@ -44,3 +44,5 @@ mod sealing;
 mod support;
 #[path = "host/upgrades.rs"]
 mod upgrades;
+#[path = "host/webhooks.rs"]
+mod webhooks;

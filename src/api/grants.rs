@@ -503,6 +503,7 @@ fn in_access_log(kind: &str) -> bool {
         "grant.",
         "admin-recovery.",
         "token.",
+        "webhook.",
         "tenant.move",
         "tenant.moved",
     ]

@@ -30,6 +30,7 @@ mod stream;
 mod tenants;
 pub mod tls;
 mod tokens;
+mod webhooks;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -77,6 +78,8 @@ pub struct AppState {
     pub changelog: Option<Arc<crate::service::changelog::ChangeLog>>,
     /// Data-key rotations, when the host runs them (`coffer serve` does).
     pub data_keys: Option<Arc<crate::service::data_keys::DataKeys>>,
+    /// Webhook endpoints and deliveries, when the host sends them.
+    pub webhooks: Option<Arc<crate::service::webhooks::Webhooks>>,
     /// Control-panel sessions (in memory).
     pub(crate) sessions: sessions::Sessions,
 }
@@ -103,8 +106,14 @@ impl AppState {
             next_request: AtomicU64::new(1),
             changelog: None,
             data_keys: None,
+            webhooks: None,
             sessions: sessions::Sessions::default(),
         }
+    }
+
+    pub fn with_webhooks(mut self, webhooks: Arc<crate::service::webhooks::Webhooks>) -> Self {
+        self.webhooks = Some(webhooks);
+        self
     }
 
     pub fn with_data_keys(mut self, data_keys: Arc<crate::service::data_keys::DataKeys>) -> Self {
@@ -450,6 +459,11 @@ async fn dispatch(
         }
         Endpoint::UpgradeTenant(id) => tenants::upgrade(state, principal, id, body).await,
         Endpoint::RotateDataKey(id) => data_keys::rotate(state, principal, id).await,
+        Endpoint::CreateWebhook(id) => webhooks::create(state, principal, id, &body).await,
+        Endpoint::ListWebhooks(id) => webhooks::list(state, id).await,
+        Endpoint::DeleteWebhook(id, w) => webhooks::delete(state, principal, id, w).await,
+        Endpoint::TestWebhook(id, w) => webhooks::test(state, id, w).await,
+        Endpoint::WebhookDeliveries(id, w) => webhooks::deliveries(state, id, w).await,
         Endpoint::ReadKeyRotation(id, rotation) => data_keys::read(state, id, rotation).await,
         Endpoint::SetDurability(id) => {
             continuous::set_durability(state, principal, id, &body).await

@@ -47,6 +47,11 @@ pub enum Endpoint {
     UpgradeTenant(TenantId),
     RotateDataKey(TenantId),
     ReadKeyRotation(TenantId, String),
+    CreateWebhook(TenantId),
+    ListWebhooks(TenantId),
+    DeleteWebhook(TenantId, String),
+    TestWebhook(TenantId, String),
+    WebhookDeliveries(TenantId, String),
     SetDurability(TenantId),
     PointInTimeRestore(TenantId),
     SetBackupSchedule(TenantId),
@@ -114,6 +119,11 @@ impl Endpoint {
             Endpoint::UpgradeTenant(..) => "UpgradeTenant",
             Endpoint::RotateDataKey(..) => "RotateDataKey",
             Endpoint::ReadKeyRotation(..) => "ReadKeyRotation",
+            Endpoint::CreateWebhook(..) => "CreateWebhook",
+            Endpoint::ListWebhooks(..) => "ListWebhooks",
+            Endpoint::DeleteWebhook(..) => "DeleteWebhook",
+            Endpoint::TestWebhook(..) => "TestWebhook",
+            Endpoint::WebhookDeliveries(..) => "WebhookDeliveries",
             Endpoint::SetDurability(..) => "SetDurability",
             Endpoint::PointInTimeRestore(..) => "PointInTimeRestore",
             Endpoint::SetBackupSchedule(..) => "SetBackupSchedule",
@@ -165,6 +175,7 @@ impl Endpoint {
         };
         let token =
             |s: &str| TokenId::parse(s).ok_or_else(|| ApiError::NotFound("no such token".into()));
+        let webhook = |s: &str| grant(s).map_err(|_| ApiError::NotFound("no such webhook".into()));
         let record = |s: &str| {
             RecordId::parse(s).ok_or_else(|| ApiError::NotFound("record not found".into()))
         };
@@ -195,6 +206,17 @@ impl Endpoint {
             }
             (&M::POST, ["v1", "tenants", id, "purge"]) => Endpoint::PurgeTenant(tenant(id)?),
             (&M::POST, ["v1", "tenants", id, "upgrade"]) => Endpoint::UpgradeTenant(tenant(id)?),
+            (&M::POST, ["v1", "tenants", id, "webhooks"]) => Endpoint::CreateWebhook(tenant(id)?),
+            (&M::GET, ["v1", "tenants", id, "webhooks"]) => Endpoint::ListWebhooks(tenant(id)?),
+            (&M::DELETE, ["v1", "tenants", id, "webhooks", w]) => {
+                Endpoint::DeleteWebhook(tenant(id)?, webhook(w)?)
+            }
+            (&M::POST, ["v1", "tenants", id, "webhooks", w, "test"]) => {
+                Endpoint::TestWebhook(tenant(id)?, webhook(w)?)
+            }
+            (&M::GET, ["v1", "tenants", id, "webhooks", w, "deliveries"]) => {
+                Endpoint::WebhookDeliveries(tenant(id)?, webhook(w)?)
+            }
             (&M::POST, ["v1", "tenants", id, "keys", "rotate"]) => {
                 Endpoint::RotateDataKey(tenant(id)?)
             }
@@ -323,6 +345,9 @@ impl Endpoint {
                 | ["v1", "audit", "public-key"]
                 | ["v1", "tenants", _, "admin-recovery"]
                 | ["v1", "tenants", _, "keys", "rotate"]
+                | ["v1", "tenants", _, "webhooks"]
+                | ["v1", "tenants", _, "webhooks", _]
+                | ["v1", "tenants", _, "webhooks", _, "test" | "deliveries"]
                 | ["v1", "tenants", _, "keys", "rotations", _]
                 | ["v1", "admin-recoveries", _, "approve" | "cancel"]
                 | ["v1", "tenants", _, "move"]
@@ -375,6 +400,11 @@ impl Endpoint {
             Endpoint::ImportTenant => A::ImportTenant,
             Endpoint::UpgradeTenant(t) => A::UpgradeTenant(t),
             Endpoint::RotateDataKey(t) | Endpoint::ReadKeyRotation(t, _) => A::RotateDataKey(t),
+            Endpoint::CreateWebhook(t)
+            | Endpoint::ListWebhooks(t)
+            | Endpoint::DeleteWebhook(t, _)
+            | Endpoint::TestWebhook(t, _)
+            | Endpoint::WebhookDeliveries(t, _) => A::ManageWebhooks(t),
             Endpoint::SetDurability(t) => A::SetDurability(t),
             Endpoint::PointInTimeRestore(t) => A::RestoreBackup(t),
             Endpoint::Copies(t) => A::ReadCopies(t),
@@ -405,6 +435,8 @@ impl Endpoint {
             Endpoint::PurgeTenant(_) => "tenant.purge",
             Endpoint::UpgradeTenant(_) => "tenant.upgrade",
             Endpoint::RotateDataKey(_) => "key.rotate",
+            Endpoint::CreateWebhook(_) => "webhook.create",
+            Endpoint::DeleteWebhook(..) => "webhook.delete",
             Endpoint::SetDurability(_) => "tenant.durability",
             Endpoint::PointInTimeRestore(_) => "tenant.restore",
             Endpoint::SetBackupSchedule(_) => "backup.schedule",
@@ -449,6 +481,11 @@ impl Endpoint {
             | Endpoint::UpgradeTenant(t)
             | Endpoint::RotateDataKey(t)
             | Endpoint::ReadKeyRotation(t, _)
+            | Endpoint::CreateWebhook(t)
+            | Endpoint::ListWebhooks(t)
+            | Endpoint::DeleteWebhook(t, _)
+            | Endpoint::TestWebhook(t, _)
+            | Endpoint::WebhookDeliveries(t, _)
             | Endpoint::SetDurability(t)
             | Endpoint::PointInTimeRestore(t)
             | Endpoint::SetBackupSchedule(t)
@@ -594,7 +631,8 @@ mod tests {
                 .replace("{id}", &id)
                 .replace("{backup}", &"1".repeat(32))
                 .replace("{record}", &"2".repeat(32))
-                .replace("{rotation}", &"3".repeat(32));
+                .replace("{rotation}", &"3".repeat(32))
+                .replace("{webhook}", &"4".repeat(32));
             assert!(
                 !concrete.contains('{'),
                 "{path}: a parameter the test does not know"

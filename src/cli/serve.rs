@@ -184,6 +184,26 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
             background.spawn("data-keys", move |stop| running.run_loop(stop));
             service
         };
+        let webhooks = {
+            let settings = crate::service::webhooks::WebhookSettings {
+                allow_http_loopback: config.webhooks.allow_http_loopback,
+                allow_private: config.webhooks.allow_private,
+                retry_for: config.webhooks.retry_for,
+                max_backoff: config.webhooks.max_backoff,
+                timeout: config.webhooks.timeout,
+            };
+            let service = Arc::new(crate::service::webhooks::Webhooks::new(
+                storage.clone(),
+                audit.clone(),
+                settings,
+            ));
+            service
+                .start_cursor()
+                .context("start the webhook dispatcher's cursor")?;
+            let running = service.clone();
+            background.spawn("webhooks", move |stop| running.run(stop));
+            service
+        };
         if let Some((every, check)) = config.drills {
             let (backups, storage, schemas, audit) = (backups.clone(), storage.clone(), schemas.clone(), audit.clone());
             let settings = crate::service::drills::DrillSettings { every, check };
@@ -223,7 +243,8 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let state = Arc::new(
             AppState::new(storage, schemas, config, backups.clone(), audit.clone())
                 .with_changelog(changelog.clone())
-                .with_data_keys(data_keys),
+                .with_data_keys(data_keys)
+                .with_webhooks(webhooks),
         );
         // Audit log open, port bound, background loops started: ready.
         super::systemd::notify("READY=1\nSTATUS=serving");

@@ -61,6 +61,14 @@
 //! batch_pause = "0s"                         # rest between two batches
 //! check_interval = "1h"                      # how often the host looks for tenants due
 //!
+//! [webhooks]                                 # signed events to the tenants' endpoints
+//! allow_http_loopback = false                # http:// to this machine (tests, a local relay)
+//! allow_private = false                      # receivers on private / link-local addresses
+//! retry_for = "24h"                          # a delivery is retried this long; an endpoint
+//!                                            # failing this long is disabled
+//! max_backoff = "1h"                         # the longest wait between two attempts
+//! timeout = "10s"                            # one attempt's limit
+//!
 //! [changelog]                                # continuous backup (point-in-time restore)
 //! enabled = true
 //! segment_after = "2s"                       # a segment closes once its oldest change is this old
@@ -142,11 +150,22 @@ pub struct Config {
     /// Restore drills: (every, check interval); `None` when off.
     pub drills: Option<(Duration, Duration)>,
     pub data_keys: DataKeysConfig,
+    pub webhooks: WebhooksConfig,
     /// The fleet's hosts by region (`[hosts]`): the only move targets.
     pub hosts: std::collections::BTreeMap<Region, String>,
     pub limits: Limits,
     /// Continuous backup; `None` when `[changelog] enabled = false`.
     pub changelog: Option<ChangeLogConfig>,
+}
+
+/// `[webhooks]`: where and how events are delivered.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WebhooksConfig {
+    pub allow_http_loopback: bool,
+    pub allow_private: bool,
+    pub retry_for: Duration,
+    pub max_backoff: Duration,
+    pub timeout: Duration,
 }
 
 /// `[data_keys]`: online data-key rotation.
@@ -242,6 +261,8 @@ struct RawConfig {
     #[serde(default)]
     data_keys: RawDataKeys,
     #[serde(default)]
+    webhooks: RawWebhooks,
+    #[serde(default)]
     hosts: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     limits: RawLimits,
@@ -285,6 +306,16 @@ struct RawAccess {
 #[serde(deny_unknown_fields)]
 struct RawAudit {
     checkpoint_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhooks {
+    allow_http_loopback: Option<bool>,
+    allow_private: Option<bool>,
+    retry_for: Option<String>,
+    max_backoff: Option<String>,
+    timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -572,6 +603,15 @@ impl Config {
                 let every = duration("drills.every", raw.drills.every, "7days")?;
                 let check = duration("drills.check_interval", raw.drills.check_interval, "1h")?;
                 (!every.is_zero()).then_some((every, check.max(Duration::from_millis(100))))
+            },
+            webhooks: WebhooksConfig {
+                allow_http_loopback: raw.webhooks.allow_http_loopback.unwrap_or(false),
+                allow_private: raw.webhooks.allow_private.unwrap_or(false),
+                retry_for: duration("webhooks.retry_for", raw.webhooks.retry_for, "24h")?,
+                max_backoff: duration("webhooks.max_backoff", raw.webhooks.max_backoff, "1h")?
+                    .max(Duration::from_millis(100)),
+                timeout: duration("webhooks.timeout", raw.webhooks.timeout, "10s")?
+                    .max(Duration::from_millis(100)),
             },
             data_keys: DataKeysConfig {
                 rotate_every: Some(duration(

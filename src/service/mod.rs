@@ -14,5 +14,6 @@ pub mod key_rotation;
 pub mod pitr;
 pub mod scheduler;
 pub mod upgrade;
+pub mod webhooks;
 
 pub use backups::Backups;

@@ -19,6 +19,7 @@ mod commit;
 mod new_token;
 mod pool;
 mod rekey;
+mod secrets;
 mod tenant_db;
 
 use new_token::new_token;
@@ -689,6 +690,7 @@ impl Storage {
             outcome?;
             after_each(done + 1, total);
         }
+        self.rewrap_secrets()?;
         Ok(total)
     }
 
@@ -720,6 +722,7 @@ impl Storage {
             .into_iter()
             .flat_map(|t| t.wrapped_dek.into_iter().chain(t.rotating_to))
             .map(|w| w.kek_id)
+            .chain(self.secret_kek_ids())
             .collect();
         ids.sort();
         ids.dedup();

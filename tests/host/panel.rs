@@ -56,7 +56,11 @@ fn page_fetch(browser: &Browser, method: &str, path: &str, csrf: Option<&str>) -
 fn a_tenant_admin_decides_downloads_verifies_and_removes_in_the_browser() {
     let dir = TempDir::new("panel");
     let config = dir.path().join("host.toml");
-    std::fs::write(&config, "[audit]\ncheckpoint_interval = \"200ms\"\n").unwrap();
+    std::fs::write(
+        &config,
+        "[audit]\ncheckpoint_interval = \"200ms\"\n\n[webhooks]\nallow_http_loopback = true\n",
+    )
+    .unwrap();
     let host = Host::start(
         &dir.path().join("data"),
         &[
@@ -193,6 +197,20 @@ fn a_tenant_admin_decides_downloads_verifies_and_removes_in_the_browser() {
     browser.screenshot("audit-tampered");
     relay.set(false);
 
+    // A webhook registered in the page: its secret shown once, then listed.
+    browser.click("[data-test=nav-webhooks]");
+    browser.type_into("[data-test=webhook-url]", &format!("{}/hook", relay.url));
+    browser.click("[data-test=webhook-register]");
+    let secret = browser.wait_text("[data-test=webhook-secret]", |s| s.starts_with("whsec_"));
+    browser.find("[data-test=webhook-row]");
+    browser.screenshot("webhooks");
+    let listed = host.call("GET", &format!("/v1/tenants/{t}/webhooks"), Some(&a), None);
+    assert_eq!(listed.value()["webhooks"].as_array().unwrap().len(), 1);
+    assert!(
+        !listed.text().contains(&secret),
+        "the secret is shown once only"
+    );
+
     // Removal after typing the name, then reactivation.
     browser.click("[data-test=nav-removal]");
     browser.type_into("[data-test=remove-confirm]", "Panel Co");
@@ -235,7 +253,7 @@ fn a_tenant_admin_decides_downloads_verifies_and_removes_in_the_browser() {
     sign_in(&browser, &relay.url, &other_admin);
     browser.wait_text("main", |text| text.contains("Other Co"));
     for view in [
-        "overview", "backups", "copies", "access", "audit", "tokens", "removal",
+        "overview", "backups", "copies", "access", "audit", "tokens", "webhooks", "removal",
     ] {
         browser.click(&format!("[data-test=nav-{view}]"));
         browser.find(&format!("[data-view={view}]"));

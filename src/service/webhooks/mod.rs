@@ -1,0 +1,403 @@
+//! Signed webhooks: a tenant's admin registers endpoints, and every event the
+//! tenant must not miss (access requested, approved, denied, revoked;
+//! emergencies; admin recoveries; removal; tokens; copies; key rotation;
+//! failed drills) is POSTed to them, signed the Standard Webhooks way.
+//!
+//! The audit log is the outbox. The dispatcher reads it from a cursor kept
+//! in the catalog (`webhook_cursor`): for each entry of a tenant whose kind
+//! is an event, it stores one delivery per matching endpoint (tree
+//! `webhook_deliveries`, due ones also in `webhook_due`), and only then moves
+//! the cursor. An event is therefore queued once its audit entry is durable,
+//! and a kill at any moment loses none (at worst a delivery is stored twice
+//! under the same key). Deliveries are sent in the background (`deliver`),
+//! at least once, with the same `webhook-id` on every attempt.
+
+mod deliver;
+mod guard;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::audit::{AuditLog, Entry};
+use crate::crypto::{self, SecretKey};
+use crate::ids::{rfc3339, unix_now, TenantId};
+use crate::storage::{Kind, Storage, StorageError};
+
+pub use guard::check_url;
+
+/// Endpoints by `<tenant>/<id>`.
+pub const ENDPOINTS: Kind<WebhookEndpoint> = Kind::new("webhooks");
+/// Every delivery by `<endpoint>/<message id>`.
+pub const DELIVERIES: Kind<Delivery> = Kind::new("webhook_deliveries");
+/// Deliveries not yet done (keys of `DELIVERIES`) → when next to try (ms).
+const DUE: Kind<u64> = Kind::new("webhook_due");
+/// The next audit entry the dispatcher reads.
+const CURSOR: Kind<u64> = Kind::new("webhook_cursor");
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WebhookEndpoint {
+    pub id: String,
+    pub tenant: TenantId,
+    pub url: String,
+    /// Event types it wants; `None`: all.
+    pub events: Option<Vec<String>>,
+    pub created_at: u64,
+    pub created_by: String,
+    /// Since when every attempt failed (a success clears it).
+    #[serde(default)]
+    pub failing_since: Option<u64>,
+    /// Set when it failed for `retry_for`: nothing more is sent to it.
+    #[serde(default)]
+    pub disabled: Option<Disabled>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Disabled {
+    pub at: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Delivery {
+    pub endpoint: String,
+    pub tenant: TenantId,
+    /// The `webhook-id`: the same on every attempt.
+    pub message_id: String,
+    pub event: String,
+    /// The audit entry it tells of (`None` for a test message).
+    pub audit_seq: Option<u64>,
+    /// The exact body signed and sent.
+    pub payload: String,
+    pub created_at: u64,
+    pub attempts: u32,
+    pub state: DeliveryState,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub last_attempt_at: Option<u64>,
+    pub delivered_at: Option<u64>,
+}
+
+impl Delivery {
+    fn key(&self) -> String {
+        format!("{}/{}", self.endpoint, self.message_id)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct WebhookSettings {
+    /// `http://` to loopback receivers (tests, a local relay).
+    pub allow_http_loopback: bool,
+    /// Receivers on private and link-local addresses.
+    pub allow_private: bool,
+    /// How long a delivery is tried, and an endpoint failing this long is disabled.
+    pub retry_for: Duration,
+    /// The longest wait between two attempts.
+    pub max_backoff: Duration,
+    /// One attempt's time limit.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("{0}")]
+    BadUrl(String),
+    #[error("unknown event type {0:?}")]
+    UnknownEvent(String),
+    #[error("no such webhook")]
+    NotFound,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// The event types, and the audit entry kinds they come from.
+pub const EVENTS: &[(&str, &str)] = &[
+    ("grant.requested", "access.requested"),
+    ("grant.approved", "access.emergency_approval"),
+    ("grant.activated", "access.approved"),
+    ("grant.denied", "access.denied"),
+    ("grant.revoked", "access.revoked"),
+    ("grant.withdrawn", "access.withdrawn"),
+    ("grant.expired", "access.expired"),
+    ("admin-recovery.requested", "admin_recovery.requested"),
+    ("admin-recovery.approved", "admin_recovery.approved"),
+    ("admin-recovery.cancelled", "admin_recovery.cancelled"),
+    ("admin-recovery.completed", "admin_recovery.completed"),
+    ("tenant.deactivated", "removal.requested"),
+    ("tenant.reactivated", "removal.cancelled"),
+    ("tenant.destroyed", "tenant.destroyed"),
+    ("token.minted", "token.minted"),
+    ("token.revoked", "token.revoked"),
+    ("backup.restored", "copy.made"),
+    ("key.rotated", "key.rotated"),
+    ("key.rotation_failed", "key.rotation_failed"),
+    ("backup.drilled", "drill.failed"),
+    ("webhook.disabled", "webhook.disabled"),
+];
+
+/// The event an audit entry is, if it is one.
+fn event_of(entry: &Entry) -> Option<&'static str> {
+    let (_, event) = EVENTS.iter().find(|(kind, _)| *kind == entry.kind)?;
+    match *event {
+        "access.requested" if entry.details.get("emergency") == Some(&Value::Bool(true)) => {
+            Some("access.emergency")
+        }
+        "drill.failed" if entry.details.get("outcome") != Some(&json!("failed")) => None,
+        event => Some(event),
+    }
+}
+
+pub struct Webhooks {
+    pub(crate) storage: Arc<Storage>,
+    pub(crate) audit: Arc<AuditLog>,
+    pub(crate) settings: WebhookSettings,
+    /// Endpoints with an attempt in flight (one at a time each).
+    in_flight: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl Webhooks {
+    pub fn new(storage: Arc<Storage>, audit: Arc<AuditLog>, settings: WebhookSettings) -> Self {
+        Webhooks {
+            storage,
+            audit,
+            settings,
+            in_flight: Default::default(),
+        }
+    }
+
+    fn secret_name(id: &str) -> String {
+        format!("webhook/{id}")
+    }
+
+    /// Registers an endpoint; returns it and its signing secret (shown once).
+    pub fn create(
+        &self,
+        tenant: &TenantId,
+        url: &str,
+        events: Option<Vec<String>>,
+        by: &str,
+    ) -> Result<(WebhookEndpoint, zeroize::Zeroizing<String>), WebhookError> {
+        check_url(url, &self.settings).map_err(WebhookError::BadUrl)?;
+        if let Some(events) = &events {
+            for event in events {
+                if !EVENTS.iter().any(|(_, e)| e == event)
+                    && event != "access.emergency"
+                    && event != "webhook.test"
+                {
+                    return Err(WebhookError::UnknownEvent(event.clone()));
+                }
+            }
+        }
+        let id = crypto::encode_hex(&crypto::random_bytes::<16>().map_err(StorageError::from)?);
+        let secret = SecretKey::generate().map_err(StorageError::from)?;
+        self.storage.put_secret(&Self::secret_name(&id), &secret)?;
+        let endpoint = WebhookEndpoint {
+            id,
+            tenant: tenant.clone(),
+            url: url.to_string(),
+            events,
+            created_at: unix_now(),
+            created_by: by.to_string(),
+            failing_since: None,
+            disabled: None,
+        };
+        ENDPOINTS.put(&self.storage.catalog, &endpoint_key(&endpoint), &endpoint)?;
+        Ok((endpoint, crypto::webhook_secret_text(&secret)))
+    }
+
+    pub fn list(&self, tenant: &TenantId) -> Vec<WebhookEndpoint> {
+        ENDPOINTS
+            .with_prefix(&self.storage.catalog, &format!("{tenant}/"))
+            .unwrap_or_default()
+    }
+
+    pub fn get(&self, tenant: &TenantId, id: &str) -> Result<WebhookEndpoint, WebhookError> {
+        ENDPOINTS
+            .get(&self.storage.catalog, &format!("{tenant}/{id}"))?
+            .ok_or(WebhookError::NotFound)
+    }
+
+    /// Removes an endpoint, its secret and its pending deliveries.
+    pub fn delete(&self, tenant: &TenantId, id: &str) -> Result<(), WebhookError> {
+        let endpoint = self.get(tenant, id)?;
+        ENDPOINTS.remove(&self.storage.catalog, &endpoint_key(&endpoint))?;
+        self.storage.remove_secret(&Self::secret_name(id))?;
+        for key in DUE.keys(&self.storage.catalog)? {
+            if key.starts_with(&format!("{id}/")) {
+                DUE.remove(&self.storage.catalog, &key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The endpoint's deliveries, newest first.
+    pub fn deliveries(&self, tenant: &TenantId, id: &str) -> Result<Vec<Delivery>, WebhookError> {
+        self.get(tenant, id)?;
+        let mut all = DELIVERIES.with_prefix(&self.storage.catalog, &format!("{id}/"))?;
+        all.sort_by(|a, b| (b.created_at, &b.message_id).cmp(&(a.created_at, &a.message_id)));
+        Ok(all)
+    }
+
+    /// Queues a test message to the endpoint.
+    pub fn test(&self, tenant: &TenantId, id: &str) -> Result<Delivery, WebhookError> {
+        let endpoint = self.get(tenant, id)?;
+        let message_id = format!(
+            "msg_test_{}",
+            crypto::encode_hex(&crypto::random_bytes::<8>().map_err(StorageError::from)?)
+        );
+        let payload = json!({
+            "type": "webhook.test",
+            "timestamp": rfc3339(unix_now()),
+            "data": {"tenant": tenant.as_str(), "audit_seq": null},
+        });
+        let delivery = self.queue(&endpoint, message_id, "webhook.test", None, &payload)?;
+        Ok(delivery)
+    }
+
+    fn queue(
+        &self,
+        endpoint: &WebhookEndpoint,
+        message_id: String,
+        event: &str,
+        audit_seq: Option<u64>,
+        payload: &Value,
+    ) -> Result<Delivery, StorageError> {
+        let delivery = Delivery {
+            endpoint: endpoint.id.clone(),
+            tenant: endpoint.tenant.clone(),
+            message_id,
+            event: event.to_string(),
+            audit_seq,
+            payload: payload.to_string(),
+            created_at: unix_now(),
+            attempts: 0,
+            state: DeliveryState::Pending,
+            last_status: None,
+            last_error: None,
+            last_attempt_at: None,
+            delivered_at: None,
+        };
+        DELIVERIES.put_unflushed(&self.storage.catalog, &delivery.key(), &delivery)?;
+        DUE.put(&self.storage.catalog, &delivery.key(), &0)?;
+        Ok(delivery)
+    }
+
+    /// Sets the cursor at the log's end on the host's first start with
+    /// webhooks (no history is sent). Call before the API serves: an event
+    /// audited after this is never skipped.
+    pub fn start_cursor(&self) -> Result<(), StorageError> {
+        if CURSOR.get(&self.storage.catalog, "audit")?.is_none() {
+            CURSOR.put(&self.storage.catalog, "audit", &self.audit.size())?;
+        }
+        Ok(())
+    }
+
+    /// Queues the deliveries of the audit entries after the cursor; returns
+    /// how many.
+    pub fn dispatch(&self) -> Result<usize, StorageError> {
+        let catalog = &self.storage.catalog;
+        let size = self.audit.size();
+        let Some(from) = CURSOR.get(catalog, "audit")? else {
+            CURSOR.put(catalog, "audit", &size)?;
+            return Ok(0);
+        };
+        if from >= size {
+            return Ok(0);
+        }
+        let upto = size.min(from + 1000);
+        let seqs: Vec<u64> = (from..upto).collect();
+        let entries = self
+            .audit
+            .read_entries(&seqs)
+            .map_err(|e| StorageError::Damaged(format!("the audit log: {e}")))?;
+        let endpoints = ENDPOINTS.all(catalog)?;
+        let mut queued = 0;
+        for bytes in entries {
+            let Ok(entry) = serde_json::from_slice::<Entry>(&bytes) else {
+                continue;
+            };
+            let (Some(event), Some(tenant)) = (event_of(&entry), entry.tenant.as_deref()) else {
+                continue;
+            };
+            let payload = json!({
+                "type": event,
+                "timestamp": rfc3339(entry.at / 1000),
+                "data": {
+                    "tenant": tenant,
+                    "audit_seq": entry.seq,
+                    "audit_kind": entry.kind,
+                    "actor": {"role": entry.actor.role, "identity": entry.actor.identity},
+                    "grant": entry.grant,
+                    "details": entry.details,
+                },
+            });
+            for endpoint in endpoints.iter().filter(|e| {
+                e.tenant.as_str() == tenant
+                    && e.disabled.is_none()
+                    && entry.at / 1000 >= e.created_at
+                    && e.events
+                        .as_ref()
+                        .is_none_or(|wanted| wanted.iter().any(|w| w == event))
+            }) {
+                self.queue(
+                    endpoint,
+                    format!("msg_{:012}", entry.seq),
+                    event,
+                    Some(entry.seq),
+                    &payload,
+                )?;
+                queued += 1;
+            }
+        }
+        // Durable deliveries first, then the cursor past them.
+        catalog.flush()?;
+        CURSOR.put(catalog, "audit", &upto)?;
+        Ok(queued)
+    }
+}
+
+fn endpoint_key(endpoint: &WebhookEndpoint) -> String {
+    format!("{}/{}", endpoint.tenant, endpoint.id)
+}
+
+/// The endpoint as the API shows it (never its secret).
+pub fn endpoint_json(endpoint: &WebhookEndpoint) -> Value {
+    json!({
+        "id": endpoint.id,
+        "url": endpoint.url,
+        "events": endpoint.events,
+        "created_at": rfc3339(endpoint.created_at),
+        "created_by": endpoint.created_by,
+        "failing_since": endpoint.failing_since.map(rfc3339),
+        "disabled": endpoint.disabled.as_ref().map(|d| json!({"at": rfc3339(d.at), "reason": d.reason})),
+    })
+}
+
+pub fn delivery_json(delivery: &Delivery) -> Value {
+    json!({
+        "id": delivery.message_id,
+        "event": delivery.event,
+        "audit_seq": delivery.audit_seq,
+        "state": match delivery.state {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Failed => "failed",
+        },
+        "attempts": delivery.attempts,
+        "created_at": rfc3339(delivery.created_at),
+        "last_attempt_at": delivery.last_attempt_at.map(rfc3339),
+        "last_status": delivery.last_status,
+        "last_error": delivery.last_error,
+        "delivered_at": delivery.delivered_at.map(rfc3339),
+    })
+}

@@ -1,0 +1,81 @@
+//! Host secrets other than data keys (webhook signing secrets), wrapped under
+//! the master key like DEKs and kept in the catalog (tree `secrets`), so that
+//! master-key rotation re-wraps them and never retires a key they need.
+
+use serde::{Deserialize, Serialize};
+
+use super::catalog::{Kind, WrappedDek};
+use super::{Storage, StorageError};
+use crate::crypto::{self, SecretKey};
+
+/// Wrapped secrets by name (the name is also their associated data).
+const SECRETS: Kind<WrappedSecret> = Kind::new("secrets");
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct WrappedSecret {
+    wrapped: WrappedDek,
+}
+
+impl Storage {
+    /// Stores `secret` under `name`, wrapped by the current master key.
+    pub fn put_secret(&self, name: &str, secret: &SecretKey) -> Result<(), StorageError> {
+        let kek = self.current_kek();
+        let wrapped = WrappedDek {
+            kek_id: kek.id.clone(),
+            sealed: crypto::encode_hex(&kek.wrap_dek(&label(name), secret)?),
+            key_id: 0,
+        };
+        SECRETS.put(&self.catalog, name, &WrappedSecret { wrapped })
+    }
+
+    /// The secret stored under `name`.
+    pub fn secret(&self, name: &str) -> Result<SecretKey, StorageError> {
+        let stored = SECRETS
+            .get(&self.catalog, name)?
+            .ok_or(StorageError::NotFound)?;
+        let keyring = self.keyring.read().expect("keyring lock poisoned");
+        let kek = keyring
+            .get(&stored.wrapped.kek_id)
+            .ok_or_else(|| StorageError::MissingKek(stored.wrapped.kek_id.clone()))?;
+        let sealed = crypto::decode_hex(&stored.wrapped.sealed)
+            .ok_or_else(|| StorageError::Damaged("a wrapped secret".into()))?;
+        kek.unwrap_dek(&label(name), &sealed)
+            .map_err(|_| StorageError::Damaged("a wrapped secret".into()))
+    }
+
+    pub fn remove_secret(&self, name: &str) -> Result<(), StorageError> {
+        SECRETS.remove(&self.catalog, name)
+    }
+
+    /// Re-wraps every secret not under the current master key; returns how
+    /// many.
+    pub(super) fn rewrap_secrets(&self) -> Result<usize, StorageError> {
+        let current = self.current_kek();
+        let mut done = 0;
+        for name in SECRETS.keys(&self.catalog)? {
+            let Some(stored) = SECRETS.get(&self.catalog, &name)? else {
+                continue;
+            };
+            if stored.wrapped.kek_id != current.id {
+                let secret = self.secret(&name)?;
+                self.put_secret(&name, &secret)?;
+                done += 1;
+            }
+        }
+        Ok(done)
+    }
+
+    /// The master keys some secret is wrapped under.
+    pub(super) fn secret_kek_ids(&self) -> Vec<String> {
+        SECRETS
+            .all(&self.catalog)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| s.wrapped.kek_id)
+            .collect()
+    }
+}
+
+fn label(name: &str) -> String {
+    format!("secret:{name}")
+}
