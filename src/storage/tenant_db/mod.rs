@@ -353,17 +353,7 @@ impl TenantDb {
         limit: usize,
     ) -> Result<Vec<Record>, StorageError> {
         let mut out: Vec<Record> = Vec::new();
-        let keys = self.keys();
-        let forms = std::iter::once(index_form(spec, value)).chain(legacy_index_forms(spec, value));
-        // Under every key the tenant has: during a rotation, a record's
-        // entries are under the key that sealed it.
-        let tags: Vec<_> = forms
-            .flat_map(|form| {
-                keys.all()
-                    .map(move |k| k.blind_index(collection, field, &form))
-            })
-            .collect();
-        for tag in tags {
+        for tag in self.lookup_tags(collection, field, spec, value) {
             let prefix = index_prefix(collection, field, &tag);
             for item in self.data.scan_prefix(&prefix) {
                 let (key, _) = item?;
@@ -387,6 +377,28 @@ impl TenantDb {
             }
         }
         Ok(out)
+    }
+
+    /// The index tags under which records holding `value` in `field` may be
+    /// found: today's index form and the legacy ones, each under every key
+    /// the tenant has (during a rotation, a record's entries are under the
+    /// key that sealed it).
+    pub(super) fn lookup_tags(
+        &self,
+        collection: &str,
+        field: &str,
+        spec: &Field,
+        value: &Value,
+    ) -> Vec<[u8; TAG_LEN]> {
+        let keys = self.keys();
+        std::iter::once(index_form(spec, value))
+            .chain(legacy_index_forms(spec, value))
+            .flat_map(|form| {
+                keys.all()
+                    .map(|k| k.blind_index(collection, field, &form))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// How many records a collection holds (a key scan; nothing is decrypted).

@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use crate::crypto::{record_aad, TenantCipher};
 use crate::ids::RecordId;
-use crate::schema::{index_form, legacy_index_forms, same_indexed_value, Collection, Field};
+use crate::schema::{index_form, same_indexed_value, Collection, Field};
 use crate::storage::StorageError;
 
 use super::changelog::{now_ms, Change};
@@ -205,15 +205,7 @@ impl TenantDb {
         value: &Value,
         writer: &RecordId,
     ) -> Result<(), StorageError> {
-        let keys = self.keys();
-        let forms = std::iter::once(index_form(spec, value)).chain(legacy_index_forms(spec, value));
-        let tags: Vec<_> = forms
-            .flat_map(|form| {
-                keys.all()
-                    .map(move |k| k.blind_index(collection, field, &form))
-            })
-            .collect();
-        for tag in tags {
+        for tag in self.lookup_tags(collection, field, spec, value) {
             let prefix = index_prefix(collection, field, &tag);
             for item in self.data.scan_prefix(&prefix) {
                 let (key, _) = item?;
