@@ -139,6 +139,8 @@ pub struct AuditLog {
     /// Group commit: entries known durable, and whether a sync is under way.
     sync: Mutex<SyncState>,
     synced: std::sync::Condvar,
+    /// Told after every sync that made entries durable (see [`AuditLog::grew`]).
+    grown: tokio::sync::Notify,
     opened: Opened,
 }
 
@@ -225,6 +227,7 @@ impl AuditLog {
                 failed: None,
             }),
             synced: std::sync::Condvar::new(),
+            grown: tokio::sync::Notify::new(),
             opened,
         })
     }
@@ -427,6 +430,7 @@ impl AuditLog {
         }
         if result.is_ok() {
             crate::metrics::audit_sync(target - from, started.elapsed());
+            self.grown.notify_one();
         }
         let mut sync = self.sync.lock().expect("audit sync");
         sync.syncing = false;
@@ -485,6 +489,12 @@ impl AuditLog {
     /// Why the log refuses appends (a sync failed; until restart), if it does.
     pub fn failure(&self) -> Option<String> {
         self.state.lock().expect("audit state").failed.clone()
+    }
+
+    /// Resolves once entries became durable since the last time it resolved
+    /// (for the one reader that follows the log: the webhook dispatcher).
+    pub async fn grew(&self) {
+        self.grown.notified().await
     }
 
     /// Acknowledged entries.

@@ -175,11 +175,14 @@ impl Webhooks {
         Ok(())
     }
 
-    /// Dispatches and sends until `stop`.
+    /// Dispatches and sends until `stop`: a round as soon as the audit log
+    /// grows, and every 200 ms for the retries that fall due.
     pub async fn run(self: Arc<Self>, stop: Stop) {
         loop {
+            // At once when the audit log grew; every 200 ms for retries.
             tokio::select! {
                 _ = stop.cancelled() => return,
+                _ = self.audit.grew() => {}
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
             let this = self.clone();
