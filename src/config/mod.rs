@@ -1,5 +1,8 @@
 //! Host configuration: a TOML file (optional) plus command-line overrides, turned
 //! into one checked [`Config`] in a single step. Nothing else reads raw settings.
+//! One file on purpose: the example below, the raw TOML structs and the checks
+//! that turn them into `Config` are one table read side by side (its tests
+//! are in `tests.rs`).
 //!
 //! ```toml
 //! [host]
