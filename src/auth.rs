@@ -152,6 +152,9 @@ pub enum Action<'a> {
     RotateDataKey(&'a TenantId),
     /// Register, list and remove the tenant's webhook endpoints.
     ManageWebhooks(&'a TenantId),
+    /// Register, list and remove the host's own endpoints (every tenant's
+    /// events and the host's; never record content).
+    ManageHostWebhooks,
     /// How the tenant's writes are acknowledged (`local`, `replicated`).
     SetDurability(&'a TenantId),
     /// Begin, complete or abort a move to another host.
@@ -214,6 +217,7 @@ pub fn authorize(principal: &Principal, action: &Action<'_>) -> Result<(), Denie
         (Action::HandleAccessRequest, role) => matches!(role, Support | TenantAdmin | Operator),
         (Action::ReadAuditTrail(t), _) => own(t),
         (Action::ManageWebhooks(t), _) => own(t),
+        (Action::ManageHostWebhooks, role) => role == Operator,
         // The one way staff obtain a tenant-admin token: two operators, audited,
         // shown in the tenant's access log (`grants::Recovery`).
         (Action::AdminRecovery, role) => role == Operator,

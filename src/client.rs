@@ -253,6 +253,7 @@ fn is_loopback(authority: &str) -> bool {
 /// (the body of the answer is not read beyond a little).
 pub fn post_webhook(
     url: &str,
+    pinned: &[std::net::SocketAddr],
     headers: &[(&str, &str)],
     body: &[u8],
     timeout: Duration,
@@ -270,7 +271,11 @@ pub fn post_webhook(
                 .build(),
         );
     }
-    let agent: ureq::Agent = config.build().into();
+    let agent = ureq::Agent::with_parts(
+        config.build(),
+        ureq::unversioned::transport::DefaultConnector::new(),
+        Pinned(pinned.to_vec()),
+    );
     let mut request = http::Request::builder().method("POST").uri(url);
     for (name, value) in headers {
         request = request.header(*name, *value);
@@ -280,9 +285,106 @@ pub fn post_webhook(
     Ok(answer.status().as_u16())
 }
 
+/// One call to a key service's HTTP API (OpenBao / Vault Transit): `POST
+/// {address}/v1/{path}` with the token in `X-Vault-Token`. Returns the
+/// status and the JSON answer; `Err` when no answer came (unreachable).
+pub fn key_service_call(
+    address: &str,
+    path: &str,
+    token: &str,
+    body: &serde_json::Value,
+    timeout: Duration,
+) -> Result<(u16, serde_json::Value), String> {
+    let mut config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_global(Some(timeout));
+    if address.starts_with("https://") {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        config = config.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .provider(ureq::tls::TlsProvider::Rustls)
+                .root_certs(ureq::tls::RootCerts::PlatformVerifier)
+                .build(),
+        );
+    }
+    let agent: ureq::Agent = config.build().into();
+    let url = format!("{}/v1/{path}", address.trim_end_matches('/'));
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(&url)
+        .header("content-type", "application/json")
+        .header("x-vault-token", token)
+        .body(body.to_string())
+        .map_err(|e| e.to_string())?;
+    let mut answer = agent.run(request).map_err(|e| e.to_string())?;
+    let status = answer.status().as_u16();
+    let text = answer
+        .body_mut()
+        .with_config()
+        .limit(1 << 20)
+        .read_to_string()
+        .map_err(|e| e.to_string())?;
+    Ok((
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    ))
+}
+
+/// A resolver that answers with the addresses already checked: the name is
+/// not looked up again between the check and the connection (no DNS
+/// rebinding past the SSRF guard).
+#[derive(Debug)]
+struct Pinned(Vec<std::net::SocketAddr>);
+
+impl ureq::unversioned::resolver::Resolver for Pinned {
+    fn resolve(
+        &self,
+        _uri: &http::Uri,
+        _config: &ureq::config::Config,
+        _timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let mut out = self.empty();
+        for address in self.0.iter().take(16) {
+            out.push(*address);
+        }
+        if self.0.is_empty() {
+            return Err(ureq::Error::HostNotFound);
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The attempt goes to the addresses the guard checked, never to a
+    /// second lookup of the name: a name that does not resolve at all still
+    /// reaches the pinned loopback receiver, and nothing else.
+    #[test]
+    fn a_webhook_connects_only_to_the_pinned_addresses() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = vec![0u8; 4096];
+            let n = stream.read(&mut request).unwrap();
+            stream
+                .write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+                .unwrap();
+            String::from_utf8_lossy(&request[..n]).to_string()
+        });
+        let url = format!("http://no-such-name.invalid:{}/hook", address.port());
+        let t = Duration::from_secs(5);
+        assert_eq!(post_webhook(&url, &[address], &[], b"{}", t), Ok(204));
+        assert!(server.join().unwrap().starts_with("POST /hook"));
+        assert!(
+            post_webhook(&url, &[], &[], b"{}", t).is_err(),
+            "no address, no call"
+        );
+    }
 
     #[test]
     fn plain_http_only_to_loopback_unless_insisted() {

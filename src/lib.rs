@@ -163,6 +163,8 @@ pub const LAYERS: &[(&str, &[&str])] = &[
             "client",
             "config",
             "crypto",
+            // the webhook watch audits grants whose time ran out
+            "grants",
             "ids",
             "keys",
             "metrics",

@@ -459,11 +459,16 @@ async fn dispatch(
         }
         Endpoint::UpgradeTenant(id) => tenants::upgrade(state, principal, id, body).await,
         Endpoint::RotateDataKey(id) => data_keys::rotate(state, principal, id).await,
-        Endpoint::CreateWebhook(id) => webhooks::create(state, principal, id, &body).await,
-        Endpoint::ListWebhooks(id) => webhooks::list(state, id).await,
-        Endpoint::DeleteWebhook(id, w) => webhooks::delete(state, principal, id, w).await,
-        Endpoint::TestWebhook(id, w) => webhooks::test(state, id, w).await,
-        Endpoint::WebhookDeliveries(id, w) => webhooks::deliveries(state, id, w).await,
+        Endpoint::CreateWebhook(id) => webhooks::create(state, principal, Some(id), &body).await,
+        Endpoint::ListWebhooks(id) => webhooks::list(state, Some(id)).await,
+        Endpoint::DeleteWebhook(id, w) => webhooks::delete(state, principal, Some(id), w).await,
+        Endpoint::TestWebhook(id, w) => webhooks::test(state, Some(id), w).await,
+        Endpoint::WebhookDeliveries(id, w) => webhooks::deliveries(state, Some(id), w).await,
+        Endpoint::CreateHostWebhook => webhooks::create(state, principal, None, &body).await,
+        Endpoint::ListHostWebhooks => webhooks::list(state, None).await,
+        Endpoint::DeleteHostWebhook(w) => webhooks::delete(state, principal, None, w).await,
+        Endpoint::TestHostWebhook(w) => webhooks::test(state, None, w).await,
+        Endpoint::HostWebhookDeliveries(w) => webhooks::deliveries(state, None, w).await,
         Endpoint::ReadKeyRotation(id, rotation) => data_keys::read(state, id, rotation).await,
         Endpoint::SetDurability(id) => {
             continuous::set_durability(state, principal, id, &body).await

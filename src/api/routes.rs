@@ -52,6 +52,12 @@ pub enum Endpoint {
     DeleteWebhook(TenantId, String),
     TestWebhook(TenantId, String),
     WebhookDeliveries(TenantId, String),
+    /// The host's own endpoints (operators): `/v1/webhooks…`.
+    CreateHostWebhook,
+    ListHostWebhooks,
+    DeleteHostWebhook(String),
+    TestHostWebhook(String),
+    HostWebhookDeliveries(String),
     SetDurability(TenantId),
     PointInTimeRestore(TenantId),
     SetBackupSchedule(TenantId),
@@ -124,6 +130,11 @@ impl Endpoint {
             Endpoint::DeleteWebhook(..) => "DeleteWebhook",
             Endpoint::TestWebhook(..) => "TestWebhook",
             Endpoint::WebhookDeliveries(..) => "WebhookDeliveries",
+            Endpoint::CreateHostWebhook => "CreateHostWebhook",
+            Endpoint::ListHostWebhooks => "ListHostWebhooks",
+            Endpoint::DeleteHostWebhook(_) => "DeleteHostWebhook",
+            Endpoint::TestHostWebhook(_) => "TestHostWebhook",
+            Endpoint::HostWebhookDeliveries(_) => "HostWebhookDeliveries",
             Endpoint::SetDurability(..) => "SetDurability",
             Endpoint::PointInTimeRestore(..) => "PointInTimeRestore",
             Endpoint::SetBackupSchedule(..) => "SetBackupSchedule",
@@ -216,6 +227,13 @@ impl Endpoint {
             }
             (&M::GET, ["v1", "tenants", id, "webhooks", w, "deliveries"]) => {
                 Endpoint::WebhookDeliveries(tenant(id)?, webhook(w)?)
+            }
+            (&M::POST, ["v1", "webhooks"]) => Endpoint::CreateHostWebhook,
+            (&M::GET, ["v1", "webhooks"]) => Endpoint::ListHostWebhooks,
+            (&M::DELETE, ["v1", "webhooks", w]) => Endpoint::DeleteHostWebhook(webhook(w)?),
+            (&M::POST, ["v1", "webhooks", w, "test"]) => Endpoint::TestHostWebhook(webhook(w)?),
+            (&M::GET, ["v1", "webhooks", w, "deliveries"]) => {
+                Endpoint::HostWebhookDeliveries(webhook(w)?)
             }
             (&M::POST, ["v1", "tenants", id, "keys", "rotate"]) => {
                 Endpoint::RotateDataKey(tenant(id)?)
@@ -348,6 +366,9 @@ impl Endpoint {
                 | ["v1", "tenants", _, "webhooks"]
                 | ["v1", "tenants", _, "webhooks", _]
                 | ["v1", "tenants", _, "webhooks", _, "test" | "deliveries"]
+                | ["v1", "webhooks"]
+                | ["v1", "webhooks", _]
+                | ["v1", "webhooks", _, "test" | "deliveries"]
                 | ["v1", "tenants", _, "keys", "rotations", _]
                 | ["v1", "admin-recoveries", _, "approve" | "cancel"]
                 | ["v1", "tenants", _, "move"]
@@ -405,6 +426,11 @@ impl Endpoint {
             | Endpoint::DeleteWebhook(t, _)
             | Endpoint::TestWebhook(t, _)
             | Endpoint::WebhookDeliveries(t, _) => A::ManageWebhooks(t),
+            Endpoint::CreateHostWebhook
+            | Endpoint::ListHostWebhooks
+            | Endpoint::DeleteHostWebhook(_)
+            | Endpoint::TestHostWebhook(_)
+            | Endpoint::HostWebhookDeliveries(_) => A::ManageHostWebhooks,
             Endpoint::SetDurability(t) => A::SetDurability(t),
             Endpoint::PointInTimeRestore(t) => A::RestoreBackup(t),
             Endpoint::Copies(t) => A::ReadCopies(t),
@@ -437,6 +463,8 @@ impl Endpoint {
             Endpoint::RotateDataKey(_) => "key.rotate",
             Endpoint::CreateWebhook(_) => "webhook.create",
             Endpoint::DeleteWebhook(..) => "webhook.delete",
+            Endpoint::CreateHostWebhook => "webhook.create",
+            Endpoint::DeleteHostWebhook(_) => "webhook.delete",
             Endpoint::SetDurability(_) => "tenant.durability",
             Endpoint::PointInTimeRestore(_) => "tenant.restore",
             Endpoint::SetBackupSchedule(_) => "backup.schedule",
@@ -508,6 +536,11 @@ impl Endpoint {
             | Endpoint::RegionTenants(_)
             | Endpoint::ListDrills
             | Endpoint::PendingApprovals
+            | Endpoint::CreateHostWebhook
+            | Endpoint::ListHostWebhooks
+            | Endpoint::DeleteHostWebhook(_)
+            | Endpoint::TestHostWebhook(_)
+            | Endpoint::HostWebhookDeliveries(_)
             | Endpoint::Panel(_)
             | Endpoint::CreateSession
             | Endpoint::ReadSession

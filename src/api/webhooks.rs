@@ -1,5 +1,7 @@
 //! `/v1/tenants/{id}/webhooks…`: a tenant's admin manages its webhook
-//! endpoints and reads their delivery logs (`service::webhooks`).
+//! endpoints and reads their delivery logs (`service::webhooks`);
+//! `/v1/webhooks…`: operators do the same for the host's own endpoints
+//! (every handler takes the owner: a tenant, or `None` for the host).
 
 use std::sync::Arc;
 
@@ -42,16 +44,30 @@ struct NewWebhook {
     events: Option<Vec<String>>,
 }
 
-/// `POST /v1/tenants/{id}/webhooks` → 201 with the signing secret (shown once).
+/// The tenant must exist (no check for the host's own endpoints).
+fn known_owner(state: &AppState, owner: Option<&TenantId>) -> Result<(), ApiError> {
+    owner.map_or(Ok(()), |id| known_tenant(&state.storage, id).map(|_| ()))
+}
+
+fn event_for(kind: &'static str, principal: &Principal, owner: Option<&TenantId>) -> Event {
+    let event = Event::new(kind, grants::actor(principal));
+    match owner {
+        Some(id) => event.tenant(id),
+        None => event.detail("scope", "host"),
+    }
+}
+
+/// `POST /v1/tenants/{id}/webhooks` (or `/v1/webhooks`) → 201 with the
+/// signing secret (shown once).
 pub async fn create(
     state: &Arc<AppState>,
     principal: &Principal,
-    id: TenantId,
+    id: Option<TenantId>,
     body: &Bytes,
 ) -> Result<Response<Body>, ApiError> {
     let hooks = service(state)?;
     let request: NewWebhook = parse_json(body)?;
-    known_tenant(&state.storage, &id)?;
+    known_owner(state, id.as_ref())?;
     // The URL is checked (and resolved) before anything is recorded.
     let settings = hooks.settings;
     let url = request.url.clone();
@@ -60,23 +76,21 @@ pub async fn create(
         .map_err(ApiError::Unprocessable)?;
     audit(
         state,
-        Event::new("webhook.created", grants::actor(principal))
-            .tenant(&id)
-            .detail("url", request.url.as_str()),
+        event_for("webhook.created", principal, id.as_ref()).detail("url", request.url.as_str()),
     )
     .await?;
     let by = principal.person();
     let (endpoint, secret) =
-        blocking(move || hooks.create(&id, &request.url, request.events, &by)).await??;
+        blocking(move || hooks.create(id.as_ref(), &request.url, request.events, &by)).await??;
     let mut body = endpoint_json(&endpoint);
     body["secret"] = Value::from(secret.as_str());
     Ok(json_response(StatusCode::CREATED, &body))
 }
 
-pub async fn list(state: &Arc<AppState>, id: TenantId) -> Result<Response<Body>, ApiError> {
+pub async fn list(state: &Arc<AppState>, id: Option<TenantId>) -> Result<Response<Body>, ApiError> {
     let hooks = service(state)?;
-    known_tenant(&state.storage, &id)?;
-    let all = blocking(move || hooks.list(&id)).await?;
+    known_owner(state, id.as_ref())?;
+    let all = blocking(move || hooks.list(id.as_ref())).await?;
     Ok(json_response(
         StatusCode::OK,
         &json!({"webhooks": all.iter().map(endpoint_json).collect::<Vec<_>>()}),
@@ -86,32 +100,30 @@ pub async fn list(state: &Arc<AppState>, id: TenantId) -> Result<Response<Body>,
 pub async fn delete(
     state: &Arc<AppState>,
     principal: &Principal,
-    id: TenantId,
+    id: Option<TenantId>,
     webhook: String,
 ) -> Result<Response<Body>, ApiError> {
     let hooks = service(state)?;
-    known_tenant(&state.storage, &id)?;
+    known_owner(state, id.as_ref())?;
     let (check, tenant, wid) = (hooks.clone(), id.clone(), webhook.clone());
-    blocking(move || check.get(&tenant, &wid)).await??;
+    blocking(move || check.get(tenant.as_ref(), &wid)).await??;
     audit(
         state,
-        Event::new("webhook.deleted", grants::actor(principal))
-            .tenant(&id)
-            .detail("webhook", webhook.as_str()),
+        event_for("webhook.deleted", principal, id.as_ref()).detail("webhook", webhook.as_str()),
     )
     .await?;
-    blocking(move || hooks.delete(&id, &webhook)).await??;
+    blocking(move || hooks.delete(id.as_ref(), &webhook)).await??;
     Ok(super::request::empty_response(StatusCode::NO_CONTENT))
 }
 
 pub async fn test(
     state: &Arc<AppState>,
-    id: TenantId,
+    id: Option<TenantId>,
     webhook: String,
 ) -> Result<Response<Body>, ApiError> {
     let hooks = service(state)?;
-    known_tenant(&state.storage, &id)?;
-    let delivery = blocking(move || hooks.test(&id, &webhook)).await??;
+    known_owner(state, id.as_ref())?;
+    let delivery = blocking(move || hooks.test(id.as_ref(), &webhook)).await??;
     Ok(json_response(
         StatusCode::ACCEPTED,
         &delivery_json(&delivery),
@@ -120,12 +132,12 @@ pub async fn test(
 
 pub async fn deliveries(
     state: &Arc<AppState>,
-    id: TenantId,
+    id: Option<TenantId>,
     webhook: String,
 ) -> Result<Response<Body>, ApiError> {
     let hooks = service(state)?;
-    known_tenant(&state.storage, &id)?;
-    let all = blocking(move || hooks.deliveries(&id, &webhook)).await??;
+    known_owner(state, id.as_ref())?;
+    let all = blocking(move || hooks.deliveries(id.as_ref(), &webhook)).await??;
     Ok(json_response(
         StatusCode::OK,
         &json!({"deliveries": all.iter().map(delivery_json).collect::<Vec<_>>()}),

@@ -90,7 +90,7 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("start async runtime")?;
-    let backups = Arc::new(open_backups(&config, runtime.handle().clone())?);
+    let mut backups = open_backups(&config, runtime.handle().clone())?;
     let audit = Arc::new(
         super::systemd::extending_start_timeout("opening the audit log", || {
             crate::audit::AuditLog::open(&config.data_dir, config.region.as_str())
@@ -101,6 +101,8 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
     audit
         .checkpoint()
         .context("sign the audit log's checkpoint")?;
+    backups.audit = Some(audit.clone());
+    let backups = Arc::new(backups);
     backups.recover(&storage);
     let changelog = match (&config.changelog, keep_logs) {
         (Some(settings), true) => {
@@ -191,12 +193,12 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 retry_for: config.webhooks.retry_for,
                 max_backoff: config.webhooks.max_backoff,
                 timeout: config.webhooks.timeout,
+                region_lag_alert: config.webhooks.region_lag_alert,
             };
-            let service = Arc::new(crate::service::webhooks::Webhooks::new(
-                storage.clone(),
-                audit.clone(),
-                settings,
-            ));
+            let service = Arc::new(
+                crate::service::webhooks::Webhooks::new(storage.clone(), audit.clone(), settings)
+                    .watching(backups.replication.clone()),
+            );
             service
                 .start_cursor()
                 .context("start the webhook dispatcher's cursor")?;

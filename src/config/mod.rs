@@ -71,6 +71,8 @@
 //!                                            # failing this long is disabled
 //! max_backoff = "1h"                         # the longest wait between two attempts
 //! timeout = "10s"                            # one attempt's limit
+//! region_lag_alert = "15m"                   # a backup region this far behind is
+//!                                            # reported to the host's endpoints
 //!
 //! [changelog]                                # continuous backup (point-in-time restore)
 //! enabled = true
@@ -169,6 +171,7 @@ pub struct WebhooksConfig {
     pub retry_for: Duration,
     pub max_backoff: Duration,
     pub timeout: Duration,
+    pub region_lag_alert: Duration,
 }
 
 /// `[data_keys]`: online data-key rotation.
@@ -319,6 +322,7 @@ struct RawWebhooks {
     retry_for: Option<String>,
     max_backoff: Option<String>,
     timeout: Option<String>,
+    region_lag_alert: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -615,6 +619,11 @@ impl Config {
                     .max(Duration::from_millis(100)),
                 timeout: duration("webhooks.timeout", raw.webhooks.timeout, "10s")?
                     .max(Duration::from_millis(100)),
+                region_lag_alert: duration(
+                    "webhooks.region_lag_alert",
+                    raw.webhooks.region_lag_alert,
+                    "15m",
+                )?,
             },
             data_keys: DataKeysConfig {
                 rotate_every: Some(duration(

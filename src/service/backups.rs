@@ -34,6 +34,9 @@ pub struct Backups {
     pub retention_secs: u64,
     /// Bytes per second a backup or restore moves at most (none: no cap).
     pub max_rate: Option<u64>,
+    /// Where a failed backup is recorded (`backup.failed`, which the
+    /// tenant's and the host's webhooks tell of).
+    pub audit: Option<std::sync::Arc<crate::audit::AuditLog>>,
 }
 
 impl Backups {
@@ -52,6 +55,7 @@ impl Backups {
             limits: Limits::default(),
             retention_secs,
             max_rate: None,
+            audit: None,
         })
     }
 
@@ -86,6 +90,20 @@ impl Backups {
                 }
                 JobState::Failed => {}
             }
+        }
+    }
+
+    fn audit_failure(&self, job: &BackupJob) {
+        let Some(audit) = &self.audit else {
+            return;
+        };
+        let event = crate::audit::Event::new("backup.failed", crate::audit::Actor::host())
+            .tenant(&job.tenant)
+            .detail("backup", job.id.as_str())
+            .detail("kind", job.kind.as_str())
+            .detail("error", job.error.as_deref().unwrap_or_default());
+        if let Err(error) = audit.append(event) {
+            tracing::error!(backup_id = %job.id, %error, "cannot audit a failed backup");
         }
     }
 
@@ -148,6 +166,7 @@ impl Backups {
                 self.spool.discard(job.tenant.as_str(), &job.id);
                 job.state = JobState::Failed;
                 job.error = Some(error.to_string());
+                self.audit_failure(&job);
             }
         }
         job.finished_at = Some(unix_now());

@@ -101,7 +101,9 @@ fn a_rotation_killed_half_way_resumes_to_done_with_every_record_and_only_the_new
         |j| j["state"] == "done" || j["state"] == "failed",
     );
     assert_eq!(done["state"], "done", "{done}");
-    assert_eq!(done["progress"]["records_total"], 1500);
+    // Counted when the job began: the writes above may have come first.
+    let total = done["progress"]["records_total"].as_u64().unwrap();
+    assert!((1500..=1530).contains(&total), "{done}");
 
     // Every record as written, found by its index, and still unique.
     let after = contacts(&host, &t, &a);

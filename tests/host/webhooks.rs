@@ -356,3 +356,186 @@ impl MkDir for PathBuf {
         self
     }
 }
+
+/// The host's own endpoint (operators): every tenant's events and the host's
+/// (a region falling behind and catching up); a failed backup and a grant
+/// whose time ran out reach the tenant's endpoint too.
+#[test]
+fn operators_hear_lagging_regions_failed_backups_and_expired_grants() {
+    let dir = TempDir::new("host-hooks");
+    let data = dir.path().join("data");
+    let config = dir.path().join("host.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{CONFIG}region_lag_alert = \"1s\"\n[access]\npending_expiry = \"3s\"\n\
+             [backup]\nretry_base = \"200ms\"\nretry_cap = \"500ms\"\n"
+        ),
+    )
+    .unwrap();
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--backup-interval",
+        "0s",
+    ];
+    let host = Host::start(&data, &args);
+    let (ours, theirs) = (dir.path().join("host"), dir.path().join("tenant"));
+    std::fs::create_dir_all(&ours).unwrap();
+    std::fs::create_dir_all(&theirs).unwrap();
+    let (operators, tenants) = (Receiver::start(&ours), Receiver::start(&theirs));
+    let (t, a) = host.create_tenant("Watched", "crm");
+    register(&host, &t, &a, &tenants);
+
+    // Only operators manage the host's endpoints.
+    let support = mint(&host, "support", "sam");
+    for token in [&a, &support] {
+        let r = host.json(
+            "POST",
+            "/v1/webhooks",
+            Some(token),
+            json!({"url": operators.url}),
+        );
+        assert_eq!(r.status, 403, "{}", r.text());
+    }
+    let r = host.json(
+        "POST",
+        "/v1/webhooks",
+        Some(&host.operator),
+        json!({"url": operators.url}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    std::fs::write(&operators.secret, r.value()["secret"].as_str().unwrap()).unwrap();
+    let hook = r.value()["id"].as_str().unwrap().to_string();
+    let listed = host.call("GET", "/v1/webhooks", Some(&host.operator), None);
+    assert_eq!(listed.value()["webhooks"][0]["id"], hook.as_str());
+    assert!(
+        !listed.text().contains("whsec_"),
+        "the secret is shown once"
+    );
+    let tenants_own = host.call("GET", &format!("/v1/tenants/{t}/webhooks"), Some(&a), None);
+    assert_eq!(tenants_own.value()["webhooks"].as_array().unwrap().len(), 1);
+
+    // A request nobody decides runs out (3 s here): both hear, once.
+    let pending = request_id(&host, &support, &t, "read", json!({}));
+    for receiver in [&operators, &tenants] {
+        let got = eventually(
+            "the expiry delivered",
+            || verified(receiver, "access.expired"),
+            |v| !v.is_empty(),
+        );
+        assert_eq!(got[0]["payload"]["data"]["grant"], pending.as_str());
+        assert_eq!(got[0]["payload"]["data"]["details"]["was"], "pending");
+    }
+    let log = host.call(
+        "GET",
+        &format!("/v1/tenants/{t}/access-log"),
+        Some(&a),
+        None,
+    );
+    assert!(log.text().contains("grant.expired"), "{}", log.text());
+
+    // A backup that cannot be written: the tenant and the operators hear.
+    let spool = data.join("backups");
+    let kept = dir.path().join("spool-kept");
+    std::fs::rename(&spool, &kept).unwrap();
+    std::fs::write(&spool, "not a directory").unwrap();
+    let r = host.call("POST", &format!("/v1/tenants/{t}/backups"), Some(&a), None);
+    let failed = r.value()["id"].as_str().unwrap().to_string();
+    for receiver in [&operators, &tenants] {
+        let got = eventually(
+            "backup.failed delivered",
+            || verified(receiver, "backup.failed"),
+            |v| !v.is_empty(),
+        );
+        assert_eq!(got[0]["payload"]["data"]["tenant"], t.as_str());
+        assert_eq!(
+            got[0]["payload"]["data"]["details"]["backup"],
+            failed.as_str()
+        );
+    }
+    let job = host.call(
+        "GET",
+        &format!("/v1/tenants/{t}/backups/{failed}"),
+        Some(&a),
+        None,
+    );
+    assert_eq!(job.value()["state"], "failed", "{}", job.text());
+    std::fs::remove_file(&spool).unwrap();
+    std::fs::rename(&kept, &spool).unwrap();
+
+    // One backup region cannot be written: reported lagging, then back.
+    let regions = host.call("GET", "/v1/regions", Some(&host.operator), None);
+    let last = regions.value()["regions"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()["region"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let store = data.join("regions").join(&last);
+    let aside = dir.path().join("region-kept");
+    std::fs::rename(&store, &aside).unwrap();
+    std::fs::write(&store, "not a directory").unwrap();
+    let r = host.call("POST", &format!("/v1/tenants/{t}/backups"), Some(&a), None);
+    assert!(r.status < 300, "{}", r.text());
+    let lagging = eventually(
+        "region.lagging delivered",
+        || verified(&operators, "region.lagging"),
+        |v| !v.is_empty(),
+    );
+    assert_eq!(
+        lagging[0]["payload"]["data"]["details"]["region"],
+        last.as_str()
+    );
+    assert!(lagging[0]["payload"]["data"]["tenant"].is_null());
+    std::fs::remove_file(&store).unwrap();
+    std::fs::rename(&aside, &store).unwrap();
+    let recovered = eventually(
+        "region.recovered delivered",
+        || verified(&operators, "region.recovered"),
+        |v| !v.is_empty(),
+    );
+    assert_eq!(
+        recovered[0]["payload"]["data"]["details"]["region"],
+        last.as_str()
+    );
+    assert_eq!(verified(&operators, "region.lagging").len(), 1, "told once");
+    // The host's events are not the tenant's.
+    assert!(verified(&tenants, "region.lagging").is_empty());
+    // The host's endpoint heard the tenant's events too, each with its sequence.
+    assert_eq!(verified(&tenants, "access.expired").len(), 1, "told once");
+    let requested = verified(&operators, "access.requested");
+    assert_eq!(requested.len(), 1);
+    assert!(requested[0]["payload"]["data"]["audit_seq"].is_u64());
+    let r = host.call(
+        "GET",
+        &format!("/v1/webhooks/{hook}/deliveries"),
+        Some(&host.operator),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let log = r.value()["deliveries"].as_array().unwrap().clone();
+    for event in [
+        "access.requested",
+        "access.expired",
+        "backup.failed",
+        "region.lagging",
+        "region.recovered",
+    ] {
+        assert!(
+            log.iter()
+                .any(|d| d["event"] == event && d["state"] == "delivered"),
+            "{event} in the host's delivery log: {log:?}"
+        );
+    }
+    let r = host.call(
+        "DELETE",
+        &format!("/v1/webhooks/{hook}"),
+        Some(&host.operator),
+        None,
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    host.stop();
+}

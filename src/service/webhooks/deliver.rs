@@ -81,7 +81,11 @@ impl Webhooks {
         let Some(mut delivery) = DELIVERIES.get(catalog, key)? else {
             return DUE.remove(catalog, key);
         };
-        let endpoint_key = format!("{}/{}", delivery.tenant, delivery.endpoint);
+        let endpoint_key = format!(
+            "{}/{}",
+            super::owner(delivery.tenant.as_ref()),
+            delivery.endpoint
+        );
         let Some(mut endpoint) = ENDPOINTS.get(catalog, &endpoint_key)? else {
             return DUE.remove(catalog, key);
         };
@@ -94,7 +98,7 @@ impl Webhooks {
         let now = unix_now();
         let outcome = match check_url(&endpoint.url, &self.settings) {
             Err(why) => Err(why),
-            Ok(()) => {
+            Ok(pinned) => {
                 let secret = self.storage.secret(&Self::secret_name(&endpoint.id))?;
                 let signature = crypto::webhook_signature(
                     &secret,
@@ -105,6 +109,7 @@ impl Webhooks {
                 let (timestamp, signature) = (now.to_string(), format!("v1,{signature}"));
                 crate::client::post_webhook(
                     &endpoint.url,
+                    &pinned,
                     &[
                         ("content-type", "application/json"),
                         ("webhook-id", &delivery.message_id),
@@ -161,10 +166,12 @@ impl Webhooks {
                             self.settings.retry_for.as_secs()
                         ),
                     });
-                    let event = Event::new("webhook.disabled", Actor::host())
-                        .tenant(&endpoint.tenant)
+                    let mut event = Event::new("webhook.disabled", Actor::host())
                         .detail("webhook", endpoint.id.as_str())
                         .detail("url", endpoint.url.as_str());
+                    if let Some(tenant) = &endpoint.tenant {
+                        event = event.tenant(tenant);
+                    }
                     if let Err(error) = self.audit.append(event) {
                         tracing::error!(%error, "cannot audit a disabled webhook");
                     }
@@ -187,6 +194,7 @@ impl Webhooks {
             }
             let this = self.clone();
             let round = crate::tasks::blocking(move || -> Result<(), StorageError> {
+                this.watch_if_due();
                 while this.dispatch()? > 0 {}
                 this.send_due()?;
                 Ok(())

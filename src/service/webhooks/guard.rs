@@ -2,14 +2,16 @@
 //! address; `http://` only to loopback when `allow_http_loopback`; private,
 //! link-local and other special addresses only when `allow_private`. No
 //! user-info in the URL. Checked when an endpoint is registered and again
-//! before every attempt (its name may resolve elsewhere by then); redirects
-//! are never followed.
+//! before every attempt (its name may resolve elsewhere by then), and the
+//! attempt connects to exactly the addresses checked (no second lookup for
+//! a rebinding name to answer differently); redirects are never followed.
 
-use std::net::{IpAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
 use super::WebhookSettings;
 
-pub fn check_url(url: &str, settings: &WebhookSettings) -> Result<(), String> {
+/// Checks `url`; returns the addresses it resolved to, all allowed.
+pub fn check_url(url: &str, settings: &WebhookSettings) -> Result<Vec<SocketAddr>, String> {
     let parsed = url::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err("a webhook URL carries no user name or password".into());
@@ -20,11 +22,11 @@ pub fn check_url(url: &str, settings: &WebhookSettings) -> Result<(), String> {
     let port = parsed
         .port_or_known_default()
         .ok_or_else(|| "a webhook URL is https:// (or http:// to this machine)".to_string())?;
-    let addresses: Vec<IpAddr> = (host.trim_matches(['[', ']']), port)
+    let resolved: Vec<SocketAddr> = (host.trim_matches(['[', ']']), port)
         .to_socket_addrs()
         .map_err(|e| format!("{host} does not resolve: {e}"))?
-        .map(|a| a.ip())
         .collect();
+    let addresses: Vec<IpAddr> = resolved.iter().map(SocketAddr::ip).collect();
     if addresses.is_empty() {
         return Err(format!("{host} does not resolve"));
     }
@@ -51,7 +53,7 @@ pub fn check_url(url: &str, settings: &WebhookSettings) -> Result<(), String> {
             ));
         }
     }
-    Ok(())
+    Ok(resolved)
 }
 
 /// Private, link-local, shared, unspecified, multicast or documentation
@@ -94,6 +96,7 @@ mod tests {
             retry_for: Duration::from_secs(1),
             max_backoff: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
+            region_lag_alert: Duration::from_secs(1),
         }
     }
 

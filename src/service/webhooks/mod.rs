@@ -1,7 +1,12 @@
 //! Signed webhooks: a tenant's admin registers endpoints, and every event the
-//! tenant must not miss (access requested, approved, denied, revoked;
-//! emergencies; admin recoveries; removal; tokens; copies; key rotation;
-//! failed drills) is POSTed to them, signed the Standard Webhooks way.
+//! tenant must not miss (access requested, approved, denied, revoked,
+//! expired; emergencies; admin recoveries; removal; tokens; copies; key
+//! rotation; failed backups and drills) is POSTed to them, signed the
+//! Standard Webhooks way. Operators register host-level endpoints
+//! (`/v1/webhooks`): they hear every tenant's events and the host's own
+//! (a backup region failing or lagging, and back; the master key rotated).
+//! Events that no request makes (a grant's time running out, a region
+//! falling behind) are audited by the watch (`watch`).
 //!
 //! The audit log is the outbox. The dispatcher reads it from a cursor kept
 //! in the catalog (`webhook_cursor`): for each entry of a tenant whose kind
@@ -14,6 +19,7 @@
 
 mod deliver;
 mod guard;
+mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +34,7 @@ use crate::storage::{Kind, Storage, StorageError};
 
 pub use guard::check_url;
 
-/// Endpoints by `<tenant>/<id>`.
+/// Endpoints by `<tenant>/<id>`, host-level ones by `host/<id>`.
 pub const ENDPOINTS: Kind<WebhookEndpoint> = Kind::new("webhooks");
 /// Every delivery by `<endpoint>/<message id>`.
 pub const DELIVERIES: Kind<Delivery> = Kind::new("webhook_deliveries");
@@ -40,7 +46,9 @@ const CURSOR: Kind<u64> = Kind::new("webhook_cursor");
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WebhookEndpoint {
     pub id: String,
-    pub tenant: TenantId,
+    /// Whose endpoint: a tenant's, or (`None`) the host's operators'.
+    #[serde(default)]
+    pub tenant: Option<TenantId>,
     pub url: String,
     /// Event types it wants; `None`: all.
     pub events: Option<Vec<String>>,
@@ -71,7 +79,8 @@ pub enum DeliveryState {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Delivery {
     pub endpoint: String,
-    pub tenant: TenantId,
+    #[serde(default)]
+    pub tenant: Option<TenantId>,
     /// The `webhook-id`: the same on every attempt.
     pub message_id: String,
     pub event: String,
@@ -106,6 +115,9 @@ pub struct WebhookSettings {
     pub max_backoff: Duration,
     /// One attempt's time limit.
     pub timeout: Duration,
+    /// A backup region this far behind (its oldest unverified copy) is
+    /// reported to the host's endpoints as lagging.
+    pub region_lag_alert: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +154,13 @@ pub const EVENTS: &[(&str, &str)] = &[
     ("key.rotated", "key.rotated"),
     ("key.rotation_failed", "key.rotation_failed"),
     ("backup.drilled", "drill.failed"),
+    ("backup.failed", "backup.failed"),
     ("webhook.disabled", "webhook.disabled"),
+    // The host's own: sent to host-level endpoints only.
+    ("region.lagging", "region.lagging"),
+    ("region.recovered", "region.recovered"),
+    ("keys.rotated", "master-key.rotated"),
+    ("token.operator-approved", "operator.approved"),
 ];
 
 /// The event an audit entry is, if it is one.
@@ -161,8 +179,12 @@ pub struct Webhooks {
     pub(crate) storage: Arc<Storage>,
     pub(crate) audit: Arc<AuditLog>,
     pub(crate) settings: WebhookSettings,
+    /// The backup regions the watch reports on (none: no region events).
+    replication: Option<Arc<crate::replication::Replication>>,
     /// Endpoints with an attempt in flight (one at a time each).
     in_flight: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// When the watch last looked.
+    last_watch: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Webhooks {
@@ -171,8 +193,16 @@ impl Webhooks {
             storage,
             audit,
             settings,
+            replication: None,
             in_flight: Default::default(),
+            last_watch: Default::default(),
         }
+    }
+
+    /// Reports on these backup regions' lag (`region.lagging`, `region.recovered`).
+    pub fn watching(mut self, replication: Arc<crate::replication::Replication>) -> Self {
+        self.replication = Some(replication);
+        self
     }
 
     fn secret_name(id: &str) -> String {
@@ -182,7 +212,7 @@ impl Webhooks {
     /// Registers an endpoint; returns it and its signing secret (shown once).
     pub fn create(
         &self,
-        tenant: &TenantId,
+        tenant: Option<&TenantId>,
         url: &str,
         events: Option<Vec<String>>,
         by: &str,
@@ -203,7 +233,7 @@ impl Webhooks {
         self.storage.put_secret(&Self::secret_name(&id), &secret)?;
         let endpoint = WebhookEndpoint {
             id,
-            tenant: tenant.clone(),
+            tenant: tenant.cloned(),
             url: url.to_string(),
             events,
             created_at: unix_now(),
@@ -215,20 +245,24 @@ impl Webhooks {
         Ok((endpoint, crypto::webhook_secret_text(&secret)))
     }
 
-    pub fn list(&self, tenant: &TenantId) -> Vec<WebhookEndpoint> {
+    pub fn list(&self, tenant: Option<&TenantId>) -> Vec<WebhookEndpoint> {
         ENDPOINTS
-            .with_prefix(&self.storage.catalog, &format!("{tenant}/"))
+            .with_prefix(&self.storage.catalog, &format!("{}/", owner(tenant)))
             .unwrap_or_default()
     }
 
-    pub fn get(&self, tenant: &TenantId, id: &str) -> Result<WebhookEndpoint, WebhookError> {
+    pub fn get(
+        &self,
+        tenant: Option<&TenantId>,
+        id: &str,
+    ) -> Result<WebhookEndpoint, WebhookError> {
         ENDPOINTS
-            .get(&self.storage.catalog, &format!("{tenant}/{id}"))?
+            .get(&self.storage.catalog, &format!("{}/{id}", owner(tenant)))?
             .ok_or(WebhookError::NotFound)
     }
 
     /// Removes an endpoint, its secret and its pending deliveries.
-    pub fn delete(&self, tenant: &TenantId, id: &str) -> Result<(), WebhookError> {
+    pub fn delete(&self, tenant: Option<&TenantId>, id: &str) -> Result<(), WebhookError> {
         let endpoint = self.get(tenant, id)?;
         ENDPOINTS.remove(&self.storage.catalog, &endpoint_key(&endpoint))?;
         self.storage.remove_secret(&Self::secret_name(id))?;
@@ -241,7 +275,11 @@ impl Webhooks {
     }
 
     /// The endpoint's deliveries, newest first.
-    pub fn deliveries(&self, tenant: &TenantId, id: &str) -> Result<Vec<Delivery>, WebhookError> {
+    pub fn deliveries(
+        &self,
+        tenant: Option<&TenantId>,
+        id: &str,
+    ) -> Result<Vec<Delivery>, WebhookError> {
         self.get(tenant, id)?;
         let mut all = DELIVERIES.with_prefix(&self.storage.catalog, &format!("{id}/"))?;
         all.sort_by(|a, b| (b.created_at, &b.message_id).cmp(&(a.created_at, &a.message_id)));
@@ -249,7 +287,7 @@ impl Webhooks {
     }
 
     /// Queues a test message to the endpoint.
-    pub fn test(&self, tenant: &TenantId, id: &str) -> Result<Delivery, WebhookError> {
+    pub fn test(&self, tenant: Option<&TenantId>, id: &str) -> Result<Delivery, WebhookError> {
         let endpoint = self.get(tenant, id)?;
         let message_id = format!(
             "msg_test_{}",
@@ -258,7 +296,7 @@ impl Webhooks {
         let payload = json!({
             "type": "webhook.test",
             "timestamp": rfc3339(unix_now()),
-            "data": {"tenant": tenant.as_str(), "audit_seq": null},
+            "data": {"tenant": tenant.map(TenantId::as_str), "audit_seq": null},
         });
         let delivery = self.queue(&endpoint, message_id, "webhook.test", None, &payload)?;
         Ok(delivery)
@@ -332,9 +370,10 @@ impl Webhooks {
             let Ok(entry) = serde_json::from_slice::<Entry>(&bytes) else {
                 continue;
             };
-            let (Some(event), Some(tenant)) = (event_of(&entry), entry.tenant.as_deref()) else {
+            let Some(event) = event_of(&entry) else {
                 continue;
             };
+            let tenant = entry.tenant.as_deref();
             let payload = json!({
                 "type": event,
                 "timestamp": rfc3339(entry.at / 1000),
@@ -347,8 +386,9 @@ impl Webhooks {
                     "details": entry.details,
                 },
             });
+            // A tenant's endpoints hear its own events; the host's hear all.
             for endpoint in endpoints.iter().filter(|e| {
-                e.tenant.as_str() == tenant
+                e.tenant.as_ref().is_none_or(|t| Some(t.as_str()) == tenant)
                     && e.disabled.is_none()
                     && entry.at / 1000 >= e.created_at
                     && e.events
@@ -372,8 +412,14 @@ impl Webhooks {
     }
 }
 
+/// Whose endpoints a key names: the tenant, or `host` (no tenant id is
+/// that short).
+fn owner(tenant: Option<&TenantId>) -> &str {
+    tenant.map_or("host", TenantId::as_str)
+}
+
 fn endpoint_key(endpoint: &WebhookEndpoint) -> String {
-    format!("{}/{}", endpoint.tenant, endpoint.id)
+    format!("{}/{}", owner(endpoint.tenant.as_ref()), endpoint.id)
 }
 
 /// The endpoint as the API shows it (never its secret).
