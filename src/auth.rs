@@ -150,6 +150,11 @@ pub enum Action<'a> {
     UpgradeTenant(&'a TenantId),
     /// Rotate the tenant's data key, and follow the rotation.
     RotateDataKey(&'a TenantId),
+    /// Wrap the tenant's data key by a key in its own key service (its
+    /// admin, or an operator with the tenant's key service token).
+    AttachCustomerKey(&'a TenantId),
+    /// Back to the master key alone: the tenant's admins only.
+    DetachCustomerKey(&'a TenantId),
     /// Register, list and remove the tenant's webhook endpoints.
     ManageWebhooks(&'a TenantId),
     /// Register, list and remove the host's own endpoints (every tenant's
@@ -206,6 +211,7 @@ pub fn authorize(principal: &Principal, action: &Action<'_>) -> Result<(), Denie
             | Action::ReactivateTenant(t)
             | Action::UpgradeTenant(t)
             | Action::RotateDataKey(t)
+            | Action::AttachCustomerKey(t)
             | Action::SetDurability(t),
             role,
         ) => role == Operator || own(t),
@@ -218,6 +224,7 @@ pub fn authorize(principal: &Principal, action: &Action<'_>) -> Result<(), Denie
         (Action::ReadAuditTrail(t), _) => own(t),
         (Action::ManageWebhooks(t), _) => own(t),
         (Action::ManageHostWebhooks, role) => role == Operator,
+        (Action::DetachCustomerKey(t), _) => own(t),
         // The one way staff obtain a tenant-admin token: two operators, audited,
         // shown in the tenant's access log (`grants::Recovery`).
         (Action::AdminRecovery, role) => role == Operator,

@@ -27,7 +27,8 @@
 //!   migrations. No I/O but reading schema files.
 //! - [`storage`] — **the only user of sled**: the catalog, one database per tenant,
 //!   the bounded pool of open tenant databases, group commit, crash-safe create,
-//!   shred and re-wrap, and a data-key rotation's steps (`rekey`).
+//!   shred and re-wrap, a data-key rotation's steps (`rekey`), and a data key
+//!   wrapped by the tenant's own key service too (`customer_key`).
 //! - [`keys`] — master keys and the backup key on disk (0600 files).
 //! - [`lifecycle`] — active → deactivated → destroyed, and the sweeper.
 //! - [`access`] — the data path's gate: the only way to a tenant's records
@@ -58,7 +59,8 @@
 //!   upgrade service (backup first, migrate, swap), the audit checkpoint
 //!   shipper (audit → regions), master-key rotation (keyring + catalog),
 //!   online data-key rotation as jobs (`data_keys`), signed webhooks
-//!   read from the audit log (`webhooks`),
+//!   read from the audit log (`webhooks`), tenants' own keys in their own
+//!   key services (`customer_keys`: Transit, the checks, closing),
 //!   continuous backup (`changelog`: the change log shipped in segments,
 //!   durability modes) and point-in-time restores (`pitr`).
 //! - [`secret_file`] — 0600 secret files, written atomically.

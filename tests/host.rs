@@ -11,6 +11,8 @@ mod audit;
 mod backups;
 #[path = "host/contract.rs"]
 mod contract;
+#[path = "host/customer_keys.rs"]
+mod customer_keys;
 #[path = "host/data_keys.rs"]
 mod data_keys;
 #[path = "host/durability.rs"]

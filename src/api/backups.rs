@@ -37,6 +37,7 @@ impl From<BackupError> for ApiError {
             BackupError::Store(message) => ApiError::Unavailable(message),
             BackupError::Stopped(message) => ApiError::Conflict(message),
             BackupError::Conflict(message) => ApiError::Conflict(message),
+            BackupError::KeyUnavailable(message) => ApiError::Locked(message),
             other => ApiError::internal(other),
         }
     }
@@ -336,6 +337,7 @@ fn job_json(job: &BackupJob, replicas: &[Replica], replication: &Replication) ->
 /// `GET /v1/tenants/{id}/copies`: every place the tenant's data is.
 pub async fn copies(state: &Arc<AppState>, id: TenantId) -> Result<Response<Body>, ApiError> {
     let tenant = known_tenant(&state.storage, &id)?;
+    let tenant_id = id.clone();
     let inner = state.clone();
     let body = blocking(move || -> Result<Value, ApiError> {
         let backups = backups_of(&inner, &id)?;
@@ -395,6 +397,8 @@ pub async fn copies(state: &Arc<AppState>, id: TenantId) -> Result<Response<Body
         }))
     })
     .await??;
+    let mut body = body;
+    body["customer_key"] = super::customer_keys::shown(state, &tenant_id).await;
     Ok(json_response(StatusCode::OK, &body))
 }
 

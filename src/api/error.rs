@@ -32,6 +32,9 @@ pub enum ApiError {
     Unprocessable(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The tenant's own key is unavailable (customer-managed keys): 423.
+    #[error("{0}")]
+    Locked(String),
     /// A bound on long jobs was reached: 429 with `Retry-After`.
     #[error("{message}")]
     TooBusy { message: String, retry_after: u64 },
@@ -59,6 +62,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Locked(_) => StatusCode::LOCKED,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooBusy { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Moved { .. } => StatusCode::PERMANENT_REDIRECT,
@@ -119,6 +123,9 @@ impl From<StorageError> for ApiError {
         match e {
             StorageError::NotFound => ApiError::NotFound("not found".into()),
             StorageError::Frozen | StorageError::Exists(_) => ApiError::Conflict(e.to_string()),
+            StorageError::KeyUnavailable(why) => ApiError::Locked(format!(
+                "this tenant is closed: its own key is unavailable ({why}); it opens again once the key is live"
+            )),
             StorageError::Damaged(what) => ApiError::Internal {
                 public: format!("{what} is damaged and cannot be opened"),
                 detail: format!("damaged: {what}"),

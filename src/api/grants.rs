@@ -504,6 +504,7 @@ fn in_access_log(kind: &str) -> bool {
         "admin-recovery.",
         "token.",
         "webhook.",
+        "key.",
         "tenant.move",
         "tenant.moved",
     ]

@@ -15,6 +15,7 @@
 
 mod backups;
 mod continuous;
+mod customer_keys;
 mod data_keys;
 mod error;
 mod grants;
@@ -78,6 +79,8 @@ pub struct AppState {
     pub changelog: Option<Arc<crate::service::changelog::ChangeLog>>,
     /// Data-key rotations, when the host runs them (`coffer serve` does).
     pub data_keys: Option<Arc<crate::service::data_keys::DataKeys>>,
+    /// Tenants' own keys (customer-managed keys), when the host has them.
+    pub customer_keys: Option<Arc<crate::service::customer_keys::CustomerKeys>>,
     /// Webhook endpoints and deliveries, when the host sends them.
     pub webhooks: Option<Arc<crate::service::webhooks::Webhooks>>,
     /// Control-panel sessions (in memory).
@@ -106,6 +109,7 @@ impl AppState {
             next_request: AtomicU64::new(1),
             changelog: None,
             data_keys: None,
+            customer_keys: None,
             webhooks: None,
             sessions: sessions::Sessions::default(),
         }
@@ -113,6 +117,14 @@ impl AppState {
 
     pub fn with_webhooks(mut self, webhooks: Arc<crate::service::webhooks::Webhooks>) -> Self {
         self.webhooks = Some(webhooks);
+        self
+    }
+
+    pub fn with_customer_keys(
+        mut self,
+        keys: Arc<crate::service::customer_keys::CustomerKeys>,
+    ) -> Self {
+        self.customer_keys = Some(keys);
         self
     }
 
@@ -459,6 +471,8 @@ async fn dispatch(
         }
         Endpoint::UpgradeTenant(id) => tenants::upgrade(state, principal, id, body).await,
         Endpoint::RotateDataKey(id) => data_keys::rotate(state, principal, id).await,
+        Endpoint::AttachKey(id) => customer_keys::attach(state, principal, id, &body).await,
+        Endpoint::DetachKey(id) => customer_keys::detach(state, principal, id).await,
         Endpoint::CreateWebhook(id) => webhooks::create(state, principal, Some(id), &body).await,
         Endpoint::ListWebhooks(id) => webhooks::list(state, Some(id)).await,
         Endpoint::DeleteWebhook(id, w) => webhooks::delete(state, principal, Some(id), w).await,

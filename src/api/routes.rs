@@ -46,6 +46,9 @@ pub enum Endpoint {
     ImportTenant,
     UpgradeTenant(TenantId),
     RotateDataKey(TenantId),
+    /// The tenant's own key (customer-managed keys).
+    AttachKey(TenantId),
+    DetachKey(TenantId),
     ReadKeyRotation(TenantId, String),
     CreateWebhook(TenantId),
     ListWebhooks(TenantId),
@@ -124,6 +127,8 @@ impl Endpoint {
             Endpoint::ImportTenant => "ImportTenant",
             Endpoint::UpgradeTenant(..) => "UpgradeTenant",
             Endpoint::RotateDataKey(..) => "RotateDataKey",
+            Endpoint::AttachKey(..) => "AttachKey",
+            Endpoint::DetachKey(..) => "DetachKey",
             Endpoint::ReadKeyRotation(..) => "ReadKeyRotation",
             Endpoint::CreateWebhook(..) => "CreateWebhook",
             Endpoint::ListWebhooks(..) => "ListWebhooks",
@@ -235,6 +240,8 @@ impl Endpoint {
             (&M::GET, ["v1", "webhooks", w, "deliveries"]) => {
                 Endpoint::HostWebhookDeliveries(webhook(w)?)
             }
+            (&M::PUT, ["v1", "tenants", id, "key"]) => Endpoint::AttachKey(tenant(id)?),
+            (&M::DELETE, ["v1", "tenants", id, "key"]) => Endpoint::DetachKey(tenant(id)?),
             (&M::POST, ["v1", "tenants", id, "keys", "rotate"]) => {
                 Endpoint::RotateDataKey(tenant(id)?)
             }
@@ -363,6 +370,7 @@ impl Endpoint {
                 | ["v1", "audit", "public-key"]
                 | ["v1", "tenants", _, "admin-recovery"]
                 | ["v1", "tenants", _, "keys", "rotate"]
+                | ["v1", "tenants", _, "key"]
                 | ["v1", "tenants", _, "webhooks"]
                 | ["v1", "tenants", _, "webhooks", _]
                 | ["v1", "tenants", _, "webhooks", _, "test" | "deliveries"]
@@ -421,6 +429,8 @@ impl Endpoint {
             Endpoint::ImportTenant => A::ImportTenant,
             Endpoint::UpgradeTenant(t) => A::UpgradeTenant(t),
             Endpoint::RotateDataKey(t) | Endpoint::ReadKeyRotation(t, _) => A::RotateDataKey(t),
+            Endpoint::AttachKey(t) => A::AttachCustomerKey(t),
+            Endpoint::DetachKey(t) => A::DetachCustomerKey(t),
             Endpoint::CreateWebhook(t)
             | Endpoint::ListWebhooks(t)
             | Endpoint::DeleteWebhook(t, _)
@@ -461,6 +471,8 @@ impl Endpoint {
             Endpoint::PurgeTenant(_) => "tenant.purge",
             Endpoint::UpgradeTenant(_) => "tenant.upgrade",
             Endpoint::RotateDataKey(_) => "key.rotate",
+            Endpoint::AttachKey(_) => "key.attach",
+            Endpoint::DetachKey(_) => "key.detach",
             Endpoint::CreateWebhook(_) => "webhook.create",
             Endpoint::DeleteWebhook(..) => "webhook.delete",
             Endpoint::CreateHostWebhook => "webhook.create",
@@ -508,6 +520,8 @@ impl Endpoint {
             | Endpoint::RestoreBackup(t, _)
             | Endpoint::UpgradeTenant(t)
             | Endpoint::RotateDataKey(t)
+            | Endpoint::AttachKey(t)
+            | Endpoint::DetachKey(t)
             | Endpoint::ReadKeyRotation(t, _)
             | Endpoint::CreateWebhook(t)
             | Endpoint::ListWebhooks(t)

@@ -160,12 +160,19 @@ pub async fn read(state: &Arc<AppState>, id: TenantId) -> Result<Response<Body>,
                 .schemas
                 .get(&record.schema, record.schema_version)
                 .map_err(ApiError::internal)?;
-            let db = inner.storage.tenant_db(&record)?;
-            Ok(db.record_counts(schema.collections.keys().map(String::as_str))?)
+            let db = match inner.storage.tenant_db(&record) {
+                // Closed (its own key unavailable): the rest is still shown.
+                Err(crate::storage::StorageError::KeyUnavailable(_)) => return Ok(None),
+                other => other?,
+            };
+            Ok(Some(db.record_counts(
+                schema.collections.keys().map(String::as_str),
+            )?))
         })
         .await??;
         body["collections"] = json!(counts);
     }
+    body["customer_key"] = super::customer_keys::shown(state, &tenant.id).await;
     Ok(json_response(StatusCode::OK, &body))
 }
 

@@ -61,6 +61,9 @@ pub enum BackupError {
     /// restore without a base or across a gap in the log).
     #[error("{0}")]
     Conflict(String),
+    /// The tenant's own key did not wrap or unwrap a backup's key.
+    #[error("{0}")]
+    KeyUnavailable(String),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
     #[error(transparent)]

@@ -15,6 +15,12 @@
 //! plaintext: envelope length u32 | envelope JSON (admin credential digests, …)
 //!          | the archive (tar + zstd, exactly as exported)
 //! ```
+//!
+//! Version 2 is the same but for the wrapped key: the per-backup key is
+//! first wrapped by the tenant's own key ([`OuterKey`], customer-managed
+//! keys), and what that gives (the key service's ciphertext and how to reach
+//! it) is sealed under the backup key. Opening it needs the backup key **and**
+//! the tenant's key service: a revoked key makes every copy unreadable.
 
 use std::io::{self, Read, Write};
 
@@ -26,6 +32,21 @@ use crate::ids::TenantId;
 
 pub const SEALED_MAGIC: &[u8; 5] = b"CFRDR";
 pub const SEALED_VERSION: u8 = 1;
+/// The per-backup key is wrapped by the tenant's own key too.
+pub const SEALED_VERSION_TENANT_KEY: u8 = 2;
+
+/// A tenant's own key (customer-managed keys), which wraps a backup's key
+/// inside the backup key's seal. Implemented above this room (it calls the
+/// tenant's key service).
+pub trait OuterKey: Send + Sync {
+    /// `key` wrapped for `tenant`; `None` when the tenant has no key of its
+    /// own. The bytes carry what any host needs to ask for the unwrap.
+    fn wrap_for(&self, tenant: &TenantId, key: &[u8]) -> Result<Option<Vec<u8>>, String>;
+    /// Opens what [`OuterKey::wrap_for`] made: one call to the key service.
+    fn unwrap(&self, tenant: &str, wrapped: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, String>;
+    /// Puts `tenant` (a copy just restored) under the key `wrapped` names.
+    fn adopt(&self, tenant: &TenantId, wrapped: &[u8]) -> Result<(), String>;
+}
 const TAG: usize = 16;
 /// An envelope larger than this is refused (it holds a few digests).
 const MAX_ENVELOPE: u32 = 1 << 20;
@@ -47,21 +68,51 @@ pub struct Envelope {
 
 /// Writes the header and returns a writer that seals everything written to it.
 pub fn seal<W: Write>(
-    mut out: W,
+    out: W,
     backup_key: &SecretKey,
     backup_id: &[u8; 16],
     tenant: &TenantId,
     envelope: &Envelope,
 ) -> Result<SealingWriter<W>, BackupError> {
+    seal_for(out, backup_key, None, backup_id, tenant, envelope)
+}
+
+/// As [`seal`], the per-backup key also wrapped by the tenant's own key
+/// when it has one (version 2).
+pub fn seal_for<W: Write>(
+    mut out: W,
+    backup_key: &SecretKey,
+    outer: Option<&dyn OuterKey>,
+    backup_id: &[u8; 16],
+    tenant: &TenantId,
+    envelope: &Envelope,
+) -> Result<SealingWriter<W>, BackupError> {
     let key = SecretKey::generate()?;
+    let outer_wrapped = match outer {
+        Some(outer) => outer
+            .wrap_for(tenant, &key.bytes_to_wrap())
+            .map_err(BackupError::KeyUnavailable)?,
+        None => None,
+    };
     let prefix: [u8; STREAM_PREFIX_LEN] = crypto::random_bytes()?;
     let mut header = Vec::with_capacity(64 + 64);
     header.extend_from_slice(SEALED_MAGIC);
-    header.push(SEALED_VERSION);
+    header.push(match outer_wrapped {
+        Some(_) => SEALED_VERSION_TENANT_KEY,
+        None => SEALED_VERSION,
+    });
     header.extend_from_slice(backup_id);
     header.extend_from_slice(&tenant_bytes(tenant));
     header.extend_from_slice(&prefix);
-    let wrapped = wrap_key(backup_key, &header, &key)?;
+    let wrapped = match &outer_wrapped {
+        Some(blob) => crypto::seal_bytes(backup_key, &header, blob)?,
+        None => wrap_key(backup_key, &header, &key)?,
+    };
+    if wrapped.len() > MAX_WRAPPED {
+        return Err(BackupError::Invalid(
+            "the tenant's key service gave a wrapped key too long to store".into(),
+        ));
+    }
     header.extend_from_slice(&(wrapped.len() as u16).to_be_bytes());
     header.extend_from_slice(&wrapped);
     out.write_all(&header).map_err(BackupError::from_io)?;
@@ -132,13 +183,29 @@ impl<W: Write> Write for SealingWriter<W> {
 pub struct SealedHeader {
     pub backup_id: String,
     pub tenant_id: String,
+    /// Version 2: the per-backup key as the tenant's own key wrapped it
+    /// (what a restored copy needs to stay under that key).
+    pub tenant_key: Option<Vec<u8>>,
 }
+
+/// The longest wrapped key a header holds.
+const MAX_WRAPPED: usize = 16 * 1024;
 
 /// Reads the header, unwraps the per-backup key, and returns the envelope and a
 /// reader of the archive bytes. A wrong key and a damaged header look the same.
 pub fn open<R: Read>(
+    input: R,
+    backup_key: &SecretKey,
+) -> Result<(SealedHeader, Envelope, OpeningReader<R>), BackupError> {
+    open_for(input, backup_key, None)
+}
+
+/// As [`open`]; a version-2 backup's key is unwrapped by its tenant's key
+/// service through `outer`.
+pub fn open_for<R: Read>(
     mut input: R,
     backup_key: &SecretKey,
+    outer: Option<&dyn OuterKey>,
 ) -> Result<(SealedHeader, Envelope, OpeningReader<R>), BackupError> {
     let bad = |m: &str| BackupError::BadArchive(m.to_string());
     let mut fixed = [0u8; 5 + 1 + 16 + 16 + STREAM_PREFIX_LEN + 2];
@@ -150,15 +217,20 @@ pub fn open<R: Read>(
     if &fixed[..5] != SEALED_MAGIC {
         return Err(bad("not a sealed Coffer backup (bad magic)"));
     }
-    if fixed[5] != SEALED_VERSION {
+    let version = fixed[5];
+    if version != SEALED_VERSION && version != SEALED_VERSION_TENANT_KEY {
         return Err(BackupError::BadArchive(format!(
-            "sealed backup version {} is not supported (this host reads {SEALED_VERSION})",
-            fixed[5]
+            "sealed backup version {version} is not supported (this host reads {SEALED_VERSION} and {SEALED_VERSION_TENANT_KEY})",
         )));
     }
     let header_len = fixed.len() - 2;
     let wrapped_len = u16::from_be_bytes([fixed[header_len], fixed[header_len + 1]]) as usize;
-    if wrapped_len > 256 {
+    let limit = if version == SEALED_VERSION {
+        256
+    } else {
+        MAX_WRAPPED
+    };
+    if wrapped_len > limit {
         return Err(bad("sealed backup header is damaged"));
     }
     let mut wrapped = vec![0u8; wrapped_len];
@@ -167,13 +239,34 @@ pub fn open<R: Read>(
         &mut wrapped,
         "sealed backup header is truncated",
     )?;
-    let key = unwrap_key(backup_key, &fixed[..header_len], &wrapped)
-        .map_err(|_| bad("sealed backup does not open: wrong backup key, or a damaged header"))?;
+    let wrong = || bad("sealed backup does not open: wrong backup key, or a damaged header");
+    let tenant_id = crypto::encode_hex(&fixed[22..38]);
+    let (key, tenant_key) = if version == SEALED_VERSION {
+        let key = unwrap_key(backup_key, &fixed[..header_len], &wrapped).map_err(|_| wrong())?;
+        (key, None)
+    } else {
+        let blob =
+            crypto::open_bytes(backup_key, &fixed[..header_len], &wrapped).map_err(|_| wrong())?;
+        let outer = outer.ok_or_else(|| {
+            BackupError::KeyUnavailable(
+                "this backup is wrapped by its tenant's own key too: open it through a host (coffer serve), which asks the tenant's key service".into(),
+            )
+        })?;
+        let plain = outer.unwrap(&tenant_id, &blob).map_err(|why| {
+            BackupError::KeyUnavailable(format!(
+                "this backup is wrapped by its tenant's own key, which did not open it: {why}"
+            ))
+        })?;
+        let key = SecretKey::from_bytes(&plain)
+            .map_err(|_| bad("the tenant's key service gave back no backup key"))?;
+        (key, Some(blob.to_vec()))
+    };
     let mut prefix = [0u8; STREAM_PREFIX_LEN];
     prefix.copy_from_slice(&fixed[38..38 + STREAM_PREFIX_LEN]);
     let header = SealedHeader {
         backup_id: crypto::encode_hex(&fixed[6..22]),
-        tenant_id: crypto::encode_hex(&fixed[22..38]),
+        tenant_id,
+        tenant_key,
     };
     let mut reader = OpeningReader {
         input,

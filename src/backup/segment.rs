@@ -57,6 +57,7 @@ pub struct LogRange {
 pub fn write_segment<W: Write>(
     out: W,
     backup_key: &SecretKey,
+    outer: Option<&dyn sealed::OuterKey>,
     segment_id: &[u8; 16],
     tenant: &TenantId,
     range: &LogRange,
@@ -69,7 +70,7 @@ pub fn write_segment<W: Write>(
         admins: Vec::new(),
         log: Some(range.clone()),
     };
-    let mut sealing = sealed::seal(out, backup_key, segment_id, tenant, &envelope)?;
+    let mut sealing = sealed::seal_for(out, backup_key, outer, segment_id, tenant, &envelope)?;
     for change in changes {
         let mut line = serde_json::to_vec(change).expect("a change always serialises");
         line.push(b'\n');
@@ -84,6 +85,7 @@ pub fn write_segment<W: Write>(
 pub fn read_segment(
     reader: impl Read,
     backup_key: &SecretKey,
+    outer: Option<&dyn sealed::OuterKey>,
     manifest: &StoredBackup,
 ) -> Result<Vec<Change>, BackupError> {
     let damaged =
@@ -92,7 +94,7 @@ pub fn read_segment(
         .log
         .as_ref()
         .ok_or_else(|| damaged("not a segment"))?;
-    let (header, envelope, plain) = sealed::open(reader, backup_key)?;
+    let (header, envelope, plain) = sealed::open_for(reader, backup_key, outer)?;
     let id = manifest
         .backup_id
         .strip_prefix(SEGMENT_ID_PREFIX)
@@ -154,7 +156,7 @@ mod tests {
         };
         let changes: Vec<Change> = (5..=7).map(change).collect();
         let id = [7u8; 16];
-        let sealed = write_segment(Vec::new(), &key, &id, &tenant, &range, &changes).unwrap();
+        let sealed = write_segment(Vec::new(), &key, None, &id, &tenant, &range, &changes).unwrap();
         assert!(
             !sealed.windows(7).any(|w| w == b"canary-"),
             "plaintext in a segment"
@@ -172,16 +174,25 @@ mod tests {
             covers: None,
             log: Some(range.clone()),
         };
-        assert_eq!(read_segment(&sealed[..], &key, &manifest).unwrap(), changes);
+        assert_eq!(
+            read_segment(&sealed[..], &key, None, &manifest).unwrap(),
+            changes
+        );
         // A manifest that claims another range is caught.
         let mut lying = manifest.clone();
         lying.log.as_mut().unwrap().last_seq = 9;
-        assert!(read_segment(&sealed[..], &key, &lying).is_err());
+        assert!(read_segment(&sealed[..], &key, None, &lying).is_err());
         // Another key cannot open it; a flipped byte is caught.
-        assert!(read_segment(&sealed[..], &SecretKey::generate().unwrap(), &manifest).is_err());
+        assert!(read_segment(
+            &sealed[..],
+            &SecretKey::generate().unwrap(),
+            None,
+            &manifest
+        )
+        .is_err());
         let mut flipped = sealed.clone();
         let at = flipped.len() - 20;
         flipped[at] ^= 1;
-        assert!(read_segment(&flipped[..], &key, &manifest).is_err());
+        assert!(read_segment(&flipped[..], &key, None, &manifest).is_err());
     }
 }

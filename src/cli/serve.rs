@@ -102,6 +102,19 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .checkpoint()
         .context("sign the audit log's checkpoint")?;
     backups.audit = Some(audit.clone());
+    // Tenants' own keys: set before anything opens a tenant.
+    let customer_keys = Arc::new(crate::service::customer_keys::CustomerKeys::new(
+        storage.clone(),
+        audit.clone(),
+        crate::service::customer_keys::CustomerKeySettings {
+            check_interval: config.customer_keys.check_interval,
+            unreachable_grace: config.customer_keys.unreachable_grace,
+            allow_http_loopback: config.customer_keys.allow_http_loopback,
+            timeout: config.customer_keys.timeout,
+        },
+    ));
+    storage.set_key_service(customer_keys.clone());
+    backups.outer = Some(customer_keys.clone());
     let backups = Arc::new(backups);
     backups.recover(&storage);
     let changelog = match (&config.changelog, keep_logs) {
@@ -168,6 +181,10 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         if let Some(log) = changelog.clone() {
             background.spawn("changelog", move |stop| log.run(stop));
+        }
+        {
+            let running = customer_keys.clone();
+            background.spawn("customer-keys", move |stop| running.run_loop(stop));
         }
         let data_keys = {
             let settings = crate::service::data_keys::DataKeySettings {
@@ -246,6 +263,7 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
             AppState::new(storage, schemas, config, backups.clone(), audit.clone())
                 .with_changelog(changelog.clone())
                 .with_data_keys(data_keys)
+                .with_customer_keys(customer_keys)
                 .with_webhooks(webhooks),
         );
         // Audit log open, port bound, background loops started: ready.

@@ -74,6 +74,12 @@
 //! region_lag_alert = "15m"                   # a backup region this far behind is
 //!                                            # reported to the host's endpoints
 //!
+//! [customer_keys]                            # tenants' own keys (OpenBao / Vault Transit)
+//! check_interval = "5m"                      # each open tenant's key checked this often
+//! unreachable_grace = "1h"                   # served this long while its key service is down
+//! allow_http_loopback = false                # http:// to a key service on this machine
+//! timeout = "5s"                             # one call's limit
+//!
 //! [changelog]                                # continuous backup (point-in-time restore)
 //! enabled = true
 //! segment_after = "2s"                       # a segment closes once its oldest change is this old
@@ -155,6 +161,7 @@ pub struct Config {
     /// Restore drills: (every, check interval); `None` when off.
     pub drills: Option<(Duration, Duration)>,
     pub data_keys: DataKeysConfig,
+    pub customer_keys: CustomerKeysConfig,
     pub webhooks: WebhooksConfig,
     /// The fleet's hosts by region (`[hosts]`): the only move targets.
     pub hosts: std::collections::BTreeMap<Region, String>,
@@ -172,6 +179,18 @@ pub struct WebhooksConfig {
     pub max_backoff: Duration,
     pub timeout: Duration,
     pub region_lag_alert: Duration,
+}
+
+/// `[customer_keys]`: tenants' own keys in their own key services.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CustomerKeysConfig {
+    /// How often an open customer-keyed tenant's key is checked.
+    pub check_interval: Duration,
+    /// How long a tenant keeps serving while its key service does not answer.
+    pub unreachable_grace: Duration,
+    pub allow_http_loopback: bool,
+    /// One call's time limit.
+    pub timeout: Duration,
 }
 
 /// `[data_keys]`: online data-key rotation.
@@ -267,6 +286,8 @@ struct RawConfig {
     #[serde(default)]
     data_keys: RawDataKeys,
     #[serde(default)]
+    customer_keys: RawCustomerKeys,
+    #[serde(default)]
     webhooks: RawWebhooks,
     #[serde(default)]
     hosts: std::collections::BTreeMap<String, String>,
@@ -323,6 +344,15 @@ struct RawWebhooks {
     max_backoff: Option<String>,
     timeout: Option<String>,
     region_lag_alert: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCustomerKeys {
+    check_interval: Option<String>,
+    unreachable_grace: Option<String>,
+    allow_http_loopback: Option<bool>,
+    timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -624,6 +654,22 @@ impl Config {
                     raw.webhooks.region_lag_alert,
                     "15m",
                 )?,
+            },
+            customer_keys: CustomerKeysConfig {
+                check_interval: duration(
+                    "customer_keys.check_interval",
+                    raw.customer_keys.check_interval,
+                    "5m",
+                )?
+                .max(Duration::from_millis(200)),
+                unreachable_grace: duration(
+                    "customer_keys.unreachable_grace",
+                    raw.customer_keys.unreachable_grace,
+                    "1h",
+                )?,
+                allow_http_loopback: raw.customer_keys.allow_http_loopback.unwrap_or(false),
+                timeout: duration("customer_keys.timeout", raw.customer_keys.timeout, "5s")?
+                    .max(Duration::from_millis(100)),
             },
             data_keys: DataKeysConfig {
                 rotate_every: Some(duration(

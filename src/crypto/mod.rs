@@ -87,6 +87,12 @@ impl SecretKey {
         encode_hex(&tag.as_ref()[..8])
     }
 
+    /// The key's bytes, for a tenant's own key service to wrap (over its
+    /// TLS connection); nothing else takes a key out of this module.
+    pub fn bytes_to_wrap(&self) -> Zeroizing<Vec<u8>> {
+        Zeroizing::new(self.0.to_vec())
+    }
+
     fn aead_key(&self) -> LessSafeKey {
         let unbound = UnboundKey::new(&AES_256_GCM, self.0.as_ref())
             .expect("a 32-byte key is always valid for AES-256-GCM");
@@ -149,6 +155,20 @@ impl MasterKey {
         )?);
         SecretKey::from_bytes(&plain)
     }
+
+    /// Seals bytes of any length that belong to `label` (a data key already
+    /// wrapped by a tenant's own key service, a key service's token).
+    pub fn seal_blob(&self, label: &str, blob: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        seal_with(&self.key.aead_key(), &blob_aad(label, &self.id), blob)
+    }
+
+    pub fn open_blob(&self, label: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        open_with(&self.key.aead_key(), &blob_aad(label, &self.id), sealed).map(Zeroizing::new)
+    }
+}
+
+fn blob_aad(label: &str, kek_id: &str) -> Vec<u8> {
+    length_prefixed(b"coffer blob v1", &[label, kek_id])
 }
 
 /// The master keys a host holds, by id, and which one wraps new data keys. Old
@@ -280,6 +300,20 @@ pub fn unwrap_key(
 ) -> Result<SecretKey, CryptoError> {
     let plain = Zeroizing::new(open_with(&wrapping.aead_key(), aad, wrapped)?);
     SecretKey::from_bytes(&plain)
+}
+
+/// Seals bytes of any length under a key (a backup's key as its tenant's own
+/// key service wrapped it, sealed under the backup key).
+pub fn seal_bytes(wrapping: &SecretKey, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    seal_with(&wrapping.aead_key(), aad, plain)
+}
+
+pub fn open_bytes(
+    wrapping: &SecretKey,
+    aad: &[u8],
+    sealed: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    open_with(&wrapping.aead_key(), aad, sealed).map(Zeroizing::new)
 }
 
 /// Associated data for a record value: binds the ciphertext to its place.

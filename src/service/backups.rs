@@ -37,6 +37,9 @@ pub struct Backups {
     /// Where a failed backup is recorded (`backup.failed`, which the
     /// tenant's and the host's webhooks tell of).
     pub audit: Option<std::sync::Arc<crate::audit::AuditLog>>,
+    /// Tenants' own keys: each customer-keyed tenant's backups and change-log
+    /// segments have their keys wrapped by it too (`sealed` version 2).
+    pub outer: Option<std::sync::Arc<dyn sealed::OuterKey>>,
 }
 
 impl Backups {
@@ -56,6 +59,7 @@ impl Backups {
             retention_secs,
             max_rate: None,
             audit: None,
+            outer: None,
         })
     }
 
@@ -203,8 +207,14 @@ impl Backups {
             .ok_or_else(|| BackupError::Invalid("backup id".into()))?;
         let (file, _) = self.spool.create_archive(tenant.id.as_str(), &job.id)?;
         let hashing = HashingWriter::new(std::io::BufWriter::with_capacity(256 * 1024, file));
-        let mut sealing =
-            sealed::seal(hashing, &self.backup_key, &backup_id, &tenant.id, &envelope)?;
+        let mut sealing = sealed::seal_for(
+            hashing,
+            &self.backup_key,
+            self.outer(),
+            &backup_id,
+            &tenant.id,
+            &envelope,
+        )?;
         // Deactivating or purging the tenant stops the backup.
         let watch = Watch::new(|| storage.catalog.still_serving(&tenant.id, "backup"))
             .at_most(self.max_rate);
@@ -281,23 +291,41 @@ impl Backups {
         &self.backup_key
     }
 
+    /// Tenants' own keys, which wrap their backups' keys too.
+    pub(super) fn outer(&self) -> Option<&dyn sealed::OuterKey> {
+        self.outer.as_deref()
+    }
+
     pub fn open_stored(
         &self,
         tenant: &str,
         backup: &str,
         region: Option<&str>,
     ) -> Result<(sealed::Envelope, impl Read), BackupError> {
+        self.open_stored_keyed(tenant, backup, region)
+            .map(|(envelope, reader, _)| (envelope, reader))
+    }
+
+    /// As [`open_stored`](Self::open_stored), with the backup key as the
+    /// tenant's own key wrapped it (version 2), if it did.
+    fn open_stored_keyed(
+        &self,
+        tenant: &str,
+        backup: &str,
+        region: Option<&str>,
+    ) -> Result<(sealed::Envelope, impl Read, Option<Vec<u8>>), BackupError> {
         let source = self.open_raw(tenant, backup, region)?;
-        let (header, envelope, reader) = sealed::open(
+        let (header, envelope, reader) = sealed::open_for(
             std::io::BufReader::with_capacity(256 * 1024, source),
             &self.backup_key,
+            self.outer(),
         )?;
         if header.tenant_id != tenant || header.backup_id != backup {
             return Err(BackupError::BadArchive(
                 "the stored object belongs to another backup".into(),
             ));
         }
-        Ok((envelope, reader))
+        Ok((envelope, reader, header.tenant_key))
     }
 
     fn open_in_region(
@@ -332,7 +360,7 @@ impl Backups {
         copy_of: Option<CopyOf>,
     ) -> Result<Restored, BackupError> {
         crate::metrics::timed_job("restore", || {
-            let (envelope, reader) = self.open_stored(tenant, backup, region)?;
+            let (envelope, reader, tenant_key) = self.open_stored_keyed(tenant, backup, region)?;
             // A restore from a tenant's backups stops when that tenant (when it
             // lives here) is deactivated or purged meanwhile: no copy outlives
             // the purge it raced.
@@ -359,10 +387,20 @@ impl Backups {
                 mint_token,
                 copy_of,
             );
-            match watch.stopped() {
+            let restored = match watch.stopped() {
                 Some(why) => Err(BackupError::Stopped(format!("{why}; nothing was restored"))),
                 None => restored,
+            }?;
+            // A copy of a customer-keyed tenant stays under the same key.
+            if let (Some(wrapped), Some(outer)) = (tenant_key, self.outer.as_ref()) {
+                if let Err(why) = outer.adopt(&restored.tenant.id, &wrapped) {
+                    let _ = storage.destroy_tenant(&restored.tenant.id, |_| true);
+                    return Err(BackupError::KeyUnavailable(format!(
+                        "the restored copy could not be put under the tenant's own key ({why}); it was removed"
+                    )));
+                }
             }
+            Ok(restored)
         })
     }
 }
@@ -402,6 +440,11 @@ impl Backups {
             }
             let span = tracing::info_span!("scheduled_backup", tenant_id = %tenant.id);
             let _enter = span.enter();
+            // Closed because its own key is unavailable: nothing to read.
+            if let Some(why) = storage.closed_because(&tenant.id) {
+                tracing::warn!(reason = %why, "scheduled backup skipped: the tenant is closed");
+                continue;
+            }
             if !before(&tenant.id) {
                 continue;
             }

@@ -8,6 +8,7 @@
 pub mod backups;
 pub mod changelog;
 pub mod checkpoints;
+pub mod customer_keys;
 pub mod data_keys;
 pub mod drills;
 pub mod key_rotation;

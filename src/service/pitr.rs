@@ -346,7 +346,12 @@ impl ChangeLog {
         region: Option<&str>,
     ) -> Result<Vec<Change>, BackupError> {
         let reader = self.backups.open_raw(tenant, &segment.backup_id, region)?;
-        segment::read_segment(reader, self.backups.backup_key(), segment)
+        segment::read_segment(
+            reader,
+            self.backups.backup_key(),
+            self.backups.outer(),
+            segment,
+        )
     }
 }
 

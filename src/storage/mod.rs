@@ -16,12 +16,14 @@
 
 mod catalog;
 mod commit;
+mod customer_key;
 mod new_token;
 mod pool;
 mod rekey;
 mod secrets;
 mod tenant_db;
 
+pub use customer_key::{KeyService, KeyUnavailable};
 use new_token::new_token;
 pub use new_token::NewToken;
 use pool::Pool;
@@ -68,6 +70,9 @@ pub enum StorageError {
     Exists(String),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    /// The tenant's own key service did not give its data key back.
+    #[error(transparent)]
+    KeyUnavailable(#[from] KeyUnavailable),
 }
 
 impl From<sled::Error> for StorageError {
@@ -158,6 +163,9 @@ pub struct Storage {
     /// Tenants with changes to ship, when live tenants keep change logs.
     pub changes: Arc<ChangeFeed>,
     change_logs: std::sync::atomic::AtomicBool,
+    /// Tenants' own key services (customer-managed keys), when configured.
+    key_service: RwLock<Option<Arc<dyn KeyService>>>,
+    closed: customer_key::Closed,
 }
 
 impl Storage {
@@ -183,6 +191,8 @@ impl Storage {
             rotation: Mutex::new(()),
             changes: Arc::new(ChangeFeed::default()),
             change_logs: std::sync::atomic::AtomicBool::new(false),
+            key_service: RwLock::new(None),
+            closed: Default::default(),
         };
         storage.recover_upgrades()?;
         storage.sweep_orphans()?;
@@ -221,6 +231,7 @@ impl Storage {
             kek_id: kek.id.clone(),
             sealed: crypto::encode_hex(&kek.wrap_dek(tenant.as_str(), &dek)?),
             key_id: 0,
+            customer: false,
         };
         Ok((wrapped, dek))
     }
@@ -299,7 +310,11 @@ impl Storage {
         if rotating || tenant.rotating_to.is_some() {
             return Err(StorageError::Exists(ROTATING.into()));
         }
-        let (wrapped_dek, dek) = self.new_wrapped_dek(&tenant.id)?;
+        let (mut wrapped_dek, dek) = self.new_wrapped_dek(&tenant.id)?;
+        // A tenant with its own key keeps it: the new data key is wrapped by it too.
+        if tenant.wrapped_dek.as_ref().is_some_and(|w| w.customer) {
+            wrapped_dek = self.wrap_for_customer(&tenant.id, &dek, wrapped_dek.key_id)?;
+        }
         let mut record = tenant.clone();
         record.wrapped_dek = Some(wrapped_dek);
         let dir = self
@@ -487,6 +502,7 @@ impl Storage {
             // The keys as the catalog holds them now: `record` may be older
             // than a data-key rotation.
             let fresh = self.catalog.tenant(&record.id);
+            self.reopen_if_closed(fresh.as_ref().unwrap_or(record))?;
             TenantDb::open(
                 &self.tenant_dir(&record.id),
                 record.id.clone(),
@@ -657,33 +673,13 @@ impl Storage {
         let total = todo.len();
         for (done, id) in todo.iter().enumerate() {
             let outcome = self.update_tenant(id, |record| -> Result<(), StorageError> {
-                let Some(wrapped) = record.wrapped_dek.as_ref() else {
+                let Some(wrapped) = record.wrapped_dek.clone() else {
                     return Ok(());
                 };
-                let keyring = self.keyring.read().expect("keyring lock poisoned");
-                let old = keyring
-                    .get(&wrapped.kek_id)
-                    .ok_or_else(|| StorageError::MissingKek(wrapped.kek_id.clone()))?;
-                let sealed = crypto::decode_hex(&wrapped.sealed)
-                    .ok_or_else(|| StorageError::Damaged("wrapped data key".into()))?;
-                let dek = old
-                    .unwrap_dek(id.as_str(), &sealed)
-                    .map_err(|_| StorageError::Damaged("wrapped data key".into()))?;
-                let key_id = wrapped.key_id;
-                drop(keyring);
-                record.wrapped_dek = Some(WrappedDek {
-                    kek_id: current.id.clone(),
-                    sealed: crypto::encode_hex(&current.wrap_dek(id.as_str(), &dek)?),
-                    key_id,
-                });
+                record.wrapped_dek = Some(self.rewrapped(id, &wrapped)?);
                 // A data-key rotation's new key is wrapped the same way.
                 if let Some(next) = record.rotating_to.take() {
-                    let dek = self.unwrap(id, &next)?;
-                    record.rotating_to = Some(WrappedDek {
-                        kek_id: current.id.clone(),
-                        sealed: crypto::encode_hex(&current.wrap_dek(id.as_str(), &dek)?),
-                        key_id: next.key_id,
-                    });
+                    record.rotating_to = Some(self.rewrapped(id, &next)?);
                 }
                 Ok(())
             })?;
@@ -692,6 +688,22 @@ impl Storage {
         }
         self.rewrap_secrets()?;
         Ok(total)
+    }
+
+    /// `wrapped` under the current master key; a tenant's own key service's
+    /// part is kept as it is (no call to it).
+    fn rewrapped(&self, id: &TenantId, wrapped: &WrappedDek) -> Result<WrappedDek, StorageError> {
+        if wrapped.customer {
+            return self.reseal_customer(id, wrapped);
+        }
+        let current = self.current_kek();
+        let dek = self.unwrap(id, wrapped)?;
+        Ok(WrappedDek {
+            kek_id: current.id.clone(),
+            sealed: crypto::encode_hex(&current.wrap_dek(id.as_str(), &dek)?),
+            key_id: wrapped.key_id,
+            customer: false,
+        })
     }
 
     /// Admin credentials of a tenant, as digests (what a DR backup carries).

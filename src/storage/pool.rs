@@ -128,6 +128,15 @@ impl Pool {
         }
     }
 
+    pub(super) fn is_open(&self, id: &TenantId) -> bool {
+        let inner = self.inner.lock().expect("pool lock poisoned");
+        inner.open.contains_key(id)
+            || inner
+                .alive
+                .get(id)
+                .is_some_and(|weak| weak.strong_count() > 0)
+    }
+
     pub(super) fn open_count(&self) -> usize {
         let inner = self.inner.lock().expect("pool lock poisoned");
         inner

@@ -27,6 +27,9 @@ impl Storage {
         tenant: &TenantId,
         wrapped: &WrappedDek,
     ) -> Result<SecretKey, StorageError> {
+        if wrapped.customer {
+            return self.unwrap_customer(tenant, wrapped);
+        }
         let keyring = self.keyring.read().expect("keyring lock poisoned");
         let kek = keyring
             .get(&wrapped.kek_id)
@@ -63,16 +66,30 @@ impl Storage {
             None => {
                 let dek = SecretKey::generate()?;
                 let kek = self.current_kek();
+                let current = record.wrapped_dek.as_ref().ok_or(StorageError::Shredded)?;
+                // A tenant with its own key has the new key wrapped by it too
+                // (the call made before the update lock is taken).
+                let next = if current.customer {
+                    self.wrap_for_customer(id, &dek, current.key_id + 1)?
+                } else {
+                    WrappedDek {
+                        kek_id: kek.id.clone(),
+                        sealed: crypto::encode_hex(&kek.wrap_dek(id.as_str(), &dek)?),
+                        key_id: current.key_id + 1,
+                        customer: false,
+                    }
+                };
                 let outcome = self.update_tenant(id, |record| {
                     let Some(wrapped) = &record.wrapped_dek else {
                         return Err(StorageError::Shredded);
                     };
+                    if wrapped.customer != next.customer || wrapped.key_id + 1 != next.key_id {
+                        return Err(StorageError::Exists(
+                            "the tenant's data key changed meanwhile; try again".into(),
+                        ));
+                    }
                     if record.rotating_to.is_none() {
-                        record.rotating_to = Some(WrappedDek {
-                            kek_id: kek.id.clone(),
-                            sealed: crypto::encode_hex(&kek.wrap_dek(id.as_str(), &dek)?),
-                            key_id: wrapped.key_id + 1,
-                        });
+                        record.rotating_to = Some(next);
                     }
                     Ok(())
                 })?;

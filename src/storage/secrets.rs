@@ -1,4 +1,5 @@
-//! Host secrets other than data keys (webhook signing secrets), wrapped under
+//! Host secrets other than data keys (webhook signing secrets, tenants' key
+//! service tokens), wrapped under
 //! the master key like DEKs and kept in the catalog (tree `secrets`), so that
 //! master-key rotation re-wraps them and never retires a key they need.
 
@@ -14,6 +15,9 @@ const SECRETS: Kind<WrappedSecret> = Kind::new("secrets");
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct WrappedSecret {
     wrapped: WrappedDek,
+    /// Text of any length (a token) rather than a 32-byte key.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    text: bool,
 }
 
 impl Storage {
@@ -24,8 +28,54 @@ impl Storage {
             kek_id: kek.id.clone(),
             sealed: crypto::encode_hex(&kek.wrap_dek(&label(name), secret)?),
             key_id: 0,
+            customer: false,
         };
-        SECRETS.put(&self.catalog, name, &WrappedSecret { wrapped })
+        SECRETS.put(
+            &self.catalog,
+            name,
+            &WrappedSecret {
+                wrapped,
+                text: false,
+            },
+        )
+    }
+
+    /// Stores a secret text (a key service's token) under `name`.
+    pub fn put_secret_text(&self, name: &str, text: &str) -> Result<(), StorageError> {
+        let kek = self.current_kek();
+        let wrapped = WrappedDek {
+            kek_id: kek.id.clone(),
+            sealed: crypto::encode_hex(&kek.seal_blob(&label(name), text.as_bytes())?),
+            key_id: 0,
+            customer: false,
+        };
+        SECRETS.put(
+            &self.catalog,
+            name,
+            &WrappedSecret {
+                wrapped,
+                text: true,
+            },
+        )
+    }
+
+    /// The secret text stored under `name`.
+    pub fn secret_text(&self, name: &str) -> Result<zeroize::Zeroizing<String>, StorageError> {
+        let stored = SECRETS
+            .get(&self.catalog, name)?
+            .ok_or(StorageError::NotFound)?;
+        let keyring = self.keyring.read().expect("keyring lock poisoned");
+        let kek = keyring
+            .get(&stored.wrapped.kek_id)
+            .ok_or_else(|| StorageError::MissingKek(stored.wrapped.kek_id.clone()))?;
+        let sealed = crypto::decode_hex(&stored.wrapped.sealed)
+            .ok_or_else(|| StorageError::Damaged("a wrapped secret".into()))?;
+        let plain = kek
+            .open_blob(&label(name), &sealed)
+            .map_err(|_| StorageError::Damaged("a wrapped secret".into()))?;
+        String::from_utf8(plain.to_vec())
+            .map(zeroize::Zeroizing::new)
+            .map_err(|_| StorageError::Damaged("a wrapped secret".into()))
     }
 
     /// The secret stored under `name`.
@@ -57,8 +107,13 @@ impl Storage {
                 continue;
             };
             if stored.wrapped.kek_id != current.id {
-                let secret = self.secret(&name)?;
-                self.put_secret(&name, &secret)?;
+                if stored.text {
+                    let text = self.secret_text(&name)?;
+                    self.put_secret_text(&name, &text)?;
+                } else {
+                    let secret = self.secret(&name)?;
+                    self.put_secret(&name, &secret)?;
+                }
                 done += 1;
             }
         }

@@ -8,6 +8,7 @@ pub mod backups;
 pub mod browser;
 pub mod garage;
 pub mod grants;
+pub mod openbao;
 pub mod records;
 pub mod tamper;
 

@@ -386,6 +386,7 @@ impl ChangeLog {
         let hashing = segment::write_segment(
             hashing,
             self.backups.backup_key(),
+            self.backups.outer(),
             &raw,
             tenant,
             range,

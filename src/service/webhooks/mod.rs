@@ -155,6 +155,13 @@ pub const EVENTS: &[(&str, &str)] = &[
     ("key.rotation_failed", "key.rotation_failed"),
     ("backup.drilled", "drill.failed"),
     ("backup.failed", "backup.failed"),
+    // The tenant's own key (customer-managed keys).
+    ("key.attached", "key.attached"),
+    ("key.detached", "key.detached"),
+    ("key.revoked", "key.unavailable"),
+    ("key.closed", "key.unavailable"),
+    ("key.unreachable", "key.unreachable"),
+    ("key.live", "key.live"),
     ("webhook.disabled", "webhook.disabled"),
     // The host's own: sent to host-level endpoints only.
     ("region.lagging", "region.lagging"),

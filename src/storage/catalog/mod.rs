@@ -58,6 +58,10 @@ pub struct WrappedDek {
     /// every rotation (values sealed under it carry this id).
     #[serde(default)]
     pub key_id: u32,
+    /// `sealed` holds the key as the tenant's own key service wrapped it
+    /// (customer-managed keys): opening needs that service too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub customer: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
