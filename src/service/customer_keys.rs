@@ -514,21 +514,33 @@ impl CustomerKeys {
         }
     }
 
-    /// Checks until `stop`.
+    /// Checks until `stop`, on a thread of its own: a check waits on the
+    /// tenant's key service, and neither the async workers nor the blocking
+    /// pool that requests use should wait with it (nor it for them).
     pub async fn run_loop(self: Arc<Self>, stop: Stop) {
         let tick = self
             .settings
             .check_interval
             .clamp(Duration::from_millis(200), Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(tick) => {}
+        let (this, halt) = (self.clone(), stop.clone());
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("coffer-key-checks".into())
+            .spawn(move || {
+                while !halt.is_cancelled() {
+                    let began = std::time::Instant::now();
+                    this.check_due();
+                    while began.elapsed() < tick && !halt.is_cancelled() {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+                let _ = done.send(());
+            });
+        match spawned {
+            Ok(_) => {
+                let _ = finished.await;
             }
-            let this = self.clone();
-            if let Err(error) = crate::tasks::blocking(move || this.check_due()).await {
-                tracing::error!(%error, "customer key checks");
-            }
+            Err(error) => tracing::error!(%error, "cannot start the customer key checks"),
         }
     }
 }
