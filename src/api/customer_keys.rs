@@ -40,12 +40,72 @@ impl From<CustomerKeyError> for ApiError {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AttachKey {
+pub(super) struct AttachKey {
     provider: String,
     address: String,
     mount: String,
     key: String,
     token: String,
+}
+
+impl AttachKey {
+    fn into_parts(
+        self,
+        tenant: &TenantId,
+        by: String,
+    ) -> (CustomerKey, zeroize::Zeroizing<String>) {
+        let key = CustomerKey {
+            tenant: tenant.clone(),
+            provider: self.provider,
+            address: self.address,
+            mount: self.mount,
+            key: self.key,
+            attached_at: unix_now(),
+            attached_by: by,
+        };
+        (key, zeroize::Zeroizing::new(self.token))
+    }
+}
+
+/// A tenant created with its own key (`POST /v1/tenants` with
+/// `customer_key`): the key is tried before the tenant exists.
+pub(super) async fn probe(
+    state: &Arc<AppState>,
+    tenant: &TenantId,
+    request: &AttachKey,
+) -> Result<(), ApiError> {
+    let keys = service(state)?;
+    let (key, token) = AttachKey {
+        provider: request.provider.clone(),
+        address: request.address.clone(),
+        mount: request.mount.clone(),
+        key: request.key.clone(),
+        token: request.token.clone(),
+    }
+    .into_parts(tenant, String::new());
+    blocking(move || keys.probe(&key, &token)).await??;
+    Ok(())
+}
+
+/// Then attached once it exists.
+pub(super) async fn attach_new(
+    state: &Arc<AppState>,
+    principal: &Principal,
+    tenant: &TenantId,
+    request: AttachKey,
+) -> Result<(), ApiError> {
+    let keys = service(state)?;
+    let (key, token) = request.into_parts(tenant, principal.person());
+    let (inner, id) = (keys.clone(), tenant.clone());
+    blocking(move || inner.attach(&id, key, token)).await??;
+    audit(
+        state,
+        Event::new("key.attached", grants::actor(principal))
+            .tenant(tenant)
+            .detail("because", "created with its own key"),
+    )
+    .await
+    .map(|_| ())
 }
 
 /// `PUT /v1/tenants/{id}/key` → 200 with the tenant's key as shown (no token).
@@ -67,17 +127,8 @@ pub async fn attach(
             .detail("key", request.key.as_str()),
     )
     .await?;
-    let key = CustomerKey {
-        tenant: id.clone(),
-        provider: request.provider,
-        address: request.address,
-        mount: request.mount,
-        key: request.key,
-        attached_at: unix_now(),
-        attached_by: principal.person(),
-    };
+    let (key, token) = request.into_parts(&id, principal.person());
     let (inner, tenant) = (keys.clone(), id.clone());
-    let token = zeroize::Zeroizing::new(request.token);
     blocking(move || inner.attach(&tenant, key, token)).await??;
     audit(
         state,

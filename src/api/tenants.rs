@@ -95,14 +95,19 @@ pub async fn create(
     body: Bytes,
 ) -> Result<Response<Body>, ApiError> {
     let storage = state.storage.clone();
-    let request: CreateTenantRequest = parse_json(&body)?;
+    let mut request: CreateTenantRequest = parse_json(&body)?;
     let mode = match &request.durability {
         Some(mode) => super::continuous::checked_mode(state, mode)?,
         None => Default::default(),
     };
+    let customer_key = request.customer_key.take();
     let mut new = checked_new_tenant(state, request)?;
     let id = TenantId::generate().map_err(ApiError::internal)?;
     new.id = Some(id.clone());
+    // Its own key is tried before anything exists: refused, nothing is made.
+    if let Some(key) = &customer_key {
+        super::customer_keys::probe(state, &id, key).await?;
+    }
     audit(
         state,
         Event::new("tenant.created", grants::actor(principal))
@@ -126,6 +131,16 @@ pub async fn create(
     })
     .await??;
     tracing::info!(tenant_id = %tenant.id, "tenant created");
+    if let Some(key) = customer_key {
+        if let Err(error) =
+            super::customer_keys::attach_new(state, principal, &tenant.id, key).await
+        {
+            // Nothing was written to it yet: it goes, and the caller is told.
+            let (storage, id) = (state.storage.clone(), tenant.id.clone());
+            let _ = blocking(move || storage.destroy_tenant(&id, |_| true)).await;
+            return Err(error);
+        }
+    }
     if let (crate::storage::Durability::Replicated, Some(log)) =
         (tenant.durability, &state.changelog)
     {
@@ -294,6 +309,9 @@ struct CreateTenantRequest {
     schema_version: Option<u32>,
     #[serde(default)]
     durability: Option<String>,
+    /// The tenant's own key from the start (customer-managed keys).
+    #[serde(default)]
+    customer_key: Option<super::customer_keys::AttachKey>,
 }
 
 #[derive(Deserialize)]

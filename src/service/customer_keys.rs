@@ -311,6 +311,45 @@ impl CustomerKeys {
         key: CustomerKey,
         token: Zeroizing<String>,
     ) -> Result<(), CustomerKeyError> {
+        // Already under this very key: a new token for it (an old one
+        // expires), taken once it opens the stored wrapping.
+        if let Some(current) = self.attached(tenant) {
+            if (&current.address, &current.mount, &current.key)
+                != (&key.address, &key.mount, &key.key)
+            {
+                return Err(CustomerKeyError::Storage(StorageError::Exists(
+                    "the tenant's data key is already wrapped by another key of its own; detach it first".into(),
+                )));
+            }
+            let transit = self.transit(&key, token.clone());
+            let inner = self.storage.customer_wrapping(tenant)?;
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            transit.decrypt(&inner)?;
+            self.storage.put_secret_text(&secret_name(tenant), &token)?;
+            return Ok(());
+        }
+        self.probe(&key, &token)?;
+        self.storage.put_secret_text(&secret_name(tenant), &token)?;
+        CUSTOMER_KEYS.put(&self.storage.catalog, tenant.as_str(), &key)?;
+        self.storage.attach_customer_key(tenant)?;
+        self.status.lock().expect("status poisoned").insert(
+            tenant.clone(),
+            KeyStatus {
+                last_ok: Some(unix_now()),
+                last_check: Some(unix_now()),
+                ..Default::default()
+            },
+        );
+        Ok(())
+    }
+
+    /// Checks a key's description and sends a random value through it and
+    /// back: what an attach tries before it changes anything.
+    pub fn probe(
+        &self,
+        key: &CustomerKey,
+        token: &Zeroizing<String>,
+    ) -> Result<(), CustomerKeyError> {
         if key.provider != "transit" {
             return Err(CustomerKeyError::BadRequest(format!(
                 "provider {:?}: this host speaks \"transit\" (OpenBao, Vault)",
@@ -337,23 +376,7 @@ impl CustomerKeys {
                 "token: give the key service's token".into(),
             ));
         }
-        let transit = self.transit(&key, token.clone());
-        // Already under this very key: a new token for it (an old one
-        // expires), taken once it opens the stored wrapping.
-        if let Some(current) = self.attached(tenant) {
-            if (&current.address, &current.mount, &current.key)
-                != (&key.address, &key.mount, &key.key)
-            {
-                return Err(CustomerKeyError::Storage(StorageError::Exists(
-                    "the tenant's data key is already wrapped by another key of its own; detach it first".into(),
-                )));
-            }
-            let inner = self.storage.customer_wrapping(tenant)?;
-            self.calls.fetch_add(1, Ordering::Relaxed);
-            transit.decrypt(&inner)?;
-            self.storage.put_secret_text(&secret_name(tenant), &token)?;
-            return Ok(());
-        }
+        let transit = self.transit(key, token.clone());
         let probe = crate::crypto::random_bytes::<32>().map_err(StorageError::from)?;
         self.calls.fetch_add(2, Ordering::Relaxed);
         let wrapped = transit.encrypt(&probe)?;
@@ -363,17 +386,6 @@ impl CustomerKeys {
                 "the key service gave back other bytes than it was given".into(),
             )));
         }
-        self.storage.put_secret_text(&secret_name(tenant), &token)?;
-        CUSTOMER_KEYS.put(&self.storage.catalog, tenant.as_str(), &key)?;
-        self.storage.attach_customer_key(tenant)?;
-        self.status.lock().expect("status poisoned").insert(
-            tenant.clone(),
-            KeyStatus {
-                last_ok: Some(unix_now()),
-                last_check: Some(unix_now()),
-                ..Default::default()
-            },
-        );
         Ok(())
     }
 

@@ -348,6 +348,11 @@ impl DataKeys {
                 .max()
                 .unwrap_or(tenant.created_at);
             if now.saturating_sub(since) >= every.as_secs() {
+                // Closed because its own key is unavailable: nothing to re-seal.
+                if let Some(why) = self.storage.closed_because(&tenant.id) {
+                    tracing::warn!(tenant_id = %tenant.id, reason = %why, "scheduled data-key rotation skipped: the tenant is closed");
+                    continue;
+                }
                 let audited = |job: &DekRotation| {
                     self.audit
                         .append(

@@ -187,6 +187,11 @@ pub fn run_due(
         let Some(backup) = newest.remove(&tenant.id) else {
             continue;
         };
+        // Closed because its own key is unavailable: its backups do not open.
+        if let Some(why) = storage.closed_because(&tenant.id) {
+            tracing::warn!(tenant_id = %tenant.id, reason = %why, "restore drill skipped: the tenant is closed");
+            continue;
+        }
         if drill_backup(backups, storage, schemas, audit, &tenant.id, &backup).is_some() {
             ran += 1;
         }

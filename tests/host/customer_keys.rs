@@ -1,7 +1,8 @@
 //! Customer-managed keys against a real OpenBao (Transit): a tenant whose
 //! data key its own key wraps serves, backs up and restores; its key
 //! disabled closes it (423) within the check interval and makes its backups
-//! unopenable on any host; re-enabled, it serves every record again; its key
+//! unopenable on any host, and its scheduled backups stop; re-enabled, it
+//! serves every record again; its key
 //! service stopped, it serves through the grace and then closes; a tenant
 //! without a key of its own is untouched throughout; the token is nowhere on
 //! disk or in the log; a SIGKILL during attach leaves one wrapping.
@@ -75,8 +76,9 @@ fn a_tenants_own_key_stands_between_the_host_and_its_data() {
     let args = [
         "--config",
         config.to_str().unwrap(),
+        // Scheduled backups every 3 s: a closed tenant's stop, others' go on.
         "--backup-interval",
-        "0s",
+        "3s",
         "--backup-store",
         store.to_str().unwrap(),
         "--backup-key-file",
@@ -116,6 +118,34 @@ fn a_tenants_own_key_stands_between_the_host_and_its_data() {
     assert_eq!(r.status, 422, "{}", r.text());
     assert!(r.error().contains("refused"), "{}", r.error());
     assert!(shown(&host, &t, &a).is_null());
+
+    // An operator creates a tenant with its own key from the start (with
+    // the tenant's token); a refused key makes nothing.
+    let count = |host: &Host| {
+        host.call("GET", "/v1/tenants", Some(&host.operator), None)
+            .value()["tenants"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let before = count(&host);
+    let with_key = |token: &str| {
+        host.json(
+            "POST",
+            "/v1/tenants",
+            Some(&host.operator),
+            json!({"name": "Born keyed", "region": "local", "schema": "crm",
+                   "customer_key": {"provider": "transit", "address": bao.address,
+                                    "mount": "transit", "key": "tenant-born", "token": token}}),
+        )
+    };
+    let born_secret = bao.key_and_token("tenant-born");
+    assert_eq!(with_key("not-a-token").status, 422);
+    assert_eq!(count(&host), before, "nothing made");
+    let born = with_key(&born_secret);
+    assert_eq!(born.status, 201, "{}", born.text());
+    let born_id = born.value()["id"].as_str().unwrap().to_string();
+    assert_eq!(shown(&host, &born_id, &host.operator)["key"], "tenant-born");
 
     // Attached: the key named, never the token.
     let r = attach(&host, &t, &a, &bao, "tenant-a", &secret);
@@ -194,6 +224,41 @@ fn a_tenants_own_key_stands_between_the_host_and_its_data() {
         None,
     );
     assert!(log.text().contains("key.revoked"), "{}", log.text());
+    // Its scheduled backups stop; the other tenant's go on.
+    let closed_at = coffer::ids::rfc3339(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 1,
+    );
+    let scheduled_since = |tenant: &str, token: &str| -> Vec<Value> {
+        host.call(
+            "GET",
+            &format!("/v1/tenants/{tenant}/backups"),
+            Some(token),
+            None,
+        )
+        .value()["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| {
+                b["kind"] == "scheduled" && b["created_at"].as_str().unwrap() > closed_at.as_str()
+            })
+            .cloned()
+            .collect()
+    };
+    eventually(
+        "the other tenant's next scheduled backups",
+        || scheduled_since(&u, &b),
+        |v| v.iter().filter(|b| b["state"] == "done").count() >= 2,
+    );
+    assert_eq!(
+        scheduled_since(&t, &a),
+        Vec::<Value>::new(),
+        "none for the closed tenant"
+    );
 
     // Its backup on a fresh host with the backup key and the store: refused,
     // with a clear message, and nothing made.
@@ -257,7 +322,7 @@ fn a_tenants_own_key_stands_between_the_host_and_its_data() {
     // under exactly one wrapping, and the key it shows is the one its data
     // needs (disabled: closed; under the master key alone: it serves).
     let mut host = host;
-    let mut secrets = vec![secret.clone()];
+    let mut secrets = vec![secret.clone(), born_secret.clone()];
     for (i, delay) in [None, Some(2u64), Some(8), Some(15), Some(25)]
         .into_iter()
         .enumerate()
