@@ -31,6 +31,42 @@ fn summary(label: &str, mut times: Vec<Duration>) {
     );
 }
 
+/// A tenant with one record: its id, admin token and the record's id.
+fn tenant_with_record(
+    addr: std::net::SocketAddr,
+    conn: &mut Conn,
+    operator: &str,
+    name: &str,
+) -> (String, String, String) {
+    let (id, admin) = create_tenant(addr, operator, name);
+    let (status, body) = conn.request(
+        "POST",
+        &format!("/v1/tenants/{id}/collections/contacts/records"),
+        &admin,
+        br#"{"name":"Ada"}"#,
+    );
+    assert_eq!(status, 201);
+    let record = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (id, admin, record)
+}
+
+/// A new Transit key `name`, attached to the tenant.
+fn attach(conn: &mut Conn, bao: &OpenBao, tenant: &str, admin: &str, name: &str) {
+    let token = bao.key_and_token(name);
+    let body = serde_json::json!({"provider": "transit", "address": bao.address,
+                                  "mount": "transit", "key": name, "token": token});
+    let (status, answer) = conn.request(
+        "PUT",
+        &format!("/v1/tenants/{tenant}/key"),
+        admin,
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+}
+
 fn main() {
     let tenants = common::flag("--tenants", 20);
     let rounds = common::flag("--rounds", 5);
@@ -66,32 +102,12 @@ fn main() {
     let mut all = Vec::new();
     for i in 0..tenants * 2 {
         let keyed = i % 2 == 0;
-        let (id, admin) = create_tenant(addr, &operator, &format!("t{i}"));
-        let (status, body) = conn.request(
-            "POST",
-            &format!("/v1/tenants/{id}/collections/contacts/records"),
-            &admin,
-            br#"{"name":"Ada"}"#,
-        );
-        assert_eq!(status, 201);
-        let record = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let name = format!("k{i}");
+        let (id, admin, record) = tenant_with_record(addr, &mut conn, &operator, &format!("t{i}"));
         if keyed {
-            let name = format!("k{i}");
-            let token = bao.key_and_token(&name);
-            let body = serde_json::json!({"provider": "transit", "address": bao.address,
-                                          "mount": "transit", "key": name, "token": token});
-            let (status, answer) = conn.request(
-                "PUT",
-                &format!("/v1/tenants/{id}/key"),
-                &admin,
-                body.to_string().as_bytes(),
-            );
-            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+            attach(&mut conn, &bao, &id, &admin, &name);
         }
-        all.push((keyed, id, admin, record, format!("k{i}")));
+        all.push((keyed, id, admin, record, name));
     }
 
     println!("== cold open: first read of a tenant not open ({tenants} keyed + {tenants} plain, {rounds} rounds, pool of 2)");
@@ -149,29 +165,9 @@ fn main() {
         .trim()
         .to_string();
     let mut conn = Conn::open(addr);
-    let (id, admin) = create_tenant(addr, &operator, "steady");
-    let (status, body) = conn.request(
-        "POST",
-        &format!("/v1/tenants/{id}/collections/contacts/records"),
-        &admin,
-        br#"{"name":"Ada"}"#,
-    );
-    assert_eq!(status, 201);
-    let record = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (id, admin, record) = tenant_with_record(addr, &mut conn, &operator, "steady");
     let key = "steady".to_string();
-    let token = bao.key_and_token(&key);
-    let body = serde_json::json!({"provider": "transit", "address": bao.address,
-                                  "mount": "transit", "key": key, "token": token});
-    let (status, _) = conn.request(
-        "PUT",
-        &format!("/v1/tenants/{id}/key"),
-        &admin,
-        body.to_string().as_bytes(),
-    );
-    assert_eq!(status, 200);
+    attach(&mut conn, &bao, &id, &admin, &key);
     println!(
         "== steady state: one customer-keyed tenant open and idle for 20 s, check_interval 1 s"
     );

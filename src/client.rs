@@ -248,16 +248,10 @@ fn is_loopback(authority: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// One webhook delivery: `body` POSTed to `url` with `headers`, no redirect
-/// followed, within `timeout`. The receiver's status, or why there was none
-/// (the body of the answer is not read beyond a little).
-pub fn post_webhook(
-    url: &str,
-    pinned: &[std::net::SocketAddr],
-    headers: &[(&str, &str)],
-    body: &[u8],
-    timeout: Duration,
-) -> Result<u16, String> {
+/// The configuration of a one-call client (a webhook, a key service): no
+/// redirect followed, every status an answer, one time limit for all of it;
+/// `https://` verified against the platform's roots.
+fn one_shot_config(url: &str, timeout: Duration) -> ureq::config::Config {
     let mut config = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)
@@ -271,8 +265,21 @@ pub fn post_webhook(
                 .build(),
         );
     }
+    config.build()
+}
+
+/// One webhook delivery: `body` POSTed to `url` with `headers`, no redirect
+/// followed, within `timeout`. The receiver's status, or why there was none
+/// (the body of the answer is not read beyond a little).
+pub fn post_webhook(
+    url: &str,
+    pinned: &[std::net::SocketAddr],
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> Result<u16, String> {
     let agent = ureq::Agent::with_parts(
-        config.build(),
+        one_shot_config(url, timeout),
         ureq::unversioned::transport::DefaultConnector::new(),
         Pinned(pinned.to_vec()),
     );
@@ -295,20 +302,7 @@ pub fn key_service_call(
     body: &serde_json::Value,
     timeout: Duration,
 ) -> Result<(u16, serde_json::Value), String> {
-    let mut config = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .timeout_global(Some(timeout));
-    if address.starts_with("https://") {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        config = config.tls_config(
-            ureq::tls::TlsConfig::builder()
-                .provider(ureq::tls::TlsProvider::Rustls)
-                .root_certs(ureq::tls::RootCerts::PlatformVerifier)
-                .build(),
-        );
-    }
-    let agent: ureq::Agent = config.build().into();
+    let agent: ureq::Agent = one_shot_config(address, timeout).into();
     let url = format!("{}/v1/{path}", address.trim_end_matches('/'));
     let request = http::Request::builder()
         .method("POST")

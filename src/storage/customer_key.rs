@@ -82,16 +82,7 @@ impl Storage {
         tenant: &TenantId,
         wrapped: &WrappedDek,
     ) -> Result<SecretKey, StorageError> {
-        let inner = {
-            let keyring = self.keyring.read().expect("keyring lock poisoned");
-            let kek = keyring
-                .get(&wrapped.kek_id)
-                .ok_or_else(|| StorageError::MissingKek(wrapped.kek_id.clone()))?;
-            let sealed = crypto::decode_hex(&wrapped.sealed)
-                .ok_or_else(|| StorageError::Damaged("wrapped data key".into()))?;
-            kek.open_blob(&blob_label(tenant), &sealed)
-                .map_err(|_| StorageError::Damaged("wrapped data key".into()))?
-        };
+        let inner = self.open_customer_seal(tenant, wrapped)?;
         let service = self.key_service().map_err(StorageError::KeyUnavailable)?;
         let plain = service
             .unwrap(tenant, &inner)
@@ -128,16 +119,8 @@ impl Storage {
         tenant: &TenantId,
         wrapped: &WrappedDek,
     ) -> Result<WrappedDek, StorageError> {
-        let keyring = self.keyring.read().expect("keyring lock poisoned");
-        let old = keyring
-            .get(&wrapped.kek_id)
-            .ok_or_else(|| StorageError::MissingKek(wrapped.kek_id.clone()))?;
-        let sealed = crypto::decode_hex(&wrapped.sealed)
-            .ok_or_else(|| StorageError::Damaged("wrapped data key".into()))?;
-        let inner = old
-            .open_blob(&blob_label(tenant), &sealed)
-            .map_err(|_| StorageError::Damaged("wrapped data key".into()))?;
-        let current = keyring.current();
+        let inner = self.open_customer_seal(tenant, wrapped)?;
+        let current = self.current_kek();
         Ok(WrappedDek {
             kek_id: current.id.clone(),
             sealed: crypto::encode_hex(&current.seal_blob(&blob_label(tenant), &inner)?),
@@ -210,13 +193,23 @@ impl Storage {
         if !wrapped.customer {
             return Err(StorageError::NotFound);
         }
+        self.open_customer_seal(id, wrapped)
+    }
+
+    /// The master key's seal of a customer wrapping opened: what the
+    /// tenant's key service made of its data key.
+    fn open_customer_seal(
+        &self,
+        tenant: &TenantId,
+        wrapped: &WrappedDek,
+    ) -> Result<Zeroizing<Vec<u8>>, StorageError> {
         let keyring = self.keyring.read().expect("keyring lock poisoned");
         let kek = keyring
             .get(&wrapped.kek_id)
             .ok_or_else(|| StorageError::MissingKek(wrapped.kek_id.clone()))?;
         let sealed = crypto::decode_hex(&wrapped.sealed)
             .ok_or_else(|| StorageError::Damaged("wrapped data key".into()))?;
-        kek.open_blob(&blob_label(id), &sealed)
+        kek.open_blob(&blob_label(tenant), &sealed)
             .map_err(|_| StorageError::Damaged("wrapped data key".into()))
     }
 

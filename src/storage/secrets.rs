@@ -61,25 +61,27 @@ impl Storage {
 
     /// The secret text stored under `name`.
     pub fn secret_text(&self, name: &str) -> Result<zeroize::Zeroizing<String>, StorageError> {
-        let stored = SECRETS
-            .get(&self.catalog, name)?
-            .ok_or(StorageError::NotFound)?;
-        let keyring = self.keyring.read().expect("keyring lock poisoned");
-        let kek = keyring
-            .get(&stored.wrapped.kek_id)
-            .ok_or_else(|| StorageError::MissingKek(stored.wrapped.kek_id.clone()))?;
-        let sealed = crypto::decode_hex(&stored.wrapped.sealed)
-            .ok_or_else(|| StorageError::Damaged("a wrapped secret".into()))?;
-        let plain = kek
-            .open_blob(&label(name), &sealed)
-            .map_err(|_| StorageError::Damaged("a wrapped secret".into()))?;
-        String::from_utf8(plain.to_vec())
-            .map(zeroize::Zeroizing::new)
-            .map_err(|_| StorageError::Damaged("a wrapped secret".into()))
+        self.open_secret(name, |kek, label, sealed| {
+            let plain = kek.open_blob(label, sealed).map_err(|_| ())?;
+            String::from_utf8(plain.to_vec())
+                .map(zeroize::Zeroizing::new)
+                .map_err(|_| ())
+        })
     }
 
     /// The secret stored under `name`.
     pub fn secret(&self, name: &str) -> Result<SecretKey, StorageError> {
+        self.open_secret(name, |kek, label, sealed| {
+            kek.unwrap_dek(label, sealed).map_err(|_| ())
+        })
+    }
+
+    /// Opens the secret stored under `name` with its master key.
+    fn open_secret<T>(
+        &self,
+        name: &str,
+        open: impl FnOnce(&crypto::MasterKey, &str, &[u8]) -> Result<T, ()>,
+    ) -> Result<T, StorageError> {
         let stored = SECRETS
             .get(&self.catalog, name)?
             .ok_or(StorageError::NotFound)?;
@@ -89,8 +91,8 @@ impl Storage {
             .ok_or_else(|| StorageError::MissingKek(stored.wrapped.kek_id.clone()))?;
         let sealed = crypto::decode_hex(&stored.wrapped.sealed)
             .ok_or_else(|| StorageError::Damaged("a wrapped secret".into()))?;
-        kek.unwrap_dek(&label(name), &sealed)
-            .map_err(|_| StorageError::Damaged("a wrapped secret".into()))
+        open(kek, &label(name), &sealed)
+            .map_err(|()| StorageError::Damaged("a wrapped secret".into()))
     }
 
     pub fn remove_secret(&self, name: &str) -> Result<(), StorageError> {
