@@ -609,6 +609,7 @@ pub async fn import(
             &[],
             true,
             Some(copy),
+            None,
         )
     })
     .await?;

@@ -241,6 +241,7 @@ pub async fn restore(
                 inherit: &[],
                 mint_token: mint,
                 copy_of: Some(copy_of),
+                tenant_key: None,
             },
         )
     })

@@ -172,6 +172,7 @@ pub fn restore_archive(
     inherit: &[InheritedAdmin],
     mint_token: bool,
     copy_of: Option<CopyOf>,
+    tenant_key: TenantKey<'_>,
 ) -> Result<Restored, BackupError> {
     restore_archive_then(
         storage,
@@ -184,6 +185,7 @@ pub fn restore_archive(
             inherit,
             mint_token,
             copy_of,
+            tenant_key,
         },
         limits,
         &mut |_, _| Ok(()),
@@ -198,7 +200,13 @@ pub struct NewCopy<'a> {
     pub inherit: &'a [InheritedAdmin],
     pub mint_token: bool,
     pub copy_of: Option<CopyOf>,
+    /// A copy of a customer-keyed tenant: the tenant's key and its wrapping
+    /// of the backup's key, so that the copy is published under it too.
+    pub tenant_key: TenantKey<'a>,
 }
+
+/// The tenant's own key a restored copy stays under, when it had one.
+pub type TenantKey<'a> = Option<(&'a dyn sealed::OuterKey, Vec<u8>)>;
 
 /// Like [`restore_archive`], with `then` run on the staged tenant once the
 /// archive is in and before it is published (a point-in-time restore replays
@@ -218,6 +226,7 @@ pub fn restore_archive_then(
         inherit,
         mint_token,
         copy_of,
+        tenant_key,
     } = copy;
     let mut sink = StagingSink {
         storage,
@@ -253,6 +262,22 @@ pub fn restore_archive_then(
                 }
                 Some(copy)
             });
+            if let Some((outer, wrapped)) = &tenant_key {
+                // Under the tenant's own key before it is published: no
+                // moment exists when the copy opens without it.
+                let put = outer
+                    .prepare(&staged.record.id, wrapped)
+                    .map_err(|why| {
+                        BackupError::KeyUnavailable(format!(
+                            "the copy could not be put under the tenant's own key ({why}); nothing was restored"
+                        ))
+                    })
+                    .and_then(|()| Ok(storage.stage_under_customer_key(&mut staged)?));
+                if let Err(error) = put {
+                    storage.abort_staged(staged);
+                    return Err(error);
+                }
+            }
             let (tenant, token) = storage.commit_staged(staged, inherit, mint_token)?;
             Ok(Restored {
                 tenant,

@@ -44,8 +44,9 @@ pub trait OuterKey: Send + Sync {
     fn wrap_for(&self, tenant: &TenantId, key: &[u8]) -> Result<Option<Vec<u8>>, String>;
     /// Opens what [`OuterKey::wrap_for`] made: one call to the key service.
     fn unwrap(&self, tenant: &str, wrapped: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, String>;
-    /// Puts `tenant` (a copy just restored) under the key `wrapped` names.
-    fn adopt(&self, tenant: &TenantId, wrapped: &[u8]) -> Result<(), String>;
+    /// Makes the key `wrapped` names `tenant`'s own (a copy being restored,
+    /// before it is published): its data key is then wrapped by it too.
+    fn prepare(&self, tenant: &TenantId, wrapped: &[u8]) -> Result<(), String>;
 }
 const TAG: usize = 16;
 /// An envelope larger than this is refused (it holds a few digests).

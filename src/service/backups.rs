@@ -306,9 +306,15 @@ impl Backups {
             .map(|(envelope, reader, _)| (envelope, reader))
     }
 
+    /// What a copy of a customer-keyed tenant stays under: the tenant's key
+    /// and its wrapping of the backup's key.
+    pub fn tenant_key(&self, wrapped: Option<Vec<u8>>) -> crate::backup::TenantKey<'_> {
+        Some((self.outer()?, wrapped?))
+    }
+
     /// As [`open_stored`](Self::open_stored), with the backup key as the
     /// tenant's own key wrapped it (version 2), if it did.
-    fn open_stored_keyed(
+    pub fn open_stored_keyed(
         &self,
         tenant: &str,
         backup: &str,
@@ -386,21 +392,12 @@ impl Backups {
                 &envelope.admins,
                 mint_token,
                 copy_of,
+                self.tenant_key(tenant_key),
             );
-            let restored = match watch.stopped() {
+            match watch.stopped() {
                 Some(why) => Err(BackupError::Stopped(format!("{why}; nothing was restored"))),
                 None => restored,
-            }?;
-            // A copy of a customer-keyed tenant stays under the same key.
-            if let (Some(wrapped), Some(outer)) = (tenant_key, self.outer.as_ref()) {
-                if let Err(why) = outer.adopt(&restored.tenant.id, &wrapped) {
-                    let _ = storage.destroy_tenant(&restored.tenant.id, |_| true);
-                    return Err(BackupError::KeyUnavailable(format!(
-                        "the restored copy could not be put under the tenant's own key ({why}); it was removed"
-                    )));
-                }
             }
-            Ok(restored)
         })
     }
 }

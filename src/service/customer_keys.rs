@@ -496,15 +496,19 @@ impl CustomerKeys {
         let keys: Vec<CustomerKey> = CUSTOMER_KEYS.all(&self.storage.catalog).unwrap_or_default();
         for key in keys {
             let tenant = &key.tenant;
-            if self
-                .storage
-                .catalog
-                .tenant(tenant)
-                .is_none_or(|t| t.wrapped_dek.is_none())
-            {
+            let gone = match self.storage.catalog.tenant(tenant) {
+                Some(record) => record.wrapped_dek.is_none(),
+                // A copy being restored has its key before it is published;
+                // one never published is forgotten after an hour.
+                None => now.saturating_sub(key.attached_at) > 3600,
+            };
+            if gone {
                 // Destroyed: its key service's token goes too.
                 let _ = self.storage.remove_secret(&secret_name(tenant));
                 let _ = CUSTOMER_KEYS.remove(&self.storage.catalog, tenant.as_str());
+                continue;
+            }
+            if self.storage.catalog.tenant(tenant).is_none() {
                 continue;
             }
             if self.attached(tenant).is_none() || !self.storage.is_open(tenant) {
@@ -640,7 +644,7 @@ impl crate::backup::sealed::OuterKey for CustomerKeys {
             .map_err(|e| e.to_string())
     }
 
-    fn adopt(&self, tenant: &TenantId, wrapped: &[u8]) -> Result<(), String> {
+    fn prepare(&self, tenant: &TenantId, wrapped: &[u8]) -> Result<(), String> {
         let wrap: BackupWrap =
             serde_json::from_slice(wrapped).map_err(|_| "its wrapping is damaged".to_string())?;
         let key = CustomerKey {
@@ -652,7 +656,13 @@ impl crate::backup::sealed::OuterKey for CustomerKeys {
             attached_at: unix_now(),
             attached_by: "restore".into(),
         };
-        self.attach(tenant, key, Zeroizing::new(wrap.token.clone()))
+        let token = Zeroizing::new(wrap.token.clone());
+        self.probe(&key, &token).map_err(|e| e.to_string())?;
+        self.storage
+            .put_secret_text(&secret_name(tenant), &token)
+            .map_err(|e| e.to_string())?;
+        CUSTOMER_KEYS
+            .put(&self.storage.catalog, tenant.as_str(), &key)
             .map_err(|e| e.to_string())?;
         let event = Event::new("key.attached", Actor::host())
             .tenant(tenant)

@@ -181,9 +181,9 @@ impl ChangeLog {
         let (full, segments) = self.holdings(tenant, region)?;
         let plan = plan(&full, &segments, target)?;
         let covers = plan.base.covers.clone().expect("a base covers a point");
-        let (envelope, reader) = self
-            .backups
-            .open_stored(tenant, &plan.base.backup_id, region)?;
+        let (envelope, reader, wrapped) =
+            self.backups
+                .open_stored_keyed(tenant, &plan.base.backup_id, region)?;
         let mut reached = RestoredTo {
             sequence: covers.seq,
             at_ms: covers.at_ms,
@@ -194,6 +194,8 @@ impl ChangeLog {
             } else {
                 copy.inherit
             },
+            // A copy of a customer-keyed tenant stays under its key.
+            tenant_key: self.backups.tenant_key(wrapped),
             ..copy
         };
         let limits = self.backups.limits;

@@ -129,6 +129,27 @@ impl Storage {
         })
     }
 
+    /// A staged copy's data key wrapped by its own key service too, before
+    /// the copy is published (the key service's configuration for the new
+    /// tenant is in place).
+    pub fn stage_under_customer_key(
+        &self,
+        staged: &mut super::StagedTenant,
+    ) -> Result<(), StorageError> {
+        let id = staged.record.id.clone();
+        let wrapped = staged
+            .record
+            .wrapped_dek
+            .clone()
+            .ok_or(StorageError::Shredded)?;
+        if wrapped.customer {
+            return Ok(());
+        }
+        let dek = self.unwrap(&id, &wrapped)?;
+        staged.record.wrapped_dek = Some(self.wrap_for_customer(&id, &dek, wrapped.key_id)?);
+        Ok(())
+    }
+
     /// Wraps the tenant's data key by its own key service too (one durable
     /// write). Refused while a data-key rotation runs, and when already done.
     pub fn attach_customer_key(&self, id: &TenantId) -> Result<TenantRecord, StorageError> {

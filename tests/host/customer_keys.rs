@@ -197,6 +197,17 @@ fn a_tenants_own_key_stands_between_the_host_and_its_data() {
     let copy = r.value()["id"].as_str().unwrap().to_string();
     assert_eq!(names(&host, &copy, &a), want);
     assert_eq!(shown(&host, &copy, &a)["key"], "tenant-a");
+    // To a point in time too (the backup's own point: no segment needed).
+    let r = host.json(
+        "POST",
+        &format!("/v1/tenants/{t}/restore"),
+        Some(&a),
+        json!({"name": "Keyed point", "sequence": 2}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let point = r.value()["id"].as_str().unwrap().to_string();
+    assert_eq!(names(&host, &point, &a), want);
+    assert_eq!(shown(&host, &point, &a)["key"], "tenant-a");
 
     // Disabled in OpenBao: closed within the check interval; the other
     // tenant untouched; its backups stop with the reason.
