@@ -405,6 +405,43 @@ fn a_tenants_own_key_stands_between_the_host_and_its_data() {
         want
     );
 
+    // A data-key rotation: the new data key is wrapped by the tenant's key
+    // too (disabled: closed again).
+    let r = host.call(
+        "POST",
+        &format!("/v1/tenants/{t}/keys/rotate"),
+        Some(&a),
+        None,
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let job = r.value()["id"].as_str().unwrap().to_string();
+    let done = eventually(
+        "the rotation ended",
+        || {
+            host.call(
+                "GET",
+                &format!("/v1/tenants/{t}/keys/rotations/{job}"),
+                Some(&a),
+                None,
+            )
+            .value()
+        },
+        |j| j["state"] == "done" || j["state"] == "failed",
+    );
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(names(&host, &t, &a), want);
+    bao.disable("tenant-a");
+    eventually(
+        "closed under the rotated key",
+        || host.call("GET", &records_path(&t, "contacts"), Some(&a), None),
+        |r| r.status == 423,
+    );
+    bao.enable("tenant-a");
+    assert_eq!(
+        eventually("served again", || names(&host, &t, &a), |n| n.0 == 200),
+        want
+    );
+
     // Detaching needs the tenant's admin and a live key.
     assert_eq!(
         host.call(
