@@ -150,8 +150,10 @@ pub enum Action<'a> {
     UpgradeTenant(&'a TenantId),
     /// Rotate the tenant's data key, and follow the rotation.
     RotateDataKey(&'a TenantId),
-    /// Wrap the tenant's data key by a key in its own key service (its
-    /// admin, or an operator with the tenant's key service token).
+    /// Wrap the tenant's data key by a key in its own key service: its
+    /// admins only (an operator gives one only when creating the tenant,
+    /// `POST /v1/tenants` with `customer_key`: no insider puts a key of
+    /// their own between a live tenant and its data).
     AttachCustomerKey(&'a TenantId),
     /// Back to the master key alone: the tenant's admins only.
     DetachCustomerKey(&'a TenantId),
@@ -211,7 +213,6 @@ pub fn authorize(principal: &Principal, action: &Action<'_>) -> Result<(), Denie
             | Action::ReactivateTenant(t)
             | Action::UpgradeTenant(t)
             | Action::RotateDataKey(t)
-            | Action::AttachCustomerKey(t)
             | Action::SetDurability(t),
             role,
         ) => role == Operator || own(t),
@@ -224,7 +225,7 @@ pub fn authorize(principal: &Principal, action: &Action<'_>) -> Result<(), Denie
         (Action::ReadAuditTrail(t), _) => own(t),
         (Action::ManageWebhooks(t), _) => own(t),
         (Action::ManageHostWebhooks, role) => role == Operator,
-        (Action::DetachCustomerKey(t), _) => own(t),
+        (Action::AttachCustomerKey(t) | Action::DetachCustomerKey(t), _) => own(t),
         // The one way staff obtain a tenant-admin token: two operators, audited,
         // shown in the tenant's access log (`grants::Recovery`).
         (Action::AdminRecovery, role) => role == Operator,
