@@ -17,7 +17,7 @@ mod openbao;
 
 use std::time::{Duration, Instant};
 
-use common::{create_tenant, ms, percentile, start, Conn};
+use common::{create_tenant, ms, percentile, Conn};
 use openbao::OpenBao;
 
 fn summary(label: &str, mut times: Vec<Duration>) {
@@ -74,30 +74,12 @@ fn main() {
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();
     let bao = OpenBao::start(&root);
-    let config = root.join("host.toml");
-    std::fs::write(
-        &config,
-        "[customer_keys]\ncheck_interval = \"1s\"\nallow_http_loopback = true\n",
-    )
-    .unwrap();
+    const CONFIG: &str = "[customer_keys]\ncheck_interval = \"1s\"\nallow_http_loopback = true\n";
     let data = root.join("data");
     // Two open databases at most: every request below to another tenant
     // opens it cold.
-    let (mut host, addr) = start(
-        &data,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--backup-interval",
-            "0s",
-            "--open-tenants-max",
-            "2",
-        ],
-    );
-    let operator = std::fs::read_to_string(data.join("operator.token"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let (mut host, addr, operator) =
+        common::start_configured(&data, CONFIG, &["--open-tenants-max", "2"]);
     let mut conn = Conn::open(addr);
     let mut all = Vec::new();
     for i in 0..tenants * 2 {
@@ -149,21 +131,8 @@ fn main() {
     // around, and a tenant not open has nothing to check).
     let _ = host.kill();
     let _ = host.wait();
-    let steady = root.join("steady");
-    let (next, addr) = start(
-        &steady,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--backup-interval",
-            "0s",
-        ],
-    );
+    let (next, addr, operator) = common::start_configured(&root.join("steady"), CONFIG, &[]);
     host = next;
-    let operator = std::fs::read_to_string(steady.join("operator.token"))
-        .unwrap()
-        .trim()
-        .to_string();
     let mut conn = Conn::open(addr);
     let (id, admin, record) = tenant_with_record(addr, &mut conn, &operator, "steady");
     let key = "steady".to_string();

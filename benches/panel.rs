@@ -16,7 +16,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use common::{create_tenant, start, Conn};
+use common::{create_tenant, Conn};
 use serde_json::Value;
 
 fn main() {
@@ -45,21 +45,8 @@ fn main() {
     println!("all: {total} bytes ({gzipped} gzipped)");
 
     let data = root.join("data");
-    let config = root.join("host.toml");
-    std::fs::write(&config, "[audit]\ncheckpoint_interval = \"200ms\"\n").unwrap();
-    let (mut host, addr) = start(
-        &data,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--backup-interval",
-            "0s",
-        ],
-    );
-    let operator = std::fs::read_to_string(data.join("operator.token"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let (mut host, addr, operator) =
+        common::start_configured(&data, "[audit]\ncheckpoint_interval = \"200ms\"\n", &[]);
     let (tenant, admin) = create_tenant(addr, &operator, "Bench Co");
     // Audited changes of the tenant: each schedule change writes its entry
     // and its outcome's.

@@ -14,7 +14,7 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{create_tenant, ms, percentile, start, Conn};
+use common::{create_tenant, ms, percentile, Conn};
 use serde_json::Value;
 
 /// A receiver on loopback: answers 204 to every POST (or never, when
@@ -61,27 +61,11 @@ fn receiver(hang: bool) -> (String, Arc<Mutex<Vec<Instant>>>) {
 }
 
 fn host(root: &std::path::Path, name: &str) -> (std::process::Child, std::net::SocketAddr, String) {
-    let data = root.join(name);
-    let config = root.join(format!("{name}.toml"));
-    std::fs::write(
-        &config,
+    common::start_configured(
+        &root.join(name),
         "[webhooks]\nallow_http_loopback = true\ntimeout = \"10s\"\n",
+        &[],
     )
-    .unwrap();
-    let (child, addr) = start(
-        &data,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--backup-interval",
-            "0s",
-        ],
-    );
-    let operator = std::fs::read_to_string(data.join("operator.token"))
-        .unwrap()
-        .trim()
-        .to_string();
-    (child, addr, operator)
 }
 
 fn register(conn: &mut Conn, tenant: &str, admin: &str, url: &str) {

@@ -48,6 +48,27 @@ pub fn start(data: &std::path::Path, extra: &[&str]) -> (Child, SocketAddr) {
     (child, addr)
 }
 
+/// Starts a host on `data` configured by `toml` (written beside it), with no
+/// scheduled backups and `extra` arguments; returns it, its address and
+/// the first operator's token.
+pub fn start_configured(data: &Path, toml: &str, extra: &[&str]) -> (Child, SocketAddr, String) {
+    let config = data.with_extension("toml");
+    std::fs::write(&config, toml).unwrap();
+    let mut args = vec![
+        "--config",
+        config.to_str().unwrap(),
+        "--backup-interval",
+        "0s",
+    ];
+    args.extend_from_slice(extra);
+    let (child, addr) = start(data, &args);
+    let operator = std::fs::read_to_string(data.join("operator.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    (child, addr, operator)
+}
+
 pub fn create_tenant(addr: SocketAddr, operator: &str, name: &str) -> (String, String) {
     let body = format!(r#"{{"name":"{name}","region":"local","schema":"crm"}}"#);
     let (status, body) = Conn::open(addr).request("POST", "/v1/tenants", operator, body.as_bytes());

@@ -496,22 +496,22 @@ impl CustomerKeys {
         let keys: Vec<CustomerKey> = CUSTOMER_KEYS.all(&self.storage.catalog).unwrap_or_default();
         for key in keys {
             let tenant = &key.tenant;
-            let gone = match self.storage.catalog.tenant(tenant) {
-                Some(record) => record.wrapped_dek.is_none(),
+            // One catalog read a key a round: what the tenant's record says.
+            let wrapped = match self.storage.catalog.tenant(tenant) {
+                Some(record) => record.wrapped_dek,
                 // A copy being restored has its key before it is published;
                 // one never published is forgotten after an hour.
-                None => now.saturating_sub(key.attached_at) > 3600,
+                None if now.saturating_sub(key.attached_at) <= 3600 => continue,
+                None => None,
             };
-            if gone {
-                // Destroyed: its key service's token goes too.
+            let Some(wrapped) = wrapped else {
+                // Destroyed (or never published): its key service's token goes too.
                 let _ = self.storage.remove_secret(&secret_name(tenant));
                 let _ = CUSTOMER_KEYS.remove(&self.storage.catalog, tenant.as_str());
                 continue;
-            }
-            if self.storage.catalog.tenant(tenant).is_none() {
-                continue;
-            }
-            if self.attached(tenant).is_none() || !self.storage.is_open(tenant) {
+            };
+            // Detached, or not open (nothing in memory to check).
+            if !wrapped.customer || !self.storage.is_open(tenant) {
                 continue;
             }
             let last = self.status(tenant).last_check.unwrap_or(0);

@@ -277,28 +277,29 @@ impl Storage {
     }
 
     /// Before a closed tenant is opened: refused at once when an unwrap was
-    /// tried less than a second ago, else tried (and the tenant reopened
-    /// when it works).
-    pub(super) fn reopen_if_closed(&self, record: &TenantRecord) -> Result<(), StorageError> {
-        {
-            let mut closed = self.closed.0.lock().expect("closed lock poisoned");
-            let Some((why, tried)) = closed.get_mut(&record.id) else {
-                return Ok(());
-            };
-            if tried.elapsed() < RETRY_CLOSED_EVERY {
-                return Err(StorageError::KeyUnavailable(KeyUnavailable::Refused(
-                    why.clone(),
-                )));
-            }
-            *tried = Instant::now();
+    /// tried less than a second ago; else the open goes on (its unwrap is the
+    /// try) and `Ok(true)` says to [`Storage::reopened`] it once it worked.
+    pub(super) fn reopen_if_closed(&self, record: &TenantRecord) -> Result<bool, StorageError> {
+        let mut closed = self.closed.0.lock().expect("closed lock poisoned");
+        let Some((why, tried)) = closed.get_mut(&record.id) else {
+            return Ok(false);
+        };
+        if tried.elapsed() < RETRY_CLOSED_EVERY {
+            return Err(StorageError::KeyUnavailable(KeyUnavailable::Refused(
+                why.clone(),
+            )));
         }
-        self.check_customer_key(&record.id)?;
+        *tried = Instant::now();
+        Ok(true)
+    }
+
+    /// A closed tenant's key answered again: it is open from now on.
+    pub(super) fn reopened(&self, id: &TenantId) {
         self.closed
             .0
             .lock()
             .expect("closed lock poisoned")
-            .remove(&record.id);
-        Ok(())
+            .remove(id);
     }
 
     /// Whether the tenant's database is open now.

@@ -502,11 +502,16 @@ impl Storage {
             // The keys as the catalog holds them now: `record` may be older
             // than a data-key rotation.
             let fresh = self.catalog.tenant(&record.id);
-            self.reopen_if_closed(fresh.as_ref().unwrap_or(record))?;
+            let current = fresh.as_ref().unwrap_or(record);
+            let was_closed = self.reopen_if_closed(current)?;
+            let keys = self.keys_of(current)?;
+            if was_closed {
+                self.reopened(&record.id);
+            }
             TenantDb::open(
                 &self.tenant_dir(&record.id),
                 record.id.clone(),
-                self.keys_of(fresh.as_ref().unwrap_or(record))?,
+                keys,
                 self.cache_bytes_per_tenant,
             )
             .and_then(|db| self.live(db))

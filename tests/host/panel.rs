@@ -55,20 +55,9 @@ fn page_fetch(browser: &Browser, method: &str, path: &str, csrf: Option<&str>) -
 #[test]
 fn a_tenant_admin_decides_downloads_verifies_and_removes_in_the_browser() {
     let dir = TempDir::new("panel");
-    let config = dir.path().join("host.toml");
-    std::fs::write(
-        &config,
-        "[audit]\ncheckpoint_interval = \"200ms\"\n\n[webhooks]\nallow_http_loopback = true\n",
-    )
-    .unwrap();
-    let host = Host::start(
+    let host = Host::start_configured(
         &dir.path().join("data"),
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--backup-interval",
-            "0s",
-        ],
+        "[audit]\ncheckpoint_interval = \"200ms\"\n\n[webhooks]\nallow_http_loopback = true\n",
     );
     let relay = AnswerTamper::start(&host.addr.to_string());
     let (t, a) = host.create_tenant("Panel Co", "crm");

@@ -364,22 +364,13 @@ impl MkDir for PathBuf {
 fn operators_hear_lagging_regions_failed_backups_and_expired_grants() {
     let dir = TempDir::new("host-hooks");
     let data = dir.path().join("data");
-    let config = dir.path().join("host.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let host = Host::start_configured(
+        &data,
+        &format!(
             "{CONFIG}region_lag_alert = \"1s\"\n[access]\npending_expiry = \"3s\"\n\
              [backup]\nretry_base = \"200ms\"\nretry_cap = \"500ms\"\n"
         ),
-    )
-    .unwrap();
-    let args = [
-        "--config",
-        config.to_str().unwrap(),
-        "--backup-interval",
-        "0s",
-    ];
-    let host = Host::start(&data, &args);
+    );
     let (ours, theirs) = (dir.path().join("host"), dir.path().join("tenant"));
     std::fs::create_dir_all(&ours).unwrap();
     std::fs::create_dir_all(&theirs).unwrap();

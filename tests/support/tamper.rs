@@ -16,26 +16,17 @@ pub struct Tamper {
 impl Tamper {
     /// Relays 127.0.0.1:<new port> to `upstream` (`host:port`), altering PUTs.
     pub fn start(upstream: &str) -> Tamper {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the relay");
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let on = Arc::new(AtomicBool::new(true));
-        let altered = Arc::new(AtomicUsize::new(0));
-        let (upstream, flag, count) = (upstream.to_string(), on.clone(), altered.clone());
-        std::thread::spawn(move || {
-            for client in listener.incoming().flatten() {
-                let Ok(server) = TcpStream::connect(&upstream) else {
-                    continue;
-                };
-                let (flag, count) = (flag.clone(), count.clone());
-                let (client_read, server_write) =
-                    (client.try_clone().unwrap(), server.try_clone().unwrap());
-                std::thread::spawn(move || requests(client_read, server_write, &flag, &count));
-                std::thread::spawn(move || {
-                    let (mut from, mut to) = (server, client);
-                    let _ = std::io::copy(&mut from, &mut to);
-                    let _ = to.shutdown(Shutdown::Write);
-                });
-            }
+        let (on, altered) = (
+            Arc::new(AtomicBool::new(true)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let (flag, count) = (on.clone(), altered.clone());
+        let url = relay(upstream, move |client, server| {
+            let (flag, count) = (flag.clone(), count.clone());
+            let (client_read, server_write) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || requests(client_read, server_write, &flag, &count));
+            std::thread::spawn(move || pass(server, client));
         });
         Tamper { url, on, altered }
     }
@@ -49,6 +40,28 @@ impl Tamper {
     pub fn altered(&self) -> usize {
         self.altered.load(Ordering::SeqCst)
     }
+}
+
+/// Listens on 127.0.0.1:<new port>; for each client, connects to `upstream`
+/// and hands both streams to `connect`. Returns the relay's URL.
+fn relay(upstream: &str, connect: impl Fn(TcpStream, TcpStream) + Send + 'static) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the relay");
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let upstream = upstream.to_string();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            if let Ok(server) = TcpStream::connect(&upstream) {
+                connect(client, server);
+            }
+        }
+    });
+    url
+}
+
+/// Copies one direction untouched, then closes it.
+fn pass(mut from: TcpStream, mut to: TcpStream) {
+    let _ = std::io::copy(&mut from, &mut to);
+    let _ = to.shutdown(Shutdown::Write);
 }
 
 /// Relays requests one by one: the head, then exactly Content-Length bytes.
@@ -118,25 +131,17 @@ pub struct AnswerTamper {
 
 impl AnswerTamper {
     pub fn start(upstream: &str) -> AnswerTamper {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the relay");
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let on = Arc::new(AtomicBool::new(false));
-        let altered = Arc::new(AtomicUsize::new(0));
-        let (upstream, flag, count) = (upstream.to_string(), on.clone(), altered.clone());
-        std::thread::spawn(move || {
-            for client in listener.incoming().flatten() {
-                let Ok(server) = TcpStream::connect(&upstream) else {
-                    continue;
-                };
-                let (flag, count) = (flag.clone(), count.clone());
-                let (mut client_read, mut server_write) =
-                    (client.try_clone().unwrap(), server.try_clone().unwrap());
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut client_read, &mut server_write);
-                    let _ = server_write.shutdown(Shutdown::Write);
-                });
-                std::thread::spawn(move || answers(server, client, &flag, &count));
-            }
+        let (on, altered) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let (flag, count) = (on.clone(), altered.clone());
+        let url = relay(upstream, move |client, server| {
+            let (flag, count) = (flag.clone(), count.clone());
+            let (client_read, server_write) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || pass(client_read, server_write));
+            std::thread::spawn(move || answers(server, client, &flag, &count));
         });
         AnswerTamper { url, on, altered }
     }
