@@ -437,9 +437,16 @@ impl Backups {
             }
             let span = tracing::info_span!("scheduled_backup", tenant_id = %tenant.id);
             let _enter = span.enter();
-            // Closed because its own key is unavailable: nothing to read.
+            // Closed because its own key is unavailable (known, or found by
+            // opening it now): nothing to read, and no failed job made.
             if let Some(why) = storage.closed_because(&tenant.id) {
                 tracing::warn!(reason = %why, "scheduled backup skipped: the tenant is closed");
+                continue;
+            }
+            if let Err(crate::storage::StorageError::KeyUnavailable(why)) =
+                storage.tenant_db(&tenant)
+            {
+                tracing::warn!(reason = %why, "scheduled backup skipped: the tenant's own key is unavailable");
                 continue;
             }
             if !before(&tenant.id) {

@@ -190,8 +190,8 @@ pub struct Webhooks {
     replication: Option<Arc<crate::replication::Replication>>,
     /// Endpoints with an attempt in flight (one at a time each).
     in_flight: std::sync::Mutex<std::collections::HashSet<String>>,
-    /// When the watch last looked.
-    last_watch: std::sync::Mutex<Option<std::time::Instant>>,
+    /// When the watch last looked at grants, and at the regions.
+    last_watch: std::sync::Mutex<(Option<std::time::Instant>, Option<std::time::Instant>)>,
 }
 
 impl Webhooks {

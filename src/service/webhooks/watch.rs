@@ -24,20 +24,38 @@ const EXPIRED: Kind<u64> = Kind::new("webhook_expired");
 /// Regions reported lagging (region → since when).
 const LAGGING: Kind<u64> = Kind::new("webhook_lagging");
 
-/// How often the watch looks.
+/// How often the watch looks for expired grants.
 const EVERY: Duration = Duration::from_secs(1);
 
 impl Webhooks {
-    /// Runs [`watch`](Self::watch) when a second has passed since the last.
+    /// Runs [`watch`](Self::watch) when a second has passed since the last;
+    /// the regions' lag (a walk of every unverified copy) only every quarter
+    /// of `region_lag_alert`, between 1 s and 30 s.
     pub(super) fn watch_if_due(&self) {
-        {
+        let regions_every = (self.settings.region_lag_alert / 4)
+            .clamp(Duration::from_secs(1), Duration::from_secs(30));
+        let regions = {
             let mut last = self.last_watch.lock().expect("webhooks poisoned");
-            if last.is_some_and(|at: Instant| at.elapsed() < EVERY) {
+            if last.0.is_some_and(|at: Instant| at.elapsed() < EVERY) {
                 return;
             }
-            *last = Some(Instant::now());
-        }
-        if let Err(error) = self.watch() {
+            last.0 = Some(Instant::now());
+            let due = last
+                .1
+                .is_none_or(|at: Instant| at.elapsed() >= regions_every);
+            if due {
+                last.1 = Some(Instant::now());
+            }
+            due
+        };
+        let watched = self.watch_grants().and_then(|()| {
+            if regions {
+                self.watch_regions()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(error) = watched {
             tracing::error!(%error, "webhook watch");
         }
     }
