@@ -5,8 +5,9 @@
 //! ~100 MiB tenant after a long log against a plain full restore; objects,
 //! bytes and PUTs per region per hour for a steady 100 writes/s tenant.
 //!
-//! Run: `cargo bench --bench continuous -- [--writes N] [--log-changes N] [--mib N]`
-//! (defaults: 3000 writes per level, 20000 changes of log, 100 MiB).
+//! Run: `cargo bench --bench continuous -- [--writes N] [--log-changes N] [--mib N] [--writes-only]`
+//! (defaults: 3000 writes per level, 20000 changes of log, 100 MiB;
+//! `--writes-only` measures the write rates and nothing else).
 //! Needs `garage` on PATH (ops/test.sh installs it).
 
 mod common;
@@ -28,6 +29,7 @@ fn main() {
     let writes = common::flag("--writes", 3000);
     let log_changes = common::flag("--log-changes", 20_000);
     let mib = common::flag("--mib", 100) as u64;
+    let writes_only = std::env::args().any(|a| a == "--writes-only");
     let root = std::env::temp_dir().join(format!("coffer-bench-log-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();
@@ -74,7 +76,7 @@ fn main() {
                 rate / off_rate[level]
             );
         }
-        if mode == "local" {
+        if mode == "local" && !writes_only {
             loss_window(addr, &tenant, &admin);
             // A tenant of its own, once the load's backlog has shipped.
             std::thread::sleep(Duration::from_secs(10));
@@ -84,6 +86,13 @@ fn main() {
         stop(&mut child);
     }
 
+    if writes_only {
+        drop(garage);
+        if std::env::var_os("COFFER_BENCH_LOG").is_none() {
+            let _ = std::fs::remove_dir_all(&root);
+        }
+        return;
+    }
     println!("\n== point-in-time restore of a ~{mib} MiB tenant after {log_changes} changes of log, against a full restore");
     pitr_restore(&root, &regions, mib, log_changes);
 

@@ -19,14 +19,18 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_coffer");
 
 /// Starts `coffer serve` on `data`; returns the child and its address.
 /// `COFFER_BIN` runs another build of the host instead (a "before" binary
-/// beside this one, in one run).
+/// beside this one, in one run); `COFFER_BENCH_LOG` sets its log filter
+/// (default `warn`; the log is beside the data directory).
 pub fn start(data: &std::path::Path, extra: &[&str]) -> (Child, SocketAddr) {
     let bin = std::env::var("COFFER_BIN").unwrap_or_else(|_| BIN.to_string());
     let mut child = Command::new(bin)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
         .args(extra)
-        .env("COFFER_LOG", "warn")
+        .env(
+            "COFFER_LOG",
+            std::env::var("COFFER_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(
             std::fs::File::create(data.with_extension("log"))

@@ -81,6 +81,51 @@ impl LocalStore {
 
     /// Publishes a backup by writing its manifest, last and atomically.
     pub fn publish(&self, stored: &StoredBackup) -> Result<(), BackupError> {
+        self.write_manifest(stored, true)
+    }
+
+    /// Publishes like `publish` but leaves the archive, the manifest and
+    /// their directories to reach the disk at `sync`: for change-log
+    /// segments, whose changes stay in the tenant's database until `sync`
+    /// has run, so that uploading need not wait for the disk (a copy a crash
+    /// tore before `sync` is found at the next start: `ChangeLog::recover`).
+    pub fn publish_unsynced(&self, stored: &StoredBackup) -> Result<(), BackupError> {
+        self.write_manifest(stored, false)
+    }
+
+    /// Makes a backup published with `publish_unsynced` durable. A backup no
+    /// longer in the spool is fine: it went because every region holds it
+    /// (or it was tombstoned).
+    pub fn sync(&self, tenant: &str, backup: &str) -> Result<(), BackupError> {
+        let dir = self.dir(tenant, backup);
+        let sync = |path: &Path| match fs::File::open(path).and_then(|f| f.sync_all()) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other.map_err(BackupError::from_io),
+        };
+        sync(&dir.join(ARCHIVE_OBJECT))?;
+        sync(&dir.join(MANIFEST_OBJECT))?;
+        sync(&dir)?;
+        sync(&self.root.join("tenants").join(tenant))
+    }
+
+    /// Whether the spool's copy is whole: published, and its archive has the
+    /// size and SHA-256 its manifest names.
+    pub fn intact(&self, tenant: &str, backup: &str) -> bool {
+        let Ok(Some(stored)) = self.get(tenant, backup) else {
+            return false;
+        };
+        let Ok(file) = self.open_archive(tenant, backup) else {
+            return false;
+        };
+        let mut hashing = super::HashingWriter::new(std::io::sink());
+        if std::io::copy(&mut std::io::BufReader::new(file), &mut hashing).is_err() {
+            return false;
+        }
+        let (size, sha256, _) = hashing.finish();
+        size == stored.archive_size && sha256 == stored.archive_sha256
+    }
+
+    fn write_manifest(&self, stored: &StoredBackup, durable: bool) -> Result<(), BackupError> {
         let dir = self.dir(&stored.tenant_id, &stored.backup_id);
         let path = dir.join(MANIFEST_OBJECT);
         if path.exists() {
@@ -92,9 +137,12 @@ impl LocalStore {
         let tmp = dir.join("manifest.json.tmp");
         let mut file = fs::File::create(&tmp).map_err(BackupError::from_io)?;
         file.write_all(&serde_json::to_vec_pretty(stored).expect("serialises"))
-            .and_then(|_| file.sync_all())
+            .and_then(|_| if durable { file.sync_all() } else { Ok(()) })
             .map_err(BackupError::from_io)?;
         fs::rename(&tmp, &path).map_err(BackupError::from_io)?;
+        if !durable {
+            return Ok(());
+        }
         fs::File::open(&dir)
             .and_then(|d| d.sync_all())
             .map_err(BackupError::from_io)
@@ -165,5 +213,65 @@ impl LocalStore {
         if !dir.join(MANIFEST_OBJECT).exists() {
             let _ = fs::remove_dir_all(dir);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(tenant: &str, backup: &str, archive: &[u8]) -> StoredBackup {
+        let mut hashing = crate::backup::HashingWriter::new(std::io::sink());
+        hashing.write_all(archive).unwrap();
+        let (size, sha256, _) = hashing.finish();
+        StoredBackup {
+            format: 1,
+            backup_id: backup.into(),
+            tenant_id: tenant.into(),
+            created_at: 1,
+            kind: "log".into(),
+            retain_until: 2,
+            archive_size: size,
+            archive_sha256: sha256,
+            records: 1,
+            covers: None,
+            log: None,
+        }
+    }
+
+    #[test]
+    fn an_unsynced_copy_is_published_synced_later_and_checked_whole() {
+        let root = std::env::temp_dir().join(format!("coffer-spool-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let spool = LocalStore::new(&root).unwrap();
+        let (tenant, backup) = ("t1", "log-1");
+        let archive = b"sealed bytes of a segment".to_vec();
+        let (mut file, path) = spool.create_archive(tenant, backup).unwrap();
+        file.write_all(&archive).unwrap();
+        drop(file);
+        spool
+            .publish_unsynced(&stored(tenant, backup, &archive))
+            .unwrap();
+        assert_eq!(spool.get(tenant, backup).unwrap().unwrap().archive_size, 25);
+        assert!(spool.intact(tenant, backup));
+        spool.sync(tenant, backup).unwrap();
+
+        // What a crash before `sync` can leave: a short archive, other bytes,
+        // no manifest. None counts as whole.
+        fs::write(&path, &archive[..10]).unwrap();
+        assert!(!spool.intact(tenant, backup));
+        let mut flipped = archive.clone();
+        flipped[3] ^= 1;
+        fs::write(&path, &flipped).unwrap();
+        assert!(!spool.intact(tenant, backup));
+        fs::write(&path, &archive).unwrap();
+        assert!(spool.intact(tenant, backup));
+        fs::remove_file(path.with_file_name(MANIFEST_OBJECT)).unwrap();
+        assert!(!spool.intact(tenant, backup));
+
+        // A copy that left the spool (in every region) needs no sync.
+        spool.remove(tenant, backup);
+        spool.sync(tenant, backup).unwrap();
+        let _ = fs::remove_dir_all(&root);
     }
 }

@@ -14,9 +14,13 @@
 //! uploads the archive (data first, manifest last), checks both against the
 //! spool's manifest — the archive by the `x-amz-checksum-sha256` every PUT and
 //! part carries, which an S3 store (Garage too) verifies on receipt and refuses
-//! on mismatch, else by reading it back and hashing it; the manifest is always
-//! read back — and on any error records `failed`
-//! and retries after a capped exponential backoff with jitter. Records live in
+//! on mismatch, else by reading it back and hashing it; the manifest is read
+//! back too — and on any error records `failed`
+//! and retries after a capped exponential backoff with jitter. A replica's
+//! first try from the process that registered it, to a store that checks on
+//! receipt, is two PUTs and nothing else: no object of its fresh name can
+//! exist yet, and the store vouched for both bodies (a single PUT's SHA-256
+//! is also compared with the one sealed into the manifest). Records live in
 //! the catalog, so a restart resumes where the host stopped; an interrupted
 //! multipart upload is never visible as an object, and a complete object from
 //! before a crash is recognised by size and hash instead of being rewritten.
@@ -171,6 +175,11 @@ pub struct Replication {
     runtime: tokio::runtime::Handle,
     wake: tokio::sync::Notify,
     in_flight: Mutex<HashSet<String>>,
+    /// Replicas registered by this process and not yet tried: no object of
+    /// theirs can exist anywhere (backup ids are random and never reused, and
+    /// only a registered replica is ever uploaded), so their first upload
+    /// needs no look for an earlier one.
+    fresh: Mutex<HashSet<String>>,
     /// Woken whenever a replica is verified (writes that wait for regions).
     pub verified: tokio::sync::Notify,
 }
@@ -197,6 +206,7 @@ impl Replication {
             runtime,
             wake: tokio::sync::Notify::new(),
             in_flight: Mutex::new(HashSet::new()),
+            fresh: Mutex::new(HashSet::new()),
             verified: tokio::sync::Notify::new(),
         }
     }
@@ -237,11 +247,20 @@ impl Replication {
                 deleting_because: erased.then(|| "erased".to_string()),
             };
             put_replica_unflushed(storage, &replica)?;
+            if !erased {
+                self.fresh.lock().expect("fresh set").insert(replica.key());
+            }
         }
         // One flush for every region's record.
         storage.catalog.flush()?;
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// Whether the replica was registered by this process and this is its
+    /// first try (asking again says no).
+    fn take_fresh(&self, replica: &Replica) -> bool {
+        self.fresh.lock().expect("fresh set").remove(&replica.key())
     }
 
     /// Replicas with work left: pending, replicated, failed or deleting.

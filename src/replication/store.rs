@@ -217,12 +217,13 @@ impl RegionStore {
 
     /// Uploads a local file: one PUT when small, else a multipart upload (an
     /// interrupted one is never visible as an object) in parts of
-    /// [`PART_BYTES`]. Returns the bytes sent.
+    /// [`PART_BYTES`]. Returns the bytes sent and, for a single PUT, the
+    /// SHA-256 of its body (the checksum the store checked it against).
     pub async fn upload_file(
         &self,
         path: &Path,
         file: &std::path::Path,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<(u64, Option<String>), StoreError> {
         use tokio::io::AsyncReadExt;
         let io =
             |e: std::io::Error| StoreError::Unavailable(format!("read {}: {e}", file.display()));
@@ -232,8 +233,11 @@ impl RegionStore {
             let mut bytes = Vec::with_capacity(size as usize);
             source.read_to_end(&mut bytes).await.map_err(io)?;
             let written = bytes.len() as u64;
+            let sha256 = crate::crypto::encode_hex(
+                ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref(),
+            );
             self.put_small(path, Bytes::from(bytes)).await?;
-            return Ok(written);
+            return Ok((written, Some(sha256)));
         }
         let upload = self.store.put_multipart(path).await?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
@@ -258,7 +262,7 @@ impl RegionStore {
             written += n as u64;
         }
         writer.finish().await?;
-        Ok(written)
+        Ok((written, None))
     }
 
     /// Reads an object whole (manifests).

@@ -165,16 +165,27 @@ impl ChangeLog {
     }
 
     /// After a restart: every tenant whose database still holds changes is
-    /// shipped, and a segment recorded but never registered (a crash between
-    /// the two) is registered or forgotten.
+    /// shipped, a segment recorded but never registered (a crash between
+    /// the two) is registered or forgotten, and one whose spool copy a crash
+    /// tore before it reached the disk is forgotten (see `forget_torn`).
     pub fn recover(&self) {
         for record in SEGMENTS.all(&self.storage.catalog).unwrap_or_default() {
-            if !self
+            let replicas = self
                 .backups
                 .replication
-                .replicas_of(&self.storage, &record.id)
-                .is_empty()
-            {
+                .replicas_of(&self.storage, &record.id);
+            if !replicas.is_empty() {
+                let unfinished = replicas
+                    .iter()
+                    .any(|r| !matches!(r.state, ReplicaState::Verified | ReplicaState::Deleting));
+                if unfinished
+                    && !self
+                        .backups
+                        .spool
+                        .intact(record.tenant.as_str(), &record.id)
+                {
+                    self.forget_torn(&record);
+                }
                 continue;
             }
             match self.backups.spool.get(record.tenant.as_str(), &record.id) {
@@ -196,6 +207,34 @@ impl ChangeLog {
             }
             pending.insert(tenant.id.clone(), now);
         }
+    }
+
+    /// A segment's spool copy is not whole and some region still lacks it.
+    /// When its changes are still in the tenant's database (the crash came
+    /// before `ship` synced the copy and trimmed the log), they ship again
+    /// in a new segment, so this one is tombstoned everywhere; otherwise it
+    /// is left for the replicator, which reports the damage on every try.
+    fn forget_torn(&self, record: &SegmentRecord) {
+        let still_logged = self
+            .storage
+            .catalog
+            .tenant(&record.tenant)
+            .and_then(|tenant| self.storage.tenant_db(&tenant).ok())
+            .and_then(|db| {
+                db.changes_after(record.range.first_seq.saturating_sub(1), 1)
+                    .ok()
+            })
+            .is_some_and(|c| c.first().is_some_and(|c| c.seq == record.range.first_seq));
+        if !still_logged {
+            tracing::error!(segment = %record.id, tenant_id = %record.tenant, "a log segment's spool copy is damaged and its changes are no longer on this host");
+            return;
+        }
+        tracing::warn!(segment = %record.id, tenant_id = %record.tenant, "a log segment torn by a crash before it reached the disk: its changes ship again");
+        let _ = self
+            .backups
+            .replication
+            .tombstone(&self.storage, &record.id, "torn by a crash");
+        let _ = SEGMENTS.remove(&self.storage.catalog, &record.key());
     }
 
     /// Ships until `stop`.
@@ -361,6 +400,7 @@ impl ChangeLog {
                 schema_version: record.schema_version,
             };
             let id = self.write_segment(tenant, &range, &changes)?;
+            self.backups.spool.sync(tenant.as_str(), &id)?;
             db.trim_log(last.seq)?;
             shipped += changes.len() as u64;
             let mut acked = self.acked.lock().expect("acked");
@@ -393,10 +433,11 @@ impl ChangeLog {
             changes,
         )?;
         let (size, sha256, buffered) = hashing.finish();
-        let file = buffered
+        // Reaches the disk at `ship`'s `sync`, before the changes leave the
+        // tenant's database; uploading starts at once.
+        buffered
             .into_inner()
             .map_err(|e| BackupError::Io(e.to_string()))?;
-        file.sync_all().map_err(BackupError::from_io)?;
         let now = unix_now();
         let stored = StoredBackup {
             format: 1,
@@ -418,7 +459,7 @@ impl ChangeLog {
             created_at: now,
         };
         SEGMENTS.put(&self.storage.catalog, &record.key(), &record)?;
-        spool.publish(&stored)?;
+        spool.publish_unsynced(&stored)?;
         self.backups.replication.register(&self.storage, &stored)?;
         tracing::debug!(segment = %id, first = range.first_seq, last = range.last_seq, "log segment sealed");
         Ok(id)
