@@ -224,6 +224,7 @@ fn request_bill(addr: std::net::SocketAddr, tenant: &str, admin: &str, garage: &
         )
     };
     let before = count("sg");
+    let requests_before = s3_requests(garage, "sg");
     let path = format!("/v1/tenants/{tenant}/collections/contacts/records");
     let mut conn = Conn::open(addr);
     let started = Instant::now();
@@ -242,17 +243,63 @@ fn request_bill(addr: std::net::SocketAddr, tenant: &str, admin: &str, garage: &
     }
     std::thread::sleep(Duration::from_secs(5));
     let after = count("sg");
+    let requests_after = s3_requests(garage, "sg");
     let segments = after.0 - before.0;
     let bytes = after.1 - before.1;
     let scale = 3600.0 / started.elapsed().as_secs_f64().max(30.0);
     println!(
-        "request bill, one region, steady {:.0} writes/s (~500 B each): {:.0} segments/h, {:.1} MiB/h, {:.0} PUTs/h (2 per segment: archive, manifest) + {:.0} reads/h (verification: 5 per segment)",
+        "request bill, one region, steady {:.0} writes/s (~500 B each): {:.0} segments/h, {:.1} MiB/h",
         i as f64 / started.elapsed().as_secs_f64(),
         segments as f64 * scale,
         bytes as f64 * scale / (1 << 20) as f64,
-        2.0 * segments as f64 * scale,
-        5.0 * segments as f64 * scale,
     );
+    // Counted by the region itself (Garage's metrics), every S3 call the
+    // host made to it in the interval, whatever it was for.
+    for (endpoint, n) in &requests_after {
+        let n = n - requests_before.get(endpoint).copied().unwrap_or(0);
+        if n > 0 {
+            println!(
+                "  {endpoint:<16} {:>8.0}/h ({:.2} per segment)",
+                n as f64 * scale,
+                n as f64 / segments.max(1) as f64
+            );
+        }
+    }
+}
+
+/// S3 requests a Garage region has answered so far, by API endpoint
+/// (`api_s3_request_counter` on its admin port's `/metrics`).
+fn s3_requests(garage: &garage::Garage, region: &str) -> std::collections::BTreeMap<String, u64> {
+    let config = std::fs::read_to_string(garage.region_dir(region).join("garage.toml")).unwrap();
+    let admin = config
+        .split("[admin]")
+        .nth(1)
+        .and_then(|a| a.lines().find_map(|l| l.strip_prefix("api_bind_addr = ")))
+        .unwrap()
+        .trim_matches('"')
+        .parse()
+        .unwrap();
+    let (status, body) = Conn::open(admin).request("GET", "/metrics", "", b"");
+    assert_eq!(status, 200);
+    let mut out = std::collections::BTreeMap::new();
+    for line in String::from_utf8_lossy(&body).lines() {
+        let Some(rest) = line.strip_prefix("api_s3_request_counter{") else {
+            continue;
+        };
+        let endpoint = rest
+            .split("api_endpoint=\"")
+            .nth(1)
+            .and_then(|e| e.split('"').next())
+            .unwrap_or("?")
+            .to_string();
+        let n: u64 = rest
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64;
+        *out.entry(endpoint).or_insert(0) += n;
+    }
+    out
 }
 
 fn pitr_restore(root: &Path, regions: &str, mib: u64, changes: usize) {

@@ -240,6 +240,7 @@ impl ChangeLog {
     /// Ships until `stop`.
     pub async fn run(self: Arc<Self>, stop: crate::tasks::Stop) {
         let mut last_sweep = Instant::now();
+        let mut last_housekeeping = Instant::now();
         loop {
             if last_sweep.elapsed() >= self.settings.sweep_every {
                 last_sweep = Instant::now();
@@ -270,7 +271,10 @@ impl ChangeLog {
                     Err(error) => tracing::error!(%error, "ship the change log"),
                 }
             }
-            {
+            // Housekeeping, not on every wake (a busy `replicated` tenant
+            // wakes the shipper once a batch).
+            if last_housekeeping.elapsed() >= Duration::from_millis(100) {
+                last_housekeeping = Instant::now();
                 let this = self.clone();
                 let _ = crate::tasks::blocking(move || {
                     this.prune();
@@ -321,19 +325,10 @@ impl ChangeLog {
         // Group commit for `replicated` writes: one segment in flight per
         // tenant; what arrives meanwhile waits for it and goes as one batch
         // (unless the one in flight is stuck: a region down).
-        urgent.retain(|tenant| {
-            let in_flight = self
-                .acked
-                .lock()
-                .expect("acked")
-                .get(tenant)
-                .and_then(|a| a.waiting.last().map(|(_, _, at)| at.elapsed()));
-            match in_flight {
-                // Its waiters ask again once it is verified.
-                Some(age) if age < Duration::from_secs(2) => false,
-                _ => true,
-            }
-        });
+        // Its waiters ask again once the one in flight is verified.
+        urgent.retain(|tenant| !self.in_flight(tenant));
+        urgent.sort();
+        urgent.dedup();
         let mut due: Vec<TenantId> = pending
             .iter()
             .filter(|(t, since)| {
@@ -560,9 +555,24 @@ impl ChangeLog {
             }
             // Not covered yet: the next batch (everything written while the
             // one in flight travels) ships as soon as that one is verified.
-            self.urgent.lock().expect("urgent").push(tenant.clone());
-            self.wake.notify_one();
+            // Asked for by the waiters that find nothing in flight, not on
+            // every wake of every waiter (each ask wakes the shipper).
+            if !self.in_flight(tenant) {
+                self.urgent.lock().expect("urgent").push(tenant.clone());
+                self.wake.notify_one();
+            }
         }
+    }
+
+    /// Whether a segment of the tenant is on its way to the regions and not
+    /// stuck there (a region down): what arrives meanwhile waits for it.
+    fn in_flight(&self, tenant: &TenantId) -> bool {
+        self.acked
+            .lock()
+            .expect("acked")
+            .get(tenant)
+            .and_then(|a| a.waiting.last())
+            .is_some_and(|(_, _, at)| at.elapsed() < Duration::from_secs(2))
     }
 
     /// Per region: the newest change of the tenant verified there (sequence
