@@ -201,6 +201,19 @@ pub fn removed_with_source(copy: &TenantRecord) -> bool {
         .is_some_and(|c| c.made_by_role != crate::storage::Role::TenantAdmin)
 }
 
+/// Held by whoever destroys a tenant together with its staff copies (a
+/// purge, the sweeper), so that the sweeper's pass for orphaned copies never
+/// runs between a purge's destruction of the source and of its copies: the
+/// purge then reports every copy that went with it, and no copy's
+/// destruction is audited twice.
+static WITH_COPIES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `work` holding [`WITH_COPIES`].
+pub fn holding_copies<T>(work: impl FnOnce() -> T) -> T {
+    let _held = WITH_COPIES.lock().unwrap_or_else(|p| p.into_inner());
+    work()
+}
+
 /// The whole-database removal reaches every copy staff made: each live one
 /// is destroyed (audited for the source and for the copy first; a copy whose
 /// entry cannot be made durable is left for the next sweep). Returns the
@@ -245,6 +258,10 @@ fn is_due(t: &TenantRecord, now: u64) -> bool {
 /// Each destruction is audited first; one that cannot be audited waits for
 /// the next sweep.
 pub fn sweep(storage: &Storage, log: &AuditLog) -> usize {
+    holding_copies(|| sweep_held(storage, log))
+}
+
+fn sweep_held(storage: &Storage, log: &AuditLog) -> usize {
     let now = unix_now();
     let due: Vec<TenantId> = storage
         .catalog

@@ -256,26 +256,28 @@ pub async fn purge(
     let replication = state.backups.replication.clone();
     let changelog = state.changelog.clone();
     let log = state.audit.clone();
-    let (tenant, erasing, copies) = blocking(move || -> Result<_, ApiError> {
-        let tenant = if existing.state == crate::storage::TenantState::Destroyed {
-            if !request.erase_backups {
-                return Err(ApiError::Gone("tenant is already destroyed".into()));
-            }
-            existing
-        } else {
-            lifecycle::destroy(&storage, &id)?
-        };
-        let erasing = if request.erase_backups {
-            if let Some(log) = &changelog {
-                log.erase(&id)?;
-            }
-            Some(replication.erase_tenant(&storage, &id)?)
-        } else {
-            None
-        };
-        // The whole database goes: every copy staff restored of it too.
-        let copies = lifecycle::destroy_staff_copies(&storage, &log, &id);
-        Ok((tenant, erasing, copies))
+    let (tenant, erasing, copies) = blocking(move || {
+        lifecycle::holding_copies(|| -> Result<_, ApiError> {
+            let tenant = if existing.state == crate::storage::TenantState::Destroyed {
+                if !request.erase_backups {
+                    return Err(ApiError::Gone("tenant is already destroyed".into()));
+                }
+                existing
+            } else {
+                lifecycle::destroy(&storage, &id)?
+            };
+            let erasing = if request.erase_backups {
+                if let Some(log) = &changelog {
+                    log.erase(&id)?;
+                }
+                Some(replication.erase_tenant(&storage, &id)?)
+            } else {
+                None
+            };
+            // The whole database goes: every copy staff restored of it too.
+            let copies = lifecycle::destroy_staff_copies(&storage, &log, &id);
+            Ok((tenant, erasing, copies))
+        })
     })
     .await??;
     tracing::info!(erase_backups = request.erase_backups, "tenant purged");
