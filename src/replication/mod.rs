@@ -305,6 +305,7 @@ impl Replication {
             if replica.state == ReplicaState::Deleting {
                 continue;
             }
+            self.fresh.lock().expect("fresh set").remove(&replica.key());
             replica.state = ReplicaState::Deleting;
             replica.deleting_because = Some(why.to_string());
             replica.attempts = 0;

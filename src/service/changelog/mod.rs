@@ -41,6 +41,11 @@ pub struct SegmentRecord {
     pub tenant: TenantId,
     pub range: LogRange,
     pub created_at: u64,
+    /// Its spool copy reached the disk (`ship`'s `sync`): a start need not
+    /// check it (see `recover`). Recorded without a flush of its own; a mark
+    /// a crash lost only means one more check.
+    #[serde(default)]
+    pub synced: bool,
 }
 
 impl SegmentRecord {
@@ -179,6 +184,7 @@ impl ChangeLog {
                     .iter()
                     .any(|r| !matches!(r.state, ReplicaState::Verified | ReplicaState::Deleting));
                 if unfinished
+                    && !record.synced
                     && !self
                         .backups
                         .spool
@@ -394,8 +400,20 @@ impl ChangeLog {
                 schema: record.schema.clone(),
                 schema_version: record.schema_version,
             };
-            let id = self.write_segment(tenant, &range, &changes)?;
+            let record = self.write_segment(tenant, &range, &changes)?;
+            let id = record.id.clone();
             self.backups.spool.sync(tenant.as_str(), &id)?;
+            let synced = SegmentRecord {
+                synced: true,
+                ..record
+            };
+            // Unless retention or an erasure took the record meanwhile.
+            if SEGMENTS
+                .get(&self.storage.catalog, &synced.key())?
+                .is_some()
+            {
+                SEGMENTS.put_unflushed(&self.storage.catalog, &synced.key(), &synced)?;
+            }
             db.trim_log(last.seq)?;
             shipped += changes.len() as u64;
             let mut acked = self.acked.lock().expect("acked");
@@ -412,7 +430,7 @@ impl ChangeLog {
         tenant: &TenantId,
         range: &LogRange,
         changes: &[Change],
-    ) -> Result<String, BackupError> {
+    ) -> Result<SegmentRecord, BackupError> {
         let raw: [u8; 16] = crypto::random_bytes()?;
         let id = format!("{}{}", segment::SEGMENT_ID_PREFIX, crypto::encode_hex(&raw));
         let spool = &self.backups.spool;
@@ -452,12 +470,13 @@ impl ChangeLog {
             tenant: tenant.clone(),
             range: range.clone(),
             created_at: now,
+            synced: false,
         };
         SEGMENTS.put(&self.storage.catalog, &record.key(), &record)?;
         spool.publish_unsynced(&stored)?;
         self.backups.replication.register(&self.storage, &stored)?;
         tracing::debug!(segment = %id, first = range.first_seq, last = range.last_seq, "log segment sealed");
-        Ok(id)
+        Ok(record)
     }
 
     /// Regions a change must be verified in to count as safe.
