@@ -50,30 +50,58 @@ pub use snapshot::{Snapshot, SnapshotRecords};
 use snapshot::{PRE_IMAGE_ABSENT, PRE_IMAGE_VALUE};
 use writes::Old;
 
-/// sled's log segment (and write buffer) size for tenant databases. Persisted by
-/// sled in each database's `conf`: never change it. sled's default (512 KiB) is
-/// allocated per open database and, once freed, is kept by glibc's allocator;
-/// with many tenants opened and evicted that cost hundreds of MiB of RSS.
-const SEGMENT_BYTES: usize = 64 * 1024;
+/// sled's log segment (and write buffer) size for tenant databases created
+/// from now on. sled persists a database's size in its `conf` and refuses to
+/// open it with another, so each database keeps the size it was created with
+/// ([`segment_size_of`]): those created before 2026-12-04 have 64 KiB.
+///
+/// Why 512 KiB (sled's default), not 64 KiB: sled's work at a database's open
+/// grows with its number of segments, the first stabilisation as its square
+/// (see [`settle`]). A 1 GiB tenant's 3.7 GB log is 56,472 segments of 64 KiB
+/// and took 6.0 s to settle; it is 7,000 of 512 KiB. The cost is memory: each
+/// open database holds its current segment's buffer, of which only the pages
+/// written since the segment began are resident, and glibc returns a finished
+/// segment's buffer to the system (`serve` fixes the trim threshold, which
+/// keeps such blocks `mmap`ed). Measured with both sizes in `benches/RESULTS.md`.
+const SEGMENT_BYTES: usize = 512 * 1024;
 
-/// Databases whose log is larger than this are settled when opened.
-const SETTLE_ABOVE_BYTES: u64 = 1024 * SEGMENT_BYTES as u64;
+/// The segment size of databases created before [`SEGMENT_BYTES`] grew.
+#[cfg(test)]
+const LEGACY_SEGMENT_BYTES: usize = 64 * 1024;
+
+/// Databases of more segments than this are settled (and their segment
+/// headers read ahead) when opened.
+const SETTLE_ABOVE_SEGMENTS: u64 = 1024;
+
+/// The segment size `dir`'s database was created with, from sled's `conf`
+/// (lines such as `segment_size: 65536`); [`SEGMENT_BYTES`] for a new one.
+/// A `conf` that cannot be read is left for sled to report.
+fn segment_size_of(dir: &Path) -> usize {
+    let Ok(conf) = std::fs::read(dir.join("conf")) else {
+        return SEGMENT_BYTES;
+    };
+    String::from_utf8_lossy(&conf)
+        .lines()
+        .find_map(|line| line.strip_prefix("segment_size: ")?.trim().parse().ok())
+        .unwrap_or(SEGMENT_BYTES)
+}
 
 /// Settles a large database's log before anyone writes to it. After sled 0.34
 /// opens a database, the first write that completes a log segment deactivates
-/// every segment it recovered, holding the log's segment lock throughout
-/// (`SegmentAccountant::stabilize`): 6-7 s for a 1 GiB tenant (57,000
-/// segments of 64 KiB), during which every write to that tenant waited (seen
-/// under a cold export, gdb on the host). Writing a few segments' worth of
-/// scratch here, then removing it, pays that inside the open, where requests
-/// for this tenant wait anyway and nobody else does (see `Pool`).
-fn settle(db: &sled::Db) -> Result<(), StorageError> {
-    if db.size_on_disk()? < SETTLE_ABOVE_BYTES {
+/// every segment it recovered, each deactivation counting every segment's
+/// state, all under the log's segment lock (`SegmentAccountant::stabilize`,
+/// which starts from `max_stabilized_lsn: -1`): 6-7 s for a 1 GiB tenant of
+/// 56,472 segments of 64 KiB, during which every write to that tenant waited
+/// (seen under a cold export, gdb on the host). Writing a few segments' worth
+/// of scratch here, then removing it, pays that inside the open, where
+/// requests for this tenant wait anyway and nobody else does (see `Pool`).
+fn settle(db: &sled::Db, segment_bytes: usize) -> Result<(), StorageError> {
+    if db.size_on_disk()? < SETTLE_ABOVE_SEGMENTS * segment_bytes as u64 {
         return Ok(());
     }
     let started = std::time::Instant::now();
     let key = |i: u32| [b"settle/".as_slice(), &i.to_be_bytes()].concat();
-    let scratch = 4 * SEGMENT_BYTES / 4096;
+    let scratch = 4 * segment_bytes / 4096;
     for i in 0..scratch as u32 {
         db.insert(key(i), vec![0u8; 4096])?;
         if i % 8 == 7 {
@@ -97,11 +125,12 @@ const HEADER_READERS: u64 = 8;
 /// Reads the header of every log segment of a large database into the page
 /// cache, on threads of its own, before sled opens it. sled 0.34 reads those
 /// headers at every open through its one process-wide I/O pool, one task per
-/// segment (57,000 for a 1 GiB tenant), and every other database's log writes
-/// queue behind them in that pool: another tenant's durable write waited up to
-/// 1.3 s while a 1 GiB tenant opened cold. Read here first, sled's tasks find
-/// the pages cached. Errors are left for sled's own reads to report.
-fn warm_segment_headers(dir: &Path) {
+/// segment (56,472 for a 1 GiB tenant of 64 KiB segments), and every other
+/// database's log writes queue behind them in that pool: another tenant's
+/// durable write waited up to 0.9 s (1.3 s on 2026-12-03) while a 1 GiB
+/// tenant opened cold, and 20-37 ms with this. Read here first, sled's tasks
+/// find the pages cached. Errors are left for sled's own reads to report.
+fn warm_segment_headers(dir: &Path, segment_bytes: usize) {
     use std::os::unix::fs::FileExt;
     let Ok(file) = std::fs::File::open(dir.join("db")) else {
         return;
@@ -109,12 +138,12 @@ fn warm_segment_headers(dir: &Path) {
     let Ok(len) = file.metadata().map(|m| m.len()) else {
         return;
     };
-    if len < SETTLE_ABOVE_BYTES {
+    let segment = segment_bytes as u64;
+    let segments = len.div_ceil(segment);
+    if segments < SETTLE_ABOVE_SEGMENTS {
         return;
     }
     let started = std::time::Instant::now();
-    let segment = SEGMENT_BYTES as u64;
-    let segments = len.div_ceil(segment);
     std::thread::scope(|scope| {
         for first in 0..HEADER_READERS {
             let file = &file;
@@ -212,11 +241,12 @@ impl TenantDb {
         keys: TenantKeys,
         cache_bytes: u64,
     ) -> Result<TenantDb, StorageError> {
-        warm_segment_headers(dir);
+        let segment_bytes = segment_size_of(dir);
+        warm_segment_headers(dir, segment_bytes);
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
-            .segment_size(SEGMENT_BYTES)
+            .segment_size(segment_bytes)
             .flush_every_ms(None)
             .open()
             .map_err(|e| StorageError::Open(tenant.to_string(), e.to_string()))?;
@@ -234,7 +264,7 @@ impl TenantDb {
                 db.flush()?;
             }
         }
-        settle(&db)?;
+        settle(&db, segment_bytes)?;
         // Snapshots are per process: pre-images left by a crash are garbage.
         for name in db.tree_names() {
             if name.starts_with(b"snapshot-") {

@@ -560,3 +560,41 @@ fn a_rotation_reseals_and_reindexes_while_writes_go_on_and_leaves_only_the_new_k
     drop(db);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn databases_keep_the_segment_size_they_were_created_with() {
+    let (db, people, new_dir) = open_temp("segments-new");
+    drop(db);
+    assert_eq!(segment_size_of(&new_dir), SEGMENT_BYTES);
+    let _ = std::fs::remove_dir_all(&new_dir);
+
+    // A database created before the segments grew: sled refuses any other
+    // size for it, and its records are read back through `TenantDb`.
+    let dir = std::env::temp_dir().join(format!("coffer-unit-segments-old-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let tenant = TenantId::generate().unwrap();
+    let key = SecretKey::generate().unwrap();
+    let keys = || TenantKeys::new(TenantCipher::new(&key));
+    let legacy = sled::Config::new()
+        .path(&dir)
+        .segment_size(LEGACY_SEGMENT_BYTES)
+        .open()
+        .unwrap();
+    legacy.flush().unwrap();
+    drop(legacy);
+    assert!(sled::Config::new()
+        .path(&dir)
+        .segment_size(SEGMENT_BYTES)
+        .open()
+        .is_err());
+    assert_eq!(segment_size_of(&dir), LEGACY_SEGMENT_BYTES);
+    let db = TenantDb::open(&dir, tenant.clone(), keys(), 1 << 20).unwrap();
+    let id = insert_people(&db, &people, 3)[1].clone();
+    drop(db);
+    let db = TenantDb::open(&dir, tenant, keys(), 1 << 20).unwrap();
+    let (_, got) = db.get("people", &id).unwrap().unwrap();
+    assert_eq!(got["email"], json!("1@x"));
+    assert_eq!(segment_size_of(&dir), LEGACY_SEGMENT_BYTES);
+    drop(db);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
