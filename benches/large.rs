@@ -4,7 +4,8 @@
 //! the kernel's page cache dropped), exported warm, and backed up; the same
 //! writers with nothing else running are the baseline. Beside it, in the same
 //! run, `tar -cf - | zstd -3` over the very NDJSON the export holds, cold and
-//! warm, and the host's RSS idle, during and after.
+//! warm, and the host's RSS idle, during and after. Then the same jobs alone
+//! (a new host, no writers), as `tar | zstd` runs, for the speed ratios.
 //!
 //! Run: `cargo bench --bench large -- [--mib N]` (default 1024). Dropping the
 //! page cache needs root (`/proc/sys/vm/drop_caches`); without it "cold"
@@ -109,17 +110,7 @@ fn main() {
     let same = writer(&big, &big_admin);
     let other = writer(&small, &small_admin);
 
-    let export_to = |out: &mut dyn std::io::Write| {
-        let started = Instant::now();
-        let status = Conn::open(addr).request_to(
-            "GET",
-            &format!("/v1/tenants/{big}/export"),
-            &big_admin,
-            out,
-        );
-        assert_eq!(status, 200);
-        started.elapsed().as_secs_f64()
-    };
+    let export_to = |out: &mut dyn std::io::Write| export(addr, &big, &big_admin, out);
     std::thread::sleep(Duration::from_secs(5));
     phase.store(1, Ordering::SeqCst);
     // To a sink: a file on this disk would make every writer's fsync wait
@@ -134,7 +125,7 @@ fn main() {
         secs
     };
     phase.store(3, Ordering::SeqCst);
-    let backup = backup(addr, &big, &big_admin);
+    let backup_secs = backup(addr, &big, &big_admin);
     phase.store(4, Ordering::SeqCst);
     std::thread::sleep(Duration::from_secs(5));
     stop.store(true, Ordering::SeqCst);
@@ -143,6 +134,31 @@ fn main() {
     sampler.join().unwrap();
     let rss_after = process_status(pid).0;
     let peaks = *rss_peak.lock().unwrap();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = host.wait();
+
+    // The same jobs alone, as `tar | zstd` runs: a new host, the tenant opened
+    // by one read, the page cache dropped, then no writers.
+    let (mut host, addr) = start(&data, &["--backup-interval", "0s"]);
+    let pid = host.id();
+    let mut conn = Conn::open(addr);
+    let (status, _) = conn.request(
+        "GET",
+        &format!("/v1/tenants/{big}/collections/deals/records?limit=1"),
+        &big_admin,
+        b"",
+    );
+    assert_eq!(status, 200);
+    drop_caches();
+    let alone_idle = process_status(pid).0;
+    let (alone_cold, cold_peak) =
+        peak_rss(pid, || export(addr, &big, &big_admin, &mut std::io::sink()));
+    let (alone_warm, warm_peak) =
+        peak_rss(pid, || export(addr, &big, &big_admin, &mut std::io::sink()));
+    let (alone_backup, backup_peak) = peak_rss(pid, || backup(addr, &big, &big_admin));
+    let alone_after = process_status(pid).0;
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
@@ -209,12 +225,33 @@ fn main() {
     for (name, secs, base) in [
         ("export, cold (to a sink)", cold_export, tar_cold),
         ("export, warm (to a file)", warm_export, tar_warm),
-        ("DR backup, warm (sealed, to the spool)", backup, tar_warm),
+        ("DR backup, warm (sealed, to the spool)", backup_secs, tar_warm),
         ("`tar -cf - | zstd -3`, cold", tar_cold, tar_cold),
         ("`tar -cf - | zstd -3`, warm", tar_warm, tar_warm),
     ] {
         println!(
             "| {name} | {secs:.2} s | {:.1} | {:.2}x |",
+            mb / secs,
+            base / secs
+        );
+    }
+    println!(
+        "alone (no writers; host RSS {alone_idle} MiB with the tenant open, {alone_after} MiB after):"
+    );
+    println!("| job, alone | time | MB/s | ratio to `tar \\| zstd -3` | host RSS peak |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, secs, base, peak) in [
+        ("export, cold (to a sink)", alone_cold, tar_cold, cold_peak),
+        ("export, warm (to a sink)", alone_warm, tar_warm, warm_peak),
+        (
+            "DR backup, warm (sealed, to the spool)",
+            alone_backup,
+            tar_warm,
+            backup_peak,
+        ),
+    ] {
+        println!(
+            "| {name} | {secs:.2} s | {:.1} | {:.2}x | {peak} MiB |",
             mb / secs,
             base / secs
         );
@@ -229,6 +266,39 @@ fn main() {
     if kept.is_none() {
         let _ = std::fs::remove_dir_all(&root);
     }
+}
+
+/// The tenant's export streamed into `out`; its time in seconds.
+fn export(
+    addr: std::net::SocketAddr,
+    tenant: &str,
+    admin: &str,
+    out: &mut dyn std::io::Write,
+) -> f64 {
+    let started = Instant::now();
+    let status =
+        Conn::open(addr).request_to("GET", &format!("/v1/tenants/{tenant}/export"), admin, out);
+    assert_eq!(status, 200);
+    started.elapsed().as_secs_f64()
+}
+
+/// Runs `job`, sampling `pid`'s RSS every 50 ms: its result and the peak (MiB).
+fn peak_rss<T>(pid: u32, job: impl FnOnce() -> T) -> (T, u64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stop.load(Ordering::SeqCst) {
+                peak = peak.max(process_status(pid).0);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak.max(process_status(pid).0)
+        })
+    };
+    let out = job();
+    stop.store(true, Ordering::SeqCst);
+    (out, sampler.join().unwrap())
 }
 
 /// A DR backup, timed until it is sealed into the spool; then waits until
