@@ -7,7 +7,8 @@
 //! warm, and the host's RSS idle, during and after. Then the same jobs alone
 //! (a new host, no writers), as `tar | zstd` runs, for the speed ratios.
 //!
-//! Run: `cargo bench --bench large -- [--mib N]` (default 1024). Dropping the
+//! Run: `cargo bench --bench large -- [--mib N] [--restart-writes N]` (default
+//! 1024 MiB; with `--restart-writes`, only the restart measure below). Dropping the
 //! page cache needs root (`/proc/sys/vm/drop_caches`); without it "cold"
 //! means only "not read since the host started".
 
@@ -57,6 +58,10 @@ fn main() {
         }
     };
     println!("a ~{mib} MiB tenant of {records} contacts");
+    let restart_writes = common::flag("--restart-writes", 0);
+    if restart_writes > 0 {
+        return restart(&data, &big, &big_admin, restart_writes);
+    }
     let dropped = drop_caches();
     let (mut host, addr) = start(&data, &["--backup-interval", "0s"]);
     let pid = host.id();
@@ -225,7 +230,11 @@ fn main() {
     for (name, secs, base) in [
         ("export, cold (to a sink)", cold_export, tar_cold),
         ("export, warm (to a file)", warm_export, tar_warm),
-        ("DR backup, warm (sealed, to the spool)", backup_secs, tar_warm),
+        (
+            "DR backup, warm (sealed, to the spool)",
+            backup_secs,
+            tar_warm,
+        ),
         ("`tar -cf - | zstd -3`, cold", tar_cold, tar_cold),
         ("`tar -cf - | zstd -3`, warm", tar_warm, tar_warm),
     ] {
@@ -266,6 +275,64 @@ fn main() {
     if kept.is_none() {
         let _ = std::fs::remove_dir_all(&root);
     }
+}
+
+/// `--restart-writes N`: N records written to the large tenant by 8 clients,
+/// the host stopped (SIGTERM) and started again with the page cache dropped;
+/// the stop and the first read after the start timed. What the next start
+/// costs a tenant written much since it was opened.
+fn restart(data: &std::path::Path, big: &str, admin: &str, writes: usize) {
+    let (mut host, addr) = start(data, &["--backup-interval", "0s"]);
+    let path = format!("/v1/tenants/{big}/collections/deals/records");
+    let first = Instant::now();
+    let (status, _) = Conn::open(addr).request("GET", &format!("{path}?limit=1"), admin, b"");
+    assert_eq!(status, 200);
+    println!(
+        "first read after the start (opens it): {:.0} ms",
+        ms(first.elapsed())
+    );
+    let started = Instant::now();
+    let clients = 8;
+    let handles: Vec<_> = (0..clients)
+        .map(|_| {
+            let (path, admin) = (path.clone(), admin.to_string());
+            std::thread::spawn(move || {
+                let mut conn = Conn::open(addr);
+                for _ in 0..writes / clients {
+                    let (status, _) =
+                        conn.request("POST", &path, &admin, br#"{"title":"restart probe"}"#);
+                    assert_eq!(status, 201);
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+    println!(
+        "{} writes by {clients} clients in {:.1} s",
+        writes / clients * clients,
+        started.elapsed().as_secs_f64()
+    );
+    let stopping = Instant::now();
+    let _ = Command::new("kill")
+        .args(["-TERM", &host.id().to_string()])
+        .status();
+    let _ = host.wait();
+    println!("host stopped in {:.0} ms", ms(stopping.elapsed()));
+    drop_caches();
+    let (mut host, addr) = start(data, &["--backup-interval", "0s"]);
+    let first = Instant::now();
+    let (status, _) = Conn::open(addr).request("GET", &format!("{path}?limit=1"), admin, b"");
+    assert_eq!(status, 200);
+    println!(
+        "first read after the restart (opens it): {:.0} ms",
+        ms(first.elapsed())
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &host.id().to_string()])
+        .status();
+    let _ = host.wait();
 }
 
 /// The tenant's export streamed into `out`; its time in seconds.

@@ -260,7 +260,7 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
             None => None,
         };
         let state = Arc::new(
-            AppState::new(storage, schemas, config, backups.clone(), audit.clone())
+            AppState::new(storage.clone(), schemas, config, backups.clone(), audit.clone())
                 .with_changelog(changelog.clone())
                 .with_data_keys(data_keys)
                 .with_customer_keys(customer_keys)
@@ -280,6 +280,13 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if let Some(log) = &changelog {
             let log = log.clone();
             let _ = crate::tasks::blocking(move || log.ship_all()).await;
+        }
+        // Tenants written much since they were opened are checkpointed, so
+        // that the next start does not replay their whole log (requests are
+        // over; a job still holding a database leaves it as it is).
+        {
+            let storage = storage.clone();
+            let _ = crate::tasks::blocking(move || storage.checkpoint_changed_tenants()).await;
         }
         // A last checkpoint covers every acknowledged entry, here and in the regions.
         match audit.checkpoint() {

@@ -359,7 +359,11 @@ impl Storage {
         db.flush()?;
         let db = Arc::into_inner(db)
             .ok_or_else(|| StorageError::Io("staged database still in use".into()))?;
+        let loaded = db.changed_since_open();
         drop(db);
+        if loaded >= tenant_db::CHECKPOINT_AFTER_CHANGES {
+            self.checkpoint_dir(&staged.dir, &staged.record.id);
+        }
         let id = staged.record.id.clone();
         let new_dek = staged.record.wrapped_dek.clone();
         self.update_tenant(&id, |t| -> Result<(), StorageError> {
@@ -437,7 +441,11 @@ impl Storage {
         db.flush()?;
         let db = Arc::into_inner(db)
             .ok_or_else(|| StorageError::Io("staged tenant database still in use".into()))?;
+        let loaded = db.changed_since_open();
         drop(db);
+        if loaded >= tenant_db::CHECKPOINT_AFTER_CHANGES {
+            self.checkpoint_dir(&staged.dir, &staged.record.id);
+        }
         let id = staged.record.id.clone();
         if self.catalog.tenant(&id).is_some() || self.tenant_dir(&id).exists() {
             return Err(StorageError::Exists(format!(
@@ -497,6 +505,32 @@ impl Storage {
     }
 
     /// The open database of an existing tenant (opened on demand).
+    /// When a host stops: closes each open tenant database that has
+    /// changed much since it was opened and [`tenant_db::checkpoint`]s it,
+    /// so that the next start does not replay all of it. A database still
+    /// held is left as it is.
+    pub fn checkpoint_changed_tenants(&self) {
+        self.pool
+            .close_changed(tenant_db::CHECKPOINT_AFTER_CHANGES, |id| {
+                self.checkpoint_dir(&self.tenant_dir(id), id);
+            });
+    }
+
+    fn checkpoint_dir(&self, dir: &Path, id: &TenantId) {
+        let started = std::time::Instant::now();
+        match tenant_db::checkpoint(dir) {
+            Ok(()) => tracing::info!(
+                tenant_id = %id,
+                ms = started.elapsed().as_millis() as u64,
+                "checkpointed a tenant database"
+            ),
+            // Only the next open's speed depends on it.
+            Err(error) => {
+                tracing::warn!(tenant_id = %id, %error, "checkpoint of a tenant database")
+            }
+        }
+    }
+
     pub fn tenant_db(&self, record: &TenantRecord) -> Result<Arc<TenantDb>, StorageError> {
         self.pool.get_or_open(&record.id, || {
             // The keys as the catalog holds them now: `record` may be older

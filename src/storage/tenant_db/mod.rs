@@ -164,6 +164,34 @@ fn warm_segment_headers(dir: &Path, segment_bytes: usize) {
     );
 }
 
+/// A database closed after this many changes since its open is worth a
+/// [`checkpoint`]: at about 4.5 KiB of sled log per 1 KiB record written
+/// (measured), some 220 MB for sled to replay, half a second here.
+pub(super) const CHECKPOINT_AFTER_CHANGES: u64 = 50_000;
+
+/// Opens `dir`'s (closed) database and closes it again, so that sled writes
+/// its snapshot of the page table. sled 0.34 writes that snapshot only while
+/// opening a database, after replaying every log entry since the previous
+/// one, so without this the next open replays everything written since the
+/// database was last opened: a 4 GiB tenant opened after loading took 39 s
+/// (its requests answered 408 in the meantime), against 5 s once its
+/// snapshot was current. Paid where nobody waits for the tenant: when a host
+/// stops, and inside a restore or upgrade before the tenant is published.
+pub(super) fn checkpoint(dir: &Path) -> Result<(), StorageError> {
+    let segment_bytes = segment_size_of(dir);
+    warm_segment_headers(dir, segment_bytes);
+    let db = sled::Config::new()
+        .path(dir)
+        .cache_capacity(1 << 20)
+        .segment_size(segment_bytes)
+        .flush_every_ms(None)
+        .open()
+        .map_err(|e| StorageError::Open(dir.display().to_string(), e.to_string()))?;
+    db.flush()?;
+    drop(db);
+    Ok(())
+}
+
 pub struct TenantDb {
     tenant: TenantId,
     /// Its data keys; replaced (under the write lock) when a rotation starts
@@ -178,6 +206,9 @@ pub struct TenantDb {
     next_snapshot: std::sync::atomic::AtomicU64,
     /// Records loaded by [`TenantDb::load_with_id`].
     loads: std::sync::atomic::AtomicU64,
+    /// Records written, loaded, replayed or re-sealed since this database was
+    /// opened: what sled replays when it is next opened (see [`checkpoint`]).
+    changed: std::sync::atomic::AtomicU64,
     commit: GroupCommit,
     /// Set on live tenants of a host that keeps change logs (see `changelog`).
     log: std::sync::OnceLock<std::sync::Arc<ChangeFeed>>,
@@ -284,6 +315,7 @@ impl TenantDb {
             frozen: std::sync::atomic::AtomicBool::new(false),
             next_snapshot: std::sync::atomic::AtomicU64::new(0),
             loads: std::sync::atomic::AtomicU64::new(0),
+            changed: std::sync::atomic::AtomicU64::new(0),
             commit: GroupCommit::default(),
             log: std::sync::OnceLock::new(),
             generation: std::sync::OnceLock::new(),
@@ -292,6 +324,11 @@ impl TenantDb {
 
     pub fn tenant(&self) -> &TenantId {
         &self.tenant
+    }
+
+    /// Records written, loaded, replayed or re-sealed since it was opened.
+    pub(super) fn changed_since_open(&self) -> u64 {
+        self.changed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Inserts a new record (already validated against `collection`).

@@ -84,6 +84,8 @@ impl TenantDb {
                             let resealed =
                                 self.reseal_record(schema, &keys, &key, &sealed, thorough)?;
                             done.records += u64::from(resealed);
+                            self.changed
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
                         Some(&LOG_PREFIX) => {
                             let resealed = self.reseal_change(&keys, &key, &sealed)?;

@@ -110,6 +110,8 @@ impl TenantDb {
                 }
             }
             state.writes += 1;
+            self.changed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // The keys cannot change while the write lock is held.
             let keys = self.keys();
             // A record's index entries are under the key that sealed it (a
