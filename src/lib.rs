@@ -64,8 +64,9 @@
 //!   continuous backup (`changelog`: the change log shipped in segments,
 //!   durability modes) and point-in-time restores (`pitr`).
 //! - [`secret_file`] — 0600 secret files, written atomically.
-//! - [`tasks`] — the one blocking helper (keeps the span) and the host's
-//!   background loops, stopped by one token and waited for at shutdown.
+//! - [`tasks`] — the one blocking helper (keeps the span), the host's
+//!   background loops, stopped by one token and waited for at shutdown, and
+//!   the lower CPU priority of long jobs' threads (the only user of rustix).
 //! - [`metrics`] — the process-wide Prometheus metrics (prometheus-client)
 //!   the rooms record into; rendered by `api` on `--metrics-listen`. Labels
 //!   never hold a tenant id, token or value. A leaf.

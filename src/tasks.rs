@@ -19,6 +19,23 @@ pub async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(move || span.in_scope(work)).await
 }
 
+/// The nice value of threads that run long jobs (see [`lower_priority`]).
+pub const JOB_NICE: i32 = 10;
+
+/// Lowers the calling thread's CPU priority to [`JOB_NICE`] (never raises
+/// it), for the rest of its life and for the threads it starts: Linux keeps
+/// a nice value per thread, and a new thread inherits its creator's. An
+/// export, backup or restore then takes the CPU that requests leave; on two
+/// cores, an export's two busy threads otherwise delayed every tenant's
+/// writes. Best effort: on failure the job runs at normal priority.
+pub fn lower_priority() {
+    let me = Some(rustix::thread::gettid());
+    // Never higher than it is (a host started at nice 15 stays there).
+    if rustix::process::getpriority_process(me).is_ok_and(|nice| nice < JOB_NICE) {
+        let _ = rustix::process::setpriority_process(me, JOB_NICE);
+    }
+}
+
 /// The host's background loops, and the token that stops them.
 #[derive(Default)]
 pub struct Background {
@@ -61,6 +78,26 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
+
+    /// The nice value the system reports for the calling thread.
+    fn nice_now() -> i32 {
+        rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
+    }
+
+    #[test]
+    fn a_job_thread_and_the_threads_it_starts_run_at_the_lower_priority() {
+        let before = nice_now();
+        let (job, child) = std::thread::spawn(|| {
+            lower_priority();
+            (nice_now(), std::thread::spawn(nice_now).join().unwrap())
+        })
+        .join()
+        .unwrap();
+        let lowered = before.max(JOB_NICE);
+        assert_eq!((job, child), (lowered, lowered));
+        // Only that thread: the one that started it is as it was.
+        assert_eq!(nice_now(), before);
+    }
 
     #[tokio::test]
     async fn stop_waits_for_a_loop_to_finish_its_step() {

@@ -148,6 +148,7 @@ pub fn run_long<T: Send + 'static>(
     let spawned = std::thread::Builder::new()
         .name("coffer-job".into())
         .spawn(move || {
+            crate::tasks::lower_priority();
             let _context = runtime.as_ref().map(|r| r.enter());
             let answer = span.in_scope(work);
             // Freed before the answer goes: a caller who has it may start
