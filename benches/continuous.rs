@@ -17,7 +17,6 @@ mod common;
 mod garage;
 
 use std::path::Path;
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::{ms, percentile, populate_with, start, write_load, Conn};
@@ -83,7 +82,7 @@ fn main() {
             let (bill_tenant, bill_admin) = create(addr, &operator, "local");
             request_bill(addr, &bill_tenant, &bill_admin, &garage);
         }
-        stop(&mut child);
+        common::stop(&mut child);
     }
 
     if writes_only {
@@ -105,11 +104,6 @@ fn read_token(data: &Path) -> String {
         .unwrap()
         .trim()
         .to_string()
-}
-
-fn stop(child: &mut Child) {
-    let _ = Command::new("kill").arg(child.id().to_string()).status();
-    let _ = child.wait();
 }
 
 fn create(addr: std::net::SocketAddr, operator: &str, durability: &str) -> (String, String) {
@@ -381,5 +375,5 @@ fn pitr_restore(root: &Path, regions: &str, mib: u64, changes: usize) {
         pitr.as_secs_f64() / full.as_secs_f64(),
         changes as f64 / (pitr.as_secs_f64() - full.as_secs_f64()).max(0.001),
     );
-    stop(&mut child);
+    common::stop(&mut child);
 }

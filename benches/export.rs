@@ -204,10 +204,7 @@ fn run(mib: u64) {
         baseline_secs / backup_secs
     );
     let (_, backup_hwm, _) = process_status(host.id());
-    let _ = Command::new("kill")
-        .args(["-TERM", &host.id().to_string()])
-        .status();
-    let _ = host.wait();
+    common::stop(&mut host);
 
     // Restore: import the export into a fresh host.
     let fresh = root.join("fresh");
@@ -227,10 +224,7 @@ fn run(mib: u64) {
     assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
     let restore_secs = started.elapsed().as_secs_f64();
     let (_, restore_hwm, _) = process_status(second.id());
-    let _ = Command::new("kill")
-        .args(["-TERM", &second.id().to_string()])
-        .status();
-    let _ = second.wait();
+    common::stop(&mut second);
 
     println!(
         "coffer restore (import of the export): {:>6.2} s  {:>6.1} MB/s  {:.0} records/s",

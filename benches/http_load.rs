@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Instant;
 
 use common::{create_tenant, ms, percentile, process_status, start, write_load, Conn};
@@ -110,9 +109,6 @@ fn main() {
         let (rss, hwm, threads) = process_status(child.id());
         println!("server at the end: RSS {rss} MiB, peak RSS {hwm} MiB, {threads} threads");
     }
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    common::stop(&mut child);
     let _ = std::fs::remove_dir_all(&data);
 }

@@ -139,10 +139,7 @@ fn main() {
     sampler.join().unwrap();
     let rss_after = process_status(pid).0;
     let peaks = *rss_peak.lock().unwrap();
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let _ = host.wait();
+    common::stop(&mut host);
 
     // The same jobs alone, as `tar | zstd` runs: a new host, the tenant opened
     // by one read, the page cache dropped, then no writers.
@@ -164,10 +161,7 @@ fn main() {
         peak_rss(pid, || export(addr, &big, &big_admin, &mut std::io::sink()));
     let (alone_backup, backup_peak) = peak_rss(pid, || backup(addr, &big, &big_admin));
     let alone_after = process_status(pid).0;
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let _ = host.wait();
+    common::stop(&mut host);
 
     // The same NDJSON through stock tar | zstd -3, cold then warm.
     let unpacked = root.join("unpacked");
@@ -315,10 +309,7 @@ fn restart(data: &std::path::Path, big: &str, admin: &str, writes: usize) {
         started.elapsed().as_secs_f64()
     );
     let stopping = Instant::now();
-    let _ = Command::new("kill")
-        .args(["-TERM", &host.id().to_string()])
-        .status();
-    let _ = host.wait();
+    common::stop(&mut host);
     println!("host stopped in {:.0} ms", ms(stopping.elapsed()));
     drop_caches();
     let (mut host, addr) = start(data, &["--backup-interval", "0s"]);
@@ -329,10 +320,7 @@ fn restart(data: &std::path::Path, big: &str, admin: &str, writes: usize) {
         "first read after the restart (opens it): {:.0} ms",
         ms(first.elapsed())
     );
-    let _ = Command::new("kill")
-        .args(["-TERM", &host.id().to_string()])
-        .status();
-    let _ = host.wait();
+    common::stop(&mut host);
 }
 
 /// The tenant's export streamed into `out`; its time in seconds.

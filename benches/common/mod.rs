@@ -52,6 +52,14 @@ pub fn start(data: &std::path::Path, extra: &[&str]) -> (Child, SocketAddr) {
     (child, addr)
 }
 
+/// Stops a host (SIGTERM, by its PID) and waits until it has exited.
+pub fn stop(host: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &host.id().to_string()])
+        .status();
+    let _ = host.wait();
+}
+
 /// Starts a host on `data` configured by `toml` (written beside it), with no
 /// scheduled backups and `extra` arguments; returns it, its address and
 /// the first operator's token.

@@ -115,17 +115,28 @@ impl Pool {
     /// open in progress finishes first, so that it cannot put the database
     /// back afterwards.
     pub(super) fn forget(&self, id: &TenantId) {
+        self.under_gate(id, |pool| {
+            let mut inner = pool.lock().expect("pool lock poisoned");
+            inner.open.remove(id);
+            inner.alive.remove(id);
+        });
+    }
+
+    /// Runs `work` holding `id`'s gate: an open in progress finishes first,
+    /// and a request arriving meanwhile waits. `work` takes the pool's lock
+    /// itself, only while it looks at the pool.
+    fn under_gate<T>(&self, id: &TenantId, work: impl FnOnce(&Mutex<PoolInner>) -> T) -> T {
         let gate = {
             let mut inner = self.inner.lock().expect("pool lock poisoned");
             inner.opening.entry(id.clone()).or_default().clone()
         };
-        let _opening = gate.lock().expect("pool gate poisoned");
+        let _held = gate.lock().expect("pool gate poisoned");
+        let done = work(&self.inner);
         let mut inner = self.inner.lock().expect("pool lock poisoned");
-        inner.open.remove(id);
-        inner.alive.remove(id);
         if Arc::strong_count(&gate) == 2 {
             inner.opening.remove(id);
         }
+        done
     }
 
     /// Closes every database that nobody holds and that has `min` changes or
@@ -142,33 +153,26 @@ impl Pool {
                 .collect()
         };
         for id in ids {
-            let gate = {
-                let mut inner = self.inner.lock().expect("pool lock poisoned");
-                inner.opening.entry(id.clone()).or_default().clone()
-            };
-            let _closing = gate.lock().expect("pool gate poisoned");
-            let idle = {
-                let mut inner = self.inner.lock().expect("pool lock poisoned");
-                // Held elsewhere (clones are taken under this lock): left open.
-                let idle = inner
-                    .open
-                    .get(&id)
-                    .is_some_and(|(db, _)| Arc::strong_count(db) == 1);
-                if idle {
-                    inner.alive.remove(&id);
-                    inner.open.remove(&id).map(|(db, _)| db)
-                } else {
-                    None
+            self.under_gate(&id, |pool| {
+                let idle = {
+                    let mut inner = pool.lock().expect("pool lock poisoned");
+                    // Held elsewhere (clones are taken under this lock): left open.
+                    let idle = inner
+                        .open
+                        .get(&id)
+                        .is_some_and(|(db, _)| Arc::strong_count(db) == 1);
+                    if idle {
+                        inner.alive.remove(&id);
+                        inner.open.remove(&id)
+                    } else {
+                        None
+                    }
+                };
+                if let Some(db) = idle {
+                    drop(db);
+                    closed(&id);
                 }
-            };
-            if let Some(db) = idle {
-                drop(db);
-                closed(&id);
-            }
-            let mut inner = self.inner.lock().expect("pool lock poisoned");
-            if Arc::strong_count(&gate) == 2 {
-                inner.opening.remove(&id);
-            }
+            });
         }
     }
 
