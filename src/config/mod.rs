@@ -88,7 +88,7 @@
 //! replicated_timeout = "30s"                 # then the write answers 503 (it stays and ships)
 //! retention_days = 30                        # the point-in-time window
 //! base_every_changes = 1000000               # a full backup once the log since the last one is this long
-//! first_base_after = "60s"                   # a tenant with shipped changes and no full backup gets one
+//! first_base_after = "0s"                    # a tenant with shipped changes and no full backup gets one
 //!
 //! [backup]
 //! regions = ["eu", "us"]                     # default: every [regions.*] table; with none,
@@ -610,7 +610,7 @@ impl Config {
                     first_base_after: duration(
                         "changelog.first_base_after",
                         raw.changelog.first_base_after.clone(),
-                        "60s",
+                        "0s",
                     )?,
                 }),
             },

@@ -182,6 +182,9 @@ pub struct Replication {
     fresh: Mutex<HashSet<String>>,
     /// Woken whenever a replica is verified (writes that wait for regions).
     pub verified: tokio::sync::Notify,
+    /// How many replicas this process has seen verified: a waiter that saw
+    /// the same count before need not read the replica states again.
+    verifications: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -208,7 +211,22 @@ impl Replication {
             in_flight: Mutex::new(HashSet::new()),
             fresh: Mutex::new(HashSet::new()),
             verified: tokio::sync::Notify::new(),
+            verifications: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// How many replicas have been verified since this process started
+    /// (see [`Replication::verified`]); read it before the replica states it
+    /// stands for.
+    pub fn verifications(&self) -> u64 {
+        self.verifications.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A replica's verified state is saved: counted, and its waiters woken.
+    fn announce_verified(&self) {
+        self.verifications
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.verified.notify_waiters();
     }
 
     pub fn region(&self, name: &str) -> Result<&RegionStore, ReplicationError> {
@@ -225,6 +243,20 @@ impl Replication {
 
     /// A backup sealed into the spool: one pending replica per region.
     pub fn register(&self, storage: &Storage, stored: &StoredBackup) -> Result<(), StorageError> {
+        self.register_unwoken(storage, stored)?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// `register` without waking the replicator: the caller publishes the
+    /// backup's spool copy first, then calls [`Replication::wake`]. The
+    /// catalog's one flush here also makes durable what the caller put in it
+    /// unflushed before (sled flushes the whole catalog, in order).
+    pub fn register_unwoken(
+        &self,
+        storage: &Storage,
+        stored: &StoredBackup,
+    ) -> Result<(), StorageError> {
         let tenant = TenantId::parse(&stored.tenant_id)
             .ok_or_else(|| StorageError::Damaged("backup of a malformed tenant id".into()))?;
         let erased = ERASED.get(&storage.catalog, tenant.as_str())?.is_some();
@@ -253,8 +285,12 @@ impl Replication {
         }
         // One flush for every region's record.
         storage.catalog.flush()?;
-        self.wake.notify_one();
         Ok(())
+    }
+
+    /// Wakes the replicator (after `register_unwoken`).
+    pub fn wake(&self) {
+        self.wake.notify_one();
     }
 
     /// Whether the replica was registered by this process and this is its

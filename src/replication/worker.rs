@@ -154,7 +154,7 @@ impl Replicator {
                     return;
                 }
                 tracing::debug!(attempts = replica.attempts, "replica verified");
-                self.replication.verified.notify_waiters();
+                self.replication.announce_verified();
                 self.drop_spool_when_everywhere(&replica).await;
             }
             Ok(None) => {

@@ -51,12 +51,9 @@ fn a_long_log_gets_a_full_backup_so_that_restores_replay_a_bounded_log() {
 #[test]
 fn a_new_tenant_restores_from_the_regions_before_any_backup_was_asked_for() {
     let dir = TempDir::new("pitr-new");
-    // The base is taken once shipped changes have waited this long for one
-    // (60 s by default; other tests take their own backups well before).
-    let host = Host::start_configured(
-        &dir.path().join("host"),
-        "[changelog]\nfirst_base_after = \"1s\"\n",
-    );
+    // The change log as configured by default: the base is taken as the
+    // first segment ships (`first_base_after` 0 s). No scheduled backups.
+    let host = Host::start_configured(&dir.path().join("host"), "");
     let (tenant, admin) = host.create_tenant("New Co", "crm");
     for i in 0..5 {
         contact(&host, &tenant, &admin, &format!("first-{i}"));

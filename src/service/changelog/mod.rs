@@ -87,7 +87,7 @@ impl Default for LogSettings {
             retention_secs: 30 * 86_400,
             sweep_every: Duration::from_secs(60),
             base_every_changes: 1_000_000,
-            first_base_after: Duration::from_secs(60),
+            first_base_after: Duration::ZERO,
         }
     }
 }
@@ -117,6 +117,10 @@ struct Acked {
     waiting: Vec<(String, u64, Instant)>,
     /// Every change up to this one is verified in enough regions.
     upto: u64,
+    /// `Replication::verifications` when `upto` was last worked out with
+    /// these segments waiting: until it moves, `upto` stands (64 waiters of
+    /// one tenant read the replica states once per verification, not each).
+    checked: Option<u64>,
 }
 
 pub struct ChangeLog {
@@ -417,11 +421,10 @@ impl ChangeLog {
             db.trim_log(last.seq)?;
             shipped += changes.len() as u64;
             let mut acked = self.acked.lock().expect("acked");
-            acked
-                .entry(tenant.clone())
-                .or_default()
-                .waiting
-                .push((id, last.seq, Instant::now()));
+            let entry = acked.entry(tenant.clone()).or_default();
+            entry.waiting.push((id, last.seq, Instant::now()));
+            // Its replicas may be verified already: look again.
+            entry.checked = None;
         }
     }
 
@@ -472,9 +475,16 @@ impl ChangeLog {
             created_at: now,
             synced: false,
         };
-        SEGMENTS.put(&self.storage.catalog, &record.key(), &record)?;
+        // The record and the replicas reach the disk in one catalog flush
+        // (register's), before the spool copy is published: a crash before
+        // the flush leaves an archive file no listing reads and the changes
+        // still in the tenant's database; one after it leaves a record whose
+        // spool copy is not whole, which `recover` forgets (`forget_torn`).
+        SEGMENTS.put_unflushed(&self.storage.catalog, &record.key(), &record)?;
+        let replication = &self.backups.replication;
+        replication.register_unwoken(&self.storage, &stored)?;
         spool.publish_unsynced(&stored)?;
-        self.backups.replication.register(&self.storage, &stored)?;
+        replication.wake();
         tracing::debug!(segment = %id, first = range.first_seq, last = range.last_seq, "log segment sealed");
         Ok(record)
     }
@@ -490,8 +500,13 @@ impl ChangeLog {
     /// The sequence verified in at least `need()` regions.
     fn verified_upto(&self, tenant: &TenantId) -> u64 {
         let need = self.need();
+        let seen = self.backups.replication.verifications();
         let mut acked = self.acked.lock().expect("acked");
         let entry = acked.entry(tenant.clone()).or_default();
+        if entry.checked == Some(seen) {
+            return entry.upto;
+        }
+        entry.checked = Some(seen);
         while let Some((id, last, _)) = entry.waiting.first().cloned() {
             let verified = self
                 .backups
