@@ -243,20 +243,6 @@ impl Replication {
 
     /// A backup sealed into the spool: one pending replica per region.
     pub fn register(&self, storage: &Storage, stored: &StoredBackup) -> Result<(), StorageError> {
-        self.register_unwoken(storage, stored)?;
-        self.wake.notify_one();
-        Ok(())
-    }
-
-    /// `register` without waking the replicator: the caller publishes the
-    /// backup's spool copy first, then calls [`Replication::wake`]. The
-    /// catalog's one flush here also makes durable what the caller put in it
-    /// unflushed before (sled flushes the whole catalog, in order).
-    pub fn register_unwoken(
-        &self,
-        storage: &Storage,
-        stored: &StoredBackup,
-    ) -> Result<(), StorageError> {
         let tenant = TenantId::parse(&stored.tenant_id)
             .ok_or_else(|| StorageError::Damaged("backup of a malformed tenant id".into()))?;
         let erased = ERASED.get(&storage.catalog, tenant.as_str())?.is_some();
@@ -285,12 +271,8 @@ impl Replication {
         }
         // One flush for every region's record.
         storage.catalog.flush()?;
-        Ok(())
-    }
-
-    /// Wakes the replicator (after `register_unwoken`).
-    pub fn wake(&self) {
         self.wake.notify_one();
+        Ok(())
     }
 
     /// Whether the replica was registered by this process and this is its

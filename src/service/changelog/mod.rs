@@ -406,6 +406,16 @@ impl ChangeLog {
             };
             let record = self.write_segment(tenant, &range, &changes)?;
             let id = record.id.clone();
+            {
+                // Its writes wait for the regions from now on, not for the
+                // spool's fsyncs and the trim below (four fsyncs and the
+                // tenant's flush that a `replicated` batch needs no part of).
+                let mut acked = self.acked.lock().expect("acked");
+                let entry = acked.entry(tenant.clone()).or_default();
+                entry.waiting.push((id.clone(), last.seq, Instant::now()));
+                // Its replicas may be verified already: look again.
+                entry.checked = None;
+            }
             self.backups.spool.sync(tenant.as_str(), &id)?;
             let synced = SegmentRecord {
                 synced: true,
@@ -420,11 +430,6 @@ impl ChangeLog {
             }
             db.trim_log(last.seq)?;
             shipped += changes.len() as u64;
-            let mut acked = self.acked.lock().expect("acked");
-            let entry = acked.entry(tenant.clone()).or_default();
-            entry.waiting.push((id, last.seq, Instant::now()));
-            // Its replicas may be verified already: look again.
-            entry.checked = None;
         }
     }
 
@@ -475,16 +480,9 @@ impl ChangeLog {
             created_at: now,
             synced: false,
         };
-        // The record and the replicas reach the disk in one catalog flush
-        // (register's), before the spool copy is published: a crash before
-        // the flush leaves an archive file no listing reads and the changes
-        // still in the tenant's database; one after it leaves a record whose
-        // spool copy is not whole, which `recover` forgets (`forget_torn`).
-        SEGMENTS.put_unflushed(&self.storage.catalog, &record.key(), &record)?;
-        let replication = &self.backups.replication;
-        replication.register_unwoken(&self.storage, &stored)?;
+        SEGMENTS.put(&self.storage.catalog, &record.key(), &record)?;
         spool.publish_unsynced(&stored)?;
-        replication.wake();
+        self.backups.replication.register(&self.storage, &stored)?;
         tracing::debug!(segment = %id, first = range.first_seq, last = range.last_seq, "log segment sealed");
         Ok(record)
     }
