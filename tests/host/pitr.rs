@@ -317,6 +317,23 @@ fn a_lost_host_comes_back_from_the_regions_with_every_replicated_write() {
     let backup = start_backup(&host, &local, &l_admin);
     wait_backup_done(&host, &local, &l_admin, backup["id"].as_str().unwrap());
     contact(&host, &replicated, &r_admin, "before-the-backup");
+    // One base for it, however often its first write looked while the
+    // regions verified that base.
+    let listed = host
+        .call(
+            "GET",
+            &format!("/v1/tenants/{replicated}/backups"),
+            Some(&r_admin),
+            None,
+        )
+        .value();
+    let kinds: Vec<_> = listed["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| &b["kind"])
+        .collect();
+    assert_eq!(kinds, ["log-base"], "{listed}");
     // Writers on both tenants; the host dies under them.
     let (addr, stop) = (
         host.addr,

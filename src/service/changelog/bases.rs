@@ -45,22 +45,7 @@ impl ChangeLog {
         if self.based.lock().expect("based").contains(&key) {
             return;
         }
-        let exists = crate::backup::JOBS
-            .all(&self.storage.catalog)
-            .unwrap_or_default()
-            .iter()
-            .filter(|j| &j.tenant == tenant)
-            .any(|j| match &j.stored {
-                Some(stored) => stored
-                    .covers
-                    .as_ref()
-                    .is_some_and(|c| c.generation == generation),
-                None => matches!(
-                    j.state,
-                    crate::backup::JobState::Pending | crate::backup::JobState::Running
-                ),
-            });
-        if exists {
+        if self.base_on_its_way(tenant, generation) {
             self.unbased.lock().expect("unbased").remove(&key);
             self.based.lock().expect("based").insert(key);
             return;
@@ -81,6 +66,26 @@ impl ChangeLog {
                 "the tenant's changes shipped with no full backup under them",
             );
         }
+    }
+
+    /// Whether the tenant has a full backup of this generation of its log,
+    /// done (its regions may still be verifying it) or still running.
+    pub(super) fn base_on_its_way(&self, tenant: &TenantId, generation: &str) -> bool {
+        crate::backup::JOBS
+            .all(&self.storage.catalog)
+            .unwrap_or_default()
+            .iter()
+            .filter(|j| &j.tenant == tenant)
+            .any(|j| match &j.stored {
+                Some(stored) => stored
+                    .covers
+                    .as_ref()
+                    .is_some_and(|c| c.generation == generation),
+                None => matches!(
+                    j.state,
+                    crate::backup::JobState::Pending | crate::backup::JobState::Running
+                ),
+            })
     }
 
     /// The sequence the tenant's newest done full backup of `generation` covers.
@@ -157,7 +162,9 @@ impl ChangeLog {
             return;
         };
         if let Some(generation) = db.log_generation() {
-            if !self.base_ready(&tenant.id, &generation) {
+            if !self.base_ready(&tenant.id, &generation)
+                && !self.base_on_its_way(&tenant.id, &generation)
+            {
                 self.start_base(&tenant.id, "the tenant's writes became replicated");
             }
         }

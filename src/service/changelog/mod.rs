@@ -569,7 +569,9 @@ impl ChangeLog {
         self.wake.notify_one();
         loop {
             let based = self.base_ready(tenant, generation);
-            if !based {
+            // One base: a done one whose regions are still verifying it is
+            // waited for, not taken again.
+            if !based && !self.base_on_its_way(tenant, generation) {
                 self.start_base(
                     tenant,
                     "a replicated tenant's log needs a base in the regions",
