@@ -11,7 +11,7 @@
 //! service    service: backups as jobs, upgrades, checkpoint shipping, key rotation
 //! domain     access ─► grants ─► auth ◄─ tokens;  lifecycle;  fleet
 //! rooms      replication ─► backup ─► storage;  audit;  keys
-//! leaves     schema, config, secret_file ─► ids ─► crypto;  tasks;  metrics
+//! leaves     schema, config, secret_file ─► ids ─► crypto;  tasks;  metrics;  memory
 //! ```
 //!
 //! The arrows each room may take are [`LAYERS`], checked by a unit test that
@@ -70,6 +70,8 @@
 //! - [`metrics`] — the process-wide Prometheus metrics (prometheus-client)
 //!   the rooms record into; rendered by `api` on `--metrics-listen`. Labels
 //!   never hold a tenant id, token or value. A leaf.
+//! - [`memory`] — the host's resident size, the memory it may use, and the
+//!   one way to give freed heap back (a call the binary registers). A leaf.
 //! - [`config`] — TOML file + flags → one checked `Config` (a leaf).
 //! - [`client`] — the one HTTP client (ureq) of the CLI's tooling, the tests
 //!   and the benches: a host, a token, JSON, streamed answers. A leaf.
@@ -123,12 +125,13 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ("tasks", &[]),
     ("client", &[]),
     ("metrics", &[]),
+    ("memory", &[]),
     ("ids", &["crypto"]),
     ("secret_file", &["crypto"]),
     ("schema", &["ids"]),
     ("config", &["ids"]),
     // rooms
-    ("storage", &["crypto", "ids", "metrics", "schema"]),
+    ("storage", &["crypto", "ids", "memory", "metrics", "schema"]),
     ("keys", &["config", "crypto", "secret_file"]),
     ("audit", &["crypto", "ids", "metrics", "secret_file"]),
     ("backup", &["crypto", "ids", "schema", "storage"]),
@@ -213,6 +216,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
             "ids",
             "keys",
             "lifecycle",
+            "memory",
             "metrics",
             "replication",
             "schema",
@@ -238,6 +242,7 @@ pub mod grants;
 pub mod ids;
 pub mod keys;
 pub mod lifecycle;
+pub mod memory;
 pub mod metrics;
 pub mod replication;
 pub mod schema;

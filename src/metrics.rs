@@ -48,6 +48,8 @@ struct Set {
     open_tenants: Gauge,
     tenant_open_seconds: Histogram,
     tenant_open_failures: Counter,
+    tenants_released: Counter,
+    memory_released_bytes: Counter,
     audit_sync_seconds: Histogram,
     audit_sync_entries: Histogram,
     jobs: Family<Labels, Counter>,
@@ -68,6 +70,8 @@ static SET: LazyLock<Set> = LazyLock::new(|| {
         open_tenants: Gauge::default(),
         tenant_open_seconds: seconds(),
         tenant_open_failures: Counter::default(),
+        tenants_released: Counter::default(),
+        memory_released_bytes: Counter::default(),
         audit_sync_seconds: seconds(),
         audit_sync_entries: sizes(),
         jobs: Family::default(),
@@ -112,6 +116,16 @@ static SET: LazyLock<Set> = LazyLock::new(|| {
         "tenant_open_failures",
         "Cold opens of a tenant database that failed",
         set.tenant_open_failures.clone(),
+    );
+    registry.register(
+        "tenant_databases_released",
+        "Tenant databases closed after a job read them whole, the host's memory being above its high mark",
+        set.tenants_released.clone(),
+    );
+    registry.register(
+        "memory_released_bytes",
+        "Resident memory given back after such jobs (closed databases, trimmed heap)",
+        set.memory_released_bytes.clone(),
     );
     registry.register(
         "audit_sync_duration_seconds",
@@ -204,6 +218,18 @@ pub fn tenant_opened(ok: bool, elapsed: Duration) {
     } else {
         SET.tenant_open_failures.inc();
     }
+}
+
+/// After a job read a tenant whole with the host's memory above its high
+/// mark: whether its database was closed, and the resident bytes given back.
+pub fn memory_released(closed: bool, bytes: u64) {
+    if !on() {
+        return;
+    }
+    if closed {
+        SET.tenants_released.inc();
+    }
+    SET.memory_released_bytes.inc_by(bytes);
 }
 
 /// An audit sync that made `entries` appends durable.

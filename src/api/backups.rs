@@ -97,6 +97,7 @@ pub async fn export(
     );
     let export_tenant = tenant.clone();
     let encrypted = recipient.is_some();
+    let storage = state.storage.clone();
     let writing = run_long(slot, move || {
         match write_export(
             writer,
@@ -115,6 +116,10 @@ pub async fn export(
                 }
             }
         }
+        // What sled kept of the tenant for this read goes with its database
+        // when the host's memory is above its high mark.
+        drop(snapshot);
+        storage.after_whole_read(&export_tenant.id);
     });
     tokio::spawn(writing);
     let mut response = Response::new(body.boxed());

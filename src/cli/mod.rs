@@ -460,6 +460,8 @@ fn open_host(config: &Config) -> anyhow::Result<(Storage, Registry)> {
             anyhow::Error::new(e).context("open data directory")
         }
     })?;
+    let quarter = crate::memory::available_bytes().map_or(u64::MAX, |bytes| bytes / 4);
+    storage.set_memory_high(config.memory_high_bytes.unwrap_or(quarter));
     Ok((storage, schemas))
 }
 

@@ -20,6 +20,9 @@
 //! sweep_interval = "1m"
 //! open_max = 512                   # open tenant databases kept at once
 //! cache_mb = 4                     # sled page cache per open tenant
+//! memory_high_mb = 4096            # RSS above this after an export or DR backup: that
+//!                                  # tenant's database is closed, freed heap given back
+//!                                  # (default: a quarter of the machine's or cgroup's memory)
 //!
 //! [api]
 //! max_body_bytes = 1048576
@@ -142,6 +145,8 @@ pub struct Config {
     pub sweep_interval: Duration,
     pub open_tenants_max: usize,
     pub tenant_cache_bytes: u64,
+    /// `[tenants] memory_high_mb`; `None`: a quarter of the memory available.
+    pub memory_high_bytes: Option<u64>,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     /// Where sealed backups wait until every region holds them.
@@ -464,6 +469,7 @@ struct RawTenants {
     sweep_interval: Option<String>,
     open_max: Option<usize>,
     cache_mb: Option<u64>,
+    memory_high_mb: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -521,6 +527,11 @@ impl Config {
             .open_tenants_max
             .or(raw.tenants.open_max)
             .unwrap_or(512);
+        let memory_high_bytes = match raw.tenants.memory_high_mb {
+            Some(0) => bail!("tenants.memory_high_mb must be at least 1"),
+            Some(mib) => Some(mib.saturating_mul(1 << 20)),
+            None => None,
+        };
         if open_tenants_max == 0 {
             bail!("tenants.open_max must be at least 1");
         }
@@ -715,6 +726,7 @@ impl Config {
             .max(Duration::from_millis(100)),
             open_tenants_max,
             tenant_cache_bytes: raw.tenants.cache_mb.unwrap_or(4).max(1) << 20,
+            memory_high_bytes,
             max_body_bytes,
             request_timeout: duration("request_timeout", raw.api.request_timeout, "30s")?,
         })

@@ -160,6 +160,9 @@ impl Backups {
         let written = crate::metrics::timed_job("backup", || {
             self.write_backup(storage, schemas, &job, retain_secs)
         });
+        // What sled kept of the tenant for this read goes with its database
+        // when the host's memory is above its high mark.
+        storage.after_whole_read(&job.tenant);
         match written {
             Ok(stored) => {
                 job.state = JobState::Done;

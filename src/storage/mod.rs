@@ -117,6 +117,9 @@ pub struct Storage {
     /// Tenants' own key services (customer-managed keys), when configured.
     key_service: RwLock<Option<Arc<dyn KeyService>>>,
     closed: customer_key::Closed,
+    /// Resident bytes above which a tenant read whole by a job is closed
+    /// afterwards ([`Storage::after_whole_read`]); `u64::MAX`: never.
+    memory_high: std::sync::atomic::AtomicU64,
 }
 
 impl Storage {
@@ -144,6 +147,7 @@ impl Storage {
             change_logs: std::sync::atomic::AtomicBool::new(false),
             key_service: RwLock::new(None),
             closed: Default::default(),
+            memory_high: std::sync::atomic::AtomicU64::new(u64::MAX),
         };
         storage.recover_upgrades()?;
         storage.sweep_orphans()?;
@@ -265,6 +269,42 @@ impl Storage {
                 tracing::warn!(tenant_id = %id, %error, "checkpoint of a tenant database")
             }
         }
+    }
+
+    /// Sets the host's memory high mark (see [`Storage::after_whole_read`]).
+    pub fn set_memory_high(&self, bytes: u64) {
+        self.memory_high
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// After a job read a tenant whole (an export, a DR backup): when the
+    /// host's resident memory is above its high mark, the tenant's database
+    /// is closed if nothing else holds it, and the allocator is asked to
+    /// give freed memory back. sled keeps a page-table entry and cached
+    /// pages for what a scan read until its `Db` is dropped, so without this
+    /// a host that exported several large tenants in turn held each one's
+    /// high-water mark while they stayed in the pool. Below the mark nothing
+    /// happens: the next request would pay a cold open (seconds for a GiB).
+    /// Returns whether the database was closed.
+    pub fn after_whole_read(&self, id: &TenantId) -> bool {
+        let high = self.memory_high.load(std::sync::atomic::Ordering::Relaxed);
+        let Some(before) = crate::memory::resident_bytes().filter(|rss| *rss > high) else {
+            return false;
+        };
+        let closed = self.pool.close_if_idle(id);
+        let trimmed = crate::memory::release_free_heap();
+        let after = crate::memory::resident_bytes().unwrap_or(before);
+        crate::metrics::memory_released(closed, before.saturating_sub(after));
+        tracing::info!(
+            tenant_id = %id,
+            closed,
+            trimmed,
+            rss_before_mib = before >> 20,
+            rss_after_mib = after >> 20,
+            high_mib = high >> 20,
+            "memory above its high mark after a job read a tenant whole"
+        );
+        closed
     }
 
     /// The open database of an existing tenant (opened on demand).

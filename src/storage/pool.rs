@@ -154,26 +154,36 @@ impl Pool {
         };
         for id in ids {
             self.under_gate(&id, |pool| {
-                let idle = {
-                    let mut inner = pool.lock().expect("pool lock poisoned");
-                    // Held elsewhere (clones are taken under this lock): left open.
-                    let idle = inner
-                        .open
-                        .get(&id)
-                        .is_some_and(|(db, _)| Arc::strong_count(db) == 1);
-                    if idle {
-                        inner.alive.remove(&id);
-                        inner.open.remove(&id)
-                    } else {
-                        None
-                    }
-                };
-                if let Some(db) = idle {
+                if let Some(db) = Self::take_idle(pool, &id) {
                     drop(db);
                     closed(&id);
                 }
             });
         }
+    }
+
+    /// Closes the tenant's database if the pool is its only holder; whether
+    /// it did. The close (sled's flush, its page cache and page table freed)
+    /// happens under the tenant's gate, outside the pool's lock: other
+    /// tenants never wait for it, and a request for this one waits at the
+    /// gate, then opens it afresh.
+    pub(super) fn close_if_idle(&self, id: &TenantId) -> bool {
+        self.under_gate(id, |pool| Self::take_idle(pool, id).map(drop).is_some())
+    }
+
+    /// Takes the tenant's database out of the pool when nobody else holds it
+    /// (clones are taken under this lock, so none appears meanwhile).
+    fn take_idle(pool: &Mutex<PoolInner>, id: &TenantId) -> Option<(Arc<TenantDb>, u64)> {
+        let mut inner = pool.lock().expect("pool lock poisoned");
+        let idle = inner
+            .open
+            .get(id)
+            .is_some_and(|(db, _)| Arc::strong_count(db) == 1);
+        if !idle {
+            return None;
+        }
+        inner.alive.remove(id);
+        inner.open.remove(id)
     }
 
     pub(super) fn is_open(&self, id: &TenantId) -> bool {
@@ -341,6 +351,37 @@ mod tests {
         for id in [&written, &held, &unchanged] {
             pool.forget(id);
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A database closes only when nothing holds it, and the next request
+    /// opens it again from its files (sled locks its directory, so that
+    /// open proves the first one closed).
+    #[test]
+    fn close_if_idle_leaves_a_held_database_and_closes_an_unheld_one() {
+        let dir =
+            std::env::temp_dir().join(format!("coffer-unit-pool-idle-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let pool = Pool::new(4);
+        let id = TenantId::generate().unwrap();
+        let key = SecretKey::generate().unwrap();
+        let open = || {
+            let keys = TenantKeys::new(TenantCipher::new(&key));
+            TenantDb::open(&dir.join(id.as_str()), id.clone(), keys, 1 << 20)
+        };
+        let held = pool.get_or_open(&id, open).unwrap();
+        assert!(!pool.close_if_idle(&id), "a request still holds it");
+        assert!(pool.is_open(&id));
+        drop(held);
+        assert!(pool.close_if_idle(&id));
+        assert_eq!(pool.open_count(), 0);
+        assert!(!pool.close_if_idle(&id), "nothing left to close");
+        drop(
+            pool.get_or_open(&id, open)
+                .expect("opened again: the first one closed"),
+        );
+        assert!(pool.is_open(&id));
+        pool.forget(&id);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

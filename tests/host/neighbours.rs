@@ -1,6 +1,7 @@
 //! Good neighbours: two hundred exports whose clients never read leave every
-//! other tenant served, and deactivating or purging a tenant stops the
-//! backups and restores running for it.
+//! other tenant served, deactivating or purging a tenant stops the backups
+//! and restores running for it, and a host above its memory high mark lets
+//! go of a tenant its export or backup read whole.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -10,7 +11,10 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::limits::{large_tenant_offline, proof_entries};
-use crate::support::{Host, Response, TempDir};
+use crate::operations::{metrics_address, series};
+use crate::support::backups::start_backup;
+use crate::support::records::records_path;
+use crate::support::{eventually, http, Host, Response, TempDir};
 
 /// An export request on a connection whose receive buffer is 4 KiB and from
 /// which the client reads only the status line: the host's writer soon has
@@ -267,4 +271,113 @@ fn deactivating_or_purging_a_tenant_stops_its_running_backup_and_restore() {
         tenants_after, tenants_before,
         "a restored copy outlived the purge"
     );
+}
+
+/// The host's metrics as one scrape.
+fn scrape(metrics: std::net::SocketAddr) -> String {
+    let r = http(metrics, "GET", "/metrics", None, None, &[]);
+    assert_eq!(r.status, 200);
+    r.text()
+}
+
+/// With its resident memory above `[tenants] memory_high_mb` (1 MiB here:
+/// always), a host closes a tenant's database once an export or a DR backup
+/// has read it whole, and the next request opens it again with every record;
+/// a host with the default mark (a quarter of the machine) keeps it open.
+#[test]
+fn above_its_memory_high_mark_a_host_closes_a_tenant_its_jobs_read_whole() {
+    let dir = TempDir::new("memory-high");
+    for (label, tenants_table, closes) in [
+        ("high", "[tenants]\nmemory_high_mb = 1\n", true),
+        ("default", "", false),
+    ] {
+        let data = dir.path().join(label);
+        let host = Host::start_configured(
+            &data,
+            &format!("[host]\nmetrics_listen = \"127.0.0.1:0\"\n{tenants_table}"),
+        );
+        let metrics = metrics_address(&host);
+        let (t, admin) = host.create_tenant("read whole", "crm");
+        for i in 0..40 {
+            let r = host.json(
+                "POST",
+                &records_path(&t, "contacts"),
+                Some(&admin),
+                json!({"name": format!("contact {i}"), "email": format!("{i}@whole.test")}),
+            );
+            assert_eq!(r.status, 201, "{}", r.text());
+        }
+        let open = |scrape: &str| series(scrape, "coffer_tenant_databases_open");
+        let released = |scrape: &str| series(scrape, "coffer_tenant_databases_released_total");
+        let cold_opens = |scrape: &str| {
+            series(scrape, "coffer_tenant_open_duration_seconds_count").unwrap_or(0.0)
+        };
+        assert_eq!(open(&scrape(metrics)), Some(1.0), "{label}");
+
+        let export = host.call(
+            "GET",
+            &format!("/v1/tenants/{t}/export"),
+            Some(&admin),
+            None,
+        );
+        assert_eq!(export.status, 200, "{label}: {}", export.error());
+        assert!(!export.body.is_empty());
+        let after_export = if closes {
+            eventually(
+                "the exported tenant's database is closed",
+                || scrape(metrics),
+                |s| open(s) == Some(0.0),
+            )
+        } else {
+            scrape(metrics)
+        };
+        assert_eq!(
+            released(&after_export),
+            Some(if closes { 1.0 } else { 0.0 }),
+            "{label}"
+        );
+        assert_eq!(
+            open(&after_export),
+            Some(if closes { 0.0 } else { 1.0 }),
+            "{label}"
+        );
+
+        // The next request finds every record, opening the tenant again
+        // only where it was closed.
+        let r = host.call("GET", &records_path(&t, "contacts"), Some(&admin), None);
+        assert_eq!(r.status, 200, "{label}: {}", r.text());
+        assert_eq!(
+            r.value()["records"].as_array().unwrap().len(),
+            40,
+            "{label}"
+        );
+        let reopened = scrape(metrics);
+        assert_eq!(
+            cold_opens(&reopened) - cold_opens(&after_export),
+            if closes { 1.0 } else { 0.0 },
+            "{label}"
+        );
+
+        let backup = start_backup(&host, &t, &admin);
+        assert_eq!(backup["state"], "done", "{label}: {backup}");
+        let after_backup = scrape(metrics);
+        assert_eq!(
+            released(&after_backup),
+            Some(if closes { 2.0 } else { 0.0 }),
+            "{label}"
+        );
+        assert_eq!(
+            open(&after_backup),
+            Some(if closes { 0.0 } else { 1.0 }),
+            "{label}"
+        );
+        if closes {
+            let log = String::from_utf8_lossy(&host.log_text()).into_owned();
+            assert!(
+                log.contains("memory above its high mark after a job read a tenant whole"),
+                "{log}"
+            );
+        }
+        host.stop();
+    }
 }

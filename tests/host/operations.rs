@@ -8,7 +8,7 @@ use crate::support::records::records_path;
 use crate::support::{eventually, http, Host, TempDir};
 
 /// The address `--metrics-listen 127.0.0.1:0` bound, from the host's log.
-fn metrics_address(host: &Host) -> std::net::SocketAddr {
+pub(crate) fn metrics_address(host: &Host) -> std::net::SocketAddr {
     let line = eventually(
         "the host logs its metrics address",
         || {
@@ -25,7 +25,7 @@ fn metrics_address(host: &Host) -> std::net::SocketAddr {
 }
 
 /// The value of the series `name` (with its labels exactly as written).
-fn series(scrape: &str, name: &str) -> Option<f64> {
+pub(crate) fn series(scrape: &str, name: &str) -> Option<f64> {
     scrape
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
