@@ -569,6 +569,12 @@ impl Storage {
         self.pool.open_count()
     }
 
+    /// Tenants whose open database something besides the pool holds now
+    /// (a request, a long job).
+    pub fn held_tenants(&self) -> Vec<TenantId> {
+        self.pool.held()
+    }
+
     fn sweep_orphans(&self) -> Result<(), StorageError> {
         for dir in ["trash", "staging"] {
             for entry in std::fs::read_dir(self.root.join(dir))? {

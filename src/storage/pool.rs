@@ -195,6 +195,21 @@ impl Pool {
                 .is_some_and(|weak| weak.strong_count() > 0)
     }
 
+    /// Tenants whose database is held outside the pool (by a request or a
+    /// job), whether the pool still lists it or evicted it meanwhile.
+    pub(super) fn held(&self) -> Vec<TenantId> {
+        let inner = self.inner.lock().expect("pool lock poisoned");
+        inner
+            .alive
+            .iter()
+            .filter(|(id, weak)| {
+                let in_pool = usize::from(inner.open.contains_key(*id));
+                weak.strong_count() > in_pool
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     pub(super) fn open_count(&self) -> usize {
         let inner = self.inner.lock().expect("pool lock poisoned");
         inner
@@ -370,9 +385,11 @@ mod tests {
             TenantDb::open(&dir.join(id.as_str()), id.clone(), keys, 1 << 20)
         };
         let held = pool.get_or_open(&id, open).unwrap();
+        assert_eq!(pool.held(), vec![id.clone()]);
         assert!(!pool.close_if_idle(&id), "a request still holds it");
         assert!(pool.is_open(&id));
         drop(held);
+        assert!(pool.held().is_empty(), "only the pool holds it");
         assert!(pool.close_if_idle(&id));
         assert_eq!(pool.open_count(), 0);
         assert!(!pool.close_if_idle(&id), "nothing left to close");

@@ -1,9 +1,12 @@
-//! Acknowledged writes survive SIGKILL; many tenants through a small pool of open databases.
+//! Acknowledged writes survive SIGKILL; many tenants through a small pool of
+//! open databases; what a start opens to ship the change logs.
 
 use serde_json::json;
 
+use crate::operations::{metrics_address, scrape, series};
+use crate::pitr::{change_log, contact as post_contact, wait_shipped, REGIONS_DIRS};
 use crate::support::records::*;
-use crate::support::{Host, TempDir};
+use crate::support::{eventually, Host, TempDir};
 
 #[test]
 fn acknowledged_writes_survive_sigkill_and_restart_keeps_state() {
@@ -123,4 +126,55 @@ fn many_tenants_with_a_small_pool_of_open_databases() {
         );
         assert_eq!(r.value()["records"][0]["name"], "c1");
     }
+}
+
+/// A start after a clean stop opens no tenant to look at its change log:
+/// that stop shipped every log and nothing changed since, so only the tenant
+/// written after the start is opened. A start after SIGKILL cannot know
+/// what was left, and looks at every tenant's log.
+#[test]
+fn a_start_after_a_clean_stop_opens_only_the_tenants_written_since() {
+    let dir = TempDir::new("log-restart");
+    let data = dir.path().join("host");
+    let toml = "[host]\nmetrics_listen = \"127.0.0.1:0\"\n";
+    let host = Host::start_configured(&data, toml);
+    let tenants: Vec<_> = (0..5)
+        .map(|i| host.create_tenant(&format!("Quiet {i}"), "crm"))
+        .collect();
+    for (tenant, admin) in &tenants {
+        post_contact(&host, tenant, admin, "before-the-stop");
+    }
+    // The stop ships those writes (none had waited a whole segment).
+    host.stop();
+
+    let cold_opens = |host: &Host| {
+        series(
+            &scrape(metrics_address(host)),
+            "coffer_tenant_open_duration_seconds_count",
+        )
+        .unwrap_or(0.0)
+    };
+    let host = Host::start_configured(&data, toml);
+    let (written, admin) = &tenants[0];
+    post_contact(&host, written, admin, "after-the-start");
+    // Shipped: the shipper has had its rounds since the start.
+    wait_shipped(&host, written, admin, REGIONS_DIRS);
+    assert_eq!(cold_opens(&host), 1.0, "only the tenant written since");
+    for (tenant, admin) in &tenants[1..] {
+        let log = change_log(&host, tenant, admin);
+        for region in REGIONS_DIRS {
+            assert_eq!(
+                log["newest_safe_write"][*region]["sequence"], 1,
+                "the stop shipped {tenant}'s write: {log}"
+            );
+        }
+    }
+
+    host.kill();
+    let host = Host::start_configured(&data, toml);
+    eventually(
+        "every tenant's log looked at after the kill",
+        || cold_opens(&host),
+        |opens| *opens >= tenants.len() as f64,
+    );
 }

@@ -11,10 +11,10 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::limits::{large_tenant_offline, proof_entries};
-use crate::operations::{metrics_address, series};
+use crate::operations::{metrics_address, scrape, series};
 use crate::support::backups::start_backup;
 use crate::support::records::records_path;
-use crate::support::{eventually, http, Host, Response, TempDir};
+use crate::support::{eventually, Host, Response, TempDir};
 
 /// An export request on a connection whose receive buffer is 4 KiB and from
 /// which the client reads only the status line: the host's writer soon has
@@ -271,13 +271,6 @@ fn deactivating_or_purging_a_tenant_stops_its_running_backup_and_restore() {
         tenants_after, tenants_before,
         "a restored copy outlived the purge"
     );
-}
-
-/// The host's metrics as one scrape.
-fn scrape(metrics: std::net::SocketAddr) -> String {
-    let r = http(metrics, "GET", "/metrics", None, None, &[]);
-    assert_eq!(r.status, 200);
-    r.text()
 }
 
 /// With its resident memory above `[tenants] memory_high_mb` (1 MiB here:

@@ -24,6 +24,13 @@ pub(crate) fn metrics_address(host: &Host) -> std::net::SocketAddr {
     at.split_whitespace().next().unwrap().parse().unwrap()
 }
 
+/// The host's metrics as one scrape.
+pub(crate) fn scrape(metrics: std::net::SocketAddr) -> String {
+    let r = http(metrics, "GET", "/metrics", None, None, &[]);
+    assert_eq!(r.status, 200);
+    r.text()
+}
+
 /// The value of the series `name` (with its labels exactly as written).
 pub(crate) fn series(scrape: &str, name: &str) -> Option<f64> {
     scrape

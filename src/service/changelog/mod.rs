@@ -29,6 +29,7 @@ use crate::schema::Registry;
 use crate::storage::{Change, Kind, Storage, StorageError, TenantState};
 
 mod bases;
+mod restart;
 
 /// Every segment this host shipped (key: `<tenant>/<segment id>`, so that
 /// one tenant's are read without the rest), until retention or erasure
@@ -53,6 +54,10 @@ impl SegmentRecord {
         format!("{}/{}", self.tenant, self.id)
     }
 }
+
+/// A tenant whose ship failed is tried again this much later than its
+/// segment would close (see `run`).
+const SHIP_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// How the log ships (`[changelog]` in the config).
 #[derive(Debug, Clone)]
@@ -173,80 +178,6 @@ impl ChangeLog {
         }
     }
 
-    /// After a restart: every tenant whose database still holds changes is
-    /// shipped, a segment recorded but never registered (a crash between
-    /// the two) is registered or forgotten, and one whose spool copy a crash
-    /// tore before it reached the disk is forgotten (see `forget_torn`).
-    pub fn recover(&self) {
-        for record in SEGMENTS.all(&self.storage.catalog).unwrap_or_default() {
-            let replicas = self
-                .backups
-                .replication
-                .replicas_of(&self.storage, &record.id);
-            if !replicas.is_empty() {
-                let unfinished = replicas
-                    .iter()
-                    .any(|r| !matches!(r.state, ReplicaState::Verified | ReplicaState::Deleting));
-                if unfinished
-                    && !record.synced
-                    && !self
-                        .backups
-                        .spool
-                        .intact(record.tenant.as_str(), &record.id)
-                {
-                    self.forget_torn(&record);
-                }
-                continue;
-            }
-            match self.backups.spool.get(record.tenant.as_str(), &record.id) {
-                Ok(Some(stored)) => {
-                    if let Err(error) = self.backups.replication.register(&self.storage, &stored) {
-                        tracing::error!(%error, segment = %record.id, "register a log segment");
-                    }
-                }
-                _ => {
-                    let _ = SEGMENTS.remove(&self.storage.catalog, &record.key());
-                }
-            }
-        }
-        let now = Instant::now();
-        let mut pending = self.pending.lock().expect("pending");
-        for tenant in self.storage.catalog.tenants() {
-            if matches!(tenant.state, TenantState::Destroyed | TenantState::Moved) {
-                continue;
-            }
-            pending.insert(tenant.id.clone(), now);
-        }
-    }
-
-    /// A segment's spool copy is not whole and some region still lacks it.
-    /// When its changes are still in the tenant's database (the crash came
-    /// before `ship` synced the copy and trimmed the log), they ship again
-    /// in a new segment, so this one is tombstoned everywhere; otherwise it
-    /// is left for the replicator, which reports the damage on every try.
-    fn forget_torn(&self, record: &SegmentRecord) {
-        let still_logged = self
-            .storage
-            .catalog
-            .tenant(&record.tenant)
-            .and_then(|tenant| self.storage.tenant_db(&tenant).ok())
-            .and_then(|db| {
-                db.changes_after(record.range.first_seq.saturating_sub(1), 1)
-                    .ok()
-            })
-            .is_some_and(|c| c.first().is_some_and(|c| c.seq == record.range.first_seq));
-        if !still_logged {
-            tracing::error!(segment = %record.id, tenant_id = %record.tenant, "a log segment's spool copy is damaged and its changes are no longer on this host");
-            return;
-        }
-        tracing::warn!(segment = %record.id, tenant_id = %record.tenant, "a log segment torn by a crash before it reached the disk: its changes ship again");
-        let _ = self
-            .backups
-            .replication
-            .tombstone(&self.storage, &record.id, "torn by a crash");
-        let _ = SEGMENTS.remove(&self.storage.catalog, &record.key());
-    }
-
     /// Ships until `stop`.
     pub async fn run(self: Arc<Self>, stop: crate::tasks::Stop) {
         let mut last_sweep = Instant::now();
@@ -265,21 +196,29 @@ impl ChangeLog {
             let due = self.due();
             for tenant in due {
                 let this = self.clone();
+                let id = tenant.clone();
                 let shipped = crate::tasks::blocking(move || {
-                    let shipped = this.ship(&tenant);
+                    let shipped = this.ship(&id);
                     if let Ok(n) = &shipped {
                         if *n > 0 {
-                            this.after_ship(&tenant);
+                            this.after_ship(&id);
                         }
                     }
                     shipped
                 })
                 .await;
-                match shipped {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(error)) => tracing::error!(%error, "ship the change log"),
-                    Err(error) => tracing::error!(%error, "ship the change log"),
-                }
+                let error = match shipped {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(error)) => error.to_string(),
+                    Err(error) => error.to_string(),
+                };
+                tracing::error!(%error, tenant_id = %tenant, "ship the change log; tried again later");
+                // Its changes are still in its database: pending again, so
+                // that it is tried again (and a stop still sees it).
+                self.pending
+                    .lock()
+                    .expect("pending")
+                    .insert(tenant, Instant::now() + SHIP_RETRY_AFTER);
             }
             // Housekeeping, not on every wake (a busy `replicated` tenant
             // wakes the shipper once a batch).
@@ -296,23 +235,6 @@ impl ChangeLog {
                 _ = stop.cancelled() => return,
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            }
-        }
-    }
-
-    /// Ships every tenant with changes now (shutdown).
-    pub fn ship_all(&self) {
-        let mut tenants: Vec<TenantId> = self
-            .pending
-            .lock()
-            .expect("pending")
-            .drain()
-            .map(|(t, _)| t)
-            .collect();
-        tenants.extend(self.storage.changes.take());
-        for tenant in tenants {
-            if let Err(error) = self.ship(&tenant) {
-                tracing::error!(%error, tenant_id = %tenant, "ship the change log");
             }
         }
     }
