@@ -48,6 +48,18 @@ fn cold_opens(metrics: SocketAddr) -> (f64, f64) {
     )
 }
 
+/// What the last host said about its stop and its start (to stderr).
+fn said(data: &std::path::Path) {
+    let log = std::fs::read_to_string(data.with_extension("log")).unwrap_or_default();
+    for line in log.lines().filter(|l| {
+        l.contains("did not stop in time")
+            || l.contains("change logs shipped at the stop")
+            || l.contains("change logs to ship after the start")
+    }) {
+        eprintln!("  {}", line.split_once("Z ").map_or(line, |(_, rest)| rest));
+    }
+}
+
 fn main() {
     let tenants = common::flag("--tenants", 1000);
     let watch = Duration::from_secs(common::flag("--watch-secs", 10) as u64);
@@ -58,9 +70,25 @@ fn main() {
     let toml = "[host]\nmetrics_listen = \"127.0.0.1:0\"\n[tenants]\nopen_max = 256\n";
     let now = std::env::var("COFFER_BIN").unwrap_or_else(|_| common::BIN.to_string());
     let before = std::env::var("COFFER_BIN_BEFORE").ok();
+    // The metrics address is logged at info.
+    std::env::set_var("COFFER_BENCH_LOG", "info");
 
     let (mut host, addr, operator) = start_configured(&data, toml, &[]);
     let started = Instant::now();
+    // The host's threads (base backups run on threads of their own), sampled.
+    let pid = host.id();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                peak = peak.max(process_status(pid).2);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            peak
+        })
+    };
     for i in 0..tenants {
         let (tenant, admin) = create_tenant(addr, &operator, &format!("tenant {i}"));
         let (status, _) = Conn::open(addr).request(
@@ -77,7 +105,15 @@ fn main() {
     );
     // Their logs ship (segments close after 2 s), then a clean stop.
     std::thread::sleep(Duration::from_secs(3));
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    println!(
+        "host of {now}: {} threads at most while they were created",
+        sampler.join().unwrap()
+    );
+    let stopping = Instant::now();
     common::stop(&mut host);
+    println!("stopped in {:.1} s", stopping.elapsed().as_secs_f64());
+    said(&data);
 
     println!("| binary | the start follows | cold opens in the first {} s | their total time | host RSS then |", watch.as_secs());
     println!("|---|---|---:|---:|---:|");
@@ -118,6 +154,7 @@ fn main() {
         let rss = process_status(host.id()).0;
         println!("| {label} | {follows} | {opens:.0} | {secs:.2} s | {rss} MiB |");
         common::stop(&mut host);
+        said(&data);
     }
     std::env::set_var("COFFER_BIN", &now);
     let _ = std::fs::remove_dir_all(&root);

@@ -59,23 +59,23 @@ impl Background {
     }
 
     /// Cancels the token and waits up to `within` for every loop to return;
-    /// a loop that does not is named in the log and abandoned. Whether every
-    /// loop returned (none may still be in the middle of a step).
-    pub async fn stop(self, within: Duration) -> bool {
+    /// a loop that does not is named in the log and abandoned. Returns the
+    /// names of those (they may still be in the middle of a step).
+    pub async fn stop(self, within: Duration) -> Vec<&'static str> {
         self.stop.cancel();
         let deadline = tokio::time::Instant::now() + within;
-        let mut all = true;
+        let mut late = Vec::new();
         for (name, handle) in self.running {
             match tokio::time::timeout_at(deadline, handle).await {
                 Ok(Ok(())) => tracing::debug!(task = name, "background task stopped"),
                 Ok(Err(error)) => tracing::error!(task = name, %error, "background task failed"),
                 Err(_) => {
-                    all = false;
+                    late.push(name);
                     tracing::warn!(task = name, "background task did not stop in time")
                 }
             }
         }
-        all
+        late
     }
 }
 
@@ -124,7 +124,7 @@ mod tests {
             done.store(true, Ordering::SeqCst);
         });
         tokio::time::sleep(Duration::from_millis(30)).await;
-        assert!(background.stop(Duration::from_secs(5)).await);
+        assert!(background.stop(Duration::from_secs(5)).await.is_empty());
         assert!(finished.load(Ordering::SeqCst));
     }
 }

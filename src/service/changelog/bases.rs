@@ -5,6 +5,36 @@
 
 use super::*;
 
+/// Base backups the host starts for its logs at once, beyond those a
+/// `replicated` write waits for.
+const BASES_AT_ONCE: usize = 2;
+
+/// Whether a base backup may wait for others to finish first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Starts {
+    /// Now, whatever else runs (a `replicated` write waits for it).
+    Now,
+    /// Only while fewer than [`BASES_AT_ONCE`] run.
+    Bounded,
+}
+
+/// Whether `jobs` hold a full backup of the tenant's log generation, done
+/// (its regions may still be verifying it) or still running.
+fn base_among(jobs: &[crate::backup::BackupJob], tenant: &TenantId, generation: &str) -> bool {
+    jobs.iter()
+        .filter(|j| &j.tenant == tenant)
+        .any(|j| match &j.stored {
+            Some(stored) => stored
+                .covers
+                .as_ref()
+                .is_some_and(|c| c.generation == generation),
+            None => matches!(
+                j.state,
+                crate::backup::JobState::Pending | crate::backup::JobState::Running
+            ),
+        })
+}
+
 impl ChangeLog {
     /// `ensure_base` for every tenant whose wait has run out (a tenant that
     /// shipped once and then went quiet still gets its base).
@@ -17,6 +47,13 @@ impl ChangeLog {
             .filter(|(_, since)| since.elapsed() >= self.settings.first_base_after)
             .map(|(key, _)| key.clone())
             .collect();
+        if due.is_empty() {
+            return;
+        }
+        // One read of the jobs for the round, not one per tenant.
+        let jobs = crate::backup::JOBS
+            .all(&self.storage.catalog)
+            .unwrap_or_default();
         for (tenant, generation) in due {
             let active = self
                 .storage
@@ -24,7 +61,7 @@ impl ChangeLog {
                 .tenant(&tenant)
                 .is_some_and(|t| t.state == TenantState::Active);
             if active {
-                self.ensure_base(&tenant, &generation);
+                self.ensure_base_among(&tenant, &generation, &jobs);
             } else {
                 self.unbased
                     .lock()
@@ -45,47 +82,55 @@ impl ChangeLog {
         if self.based.lock().expect("based").contains(&key) {
             return;
         }
-        if self.base_on_its_way(tenant, generation) {
+        let jobs = crate::backup::JOBS
+            .all(&self.storage.catalog)
+            .unwrap_or_default();
+        self.ensure_base_among(tenant, generation, &jobs);
+    }
+
+    /// [`ensure_base`](Self::ensure_base) with the host's backup jobs read.
+    fn ensure_base_among(
+        self: &Arc<Self>,
+        tenant: &TenantId,
+        generation: &str,
+        jobs: &[crate::backup::BackupJob],
+    ) {
+        let key = (tenant.clone(), generation.to_string());
+        if self.based.lock().expect("based").contains(&key) {
+            return;
+        }
+        if base_among(jobs, tenant, generation) {
             self.unbased.lock().expect("unbased").remove(&key);
             self.based.lock().expect("based").insert(key);
             return;
         }
         let due = {
             let mut unbased = self.unbased.lock().expect("unbased");
-            let since = unbased.entry(key).or_insert_with(Instant::now);
-            // A base that fails is tried again after another wait, not in a loop.
-            let due = since.elapsed() >= self.settings.first_base_after;
-            if due {
-                *since = Instant::now();
-            }
-            due
+            let since = unbased.entry(key.clone()).or_insert_with(Instant::now);
+            since.elapsed() >= self.settings.first_base_after
         };
-        if due {
-            self.start_base(
+        let started = due
+            && self.start_base(
                 tenant,
                 "the tenant's changes shipped with no full backup under them",
+                Starts::Bounded,
             );
+        if started {
+            // A base that fails is tried again after another wait, not in a
+            // loop; one not started (others running) is tried next round.
+            if let Some(since) = self.unbased.lock().expect("unbased").get_mut(&key) {
+                *since = Instant::now();
+            }
         }
     }
 
     /// Whether the tenant has a full backup of this generation of its log,
     /// done (its regions may still be verifying it) or still running.
     pub(super) fn base_on_its_way(&self, tenant: &TenantId, generation: &str) -> bool {
-        crate::backup::JOBS
+        let jobs = crate::backup::JOBS
             .all(&self.storage.catalog)
-            .unwrap_or_default()
-            .iter()
-            .filter(|j| &j.tenant == tenant)
-            .any(|j| match &j.stored {
-                Some(stored) => stored
-                    .covers
-                    .as_ref()
-                    .is_some_and(|c| c.generation == generation),
-                None => matches!(
-                    j.state,
-                    crate::backup::JobState::Pending | crate::backup::JobState::Running
-                ),
-            })
+            .unwrap_or_default();
+        base_among(&jobs, tenant, generation)
     }
 
     /// The sequence the tenant's newest done full backup of `generation` covers.
@@ -120,15 +165,34 @@ impl ChangeLog {
     ) {
         let base = self.base_seq(tenant, generation);
         if last.saturating_sub(base) >= self.settings.base_every_changes {
-            self.start_base(tenant, "the log since the last full backup grew long");
+            // Not started when others run: asked again after its next ship.
+            self.start_base(
+                tenant,
+                "the log since the last full backup grew long",
+                Starts::Bounded,
+            );
         }
     }
 
     /// Starts a full backup of the tenant on a thread of its own (one per
-    /// tenant at once).
-    pub(super) fn start_base(self: &Arc<Self>, tenant: &TenantId, why: &'static str) {
-        if !self.basing.lock().expect("basing").insert(tenant.clone()) {
-            return;
+    /// tenant at once); whether it started. A [`Starts::Bounded`] one waits
+    /// while [`BASES_AT_ONCE`] are running (a host of many new tenants does
+    /// not start a backup thread for each at once); one a `replicated`
+    /// write waits for does not.
+    pub(super) fn start_base(
+        self: &Arc<Self>,
+        tenant: &TenantId,
+        why: &'static str,
+        starts: Starts,
+    ) -> bool {
+        {
+            let mut basing = self.basing.lock().expect("basing");
+            if starts == Starts::Bounded && basing.len() >= BASES_AT_ONCE {
+                return false;
+            }
+            if !basing.insert(tenant.clone()) {
+                return false;
+            }
         }
         let (this, id) = (self.clone(), tenant.clone());
         let started = std::thread::Builder::new()
@@ -151,7 +215,9 @@ impl ChangeLog {
             });
         if started.is_err() {
             self.basing.lock().expect("basing").remove(tenant);
+            return false;
         }
+        true
     }
 
     /// A tenant turning `replicated`: its log's base backup is started now
@@ -165,7 +231,11 @@ impl ChangeLog {
             if !self.base_ready(&tenant.id, &generation)
                 && !self.base_on_its_way(&tenant.id, &generation)
             {
-                self.start_base(&tenant.id, "the tenant's writes became replicated");
+                self.start_base(
+                    &tenant.id,
+                    "the tenant's writes became replicated",
+                    Starts::Now,
+                );
             }
         }
     }

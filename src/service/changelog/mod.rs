@@ -193,8 +193,17 @@ impl ChangeLog {
                     Err(error) => tracing::error!(%error, "log retention"),
                 }
             }
-            let due = self.due();
-            for tenant in due {
+            let mut due = self.due().into_iter();
+            while let Some(tenant) = due.next() {
+                // A stop ends the round between two tenants: the rest go back
+                // to pending, for the stop's own `ship_all`.
+                if stop.is_cancelled() {
+                    let mut pending = self.pending.lock().expect("pending");
+                    for rest in std::iter::once(tenant).chain(due.by_ref()) {
+                        pending.entry(rest).or_insert_with(Instant::now);
+                    }
+                    break;
+                }
                 let this = self.clone();
                 let id = tenant.clone();
                 let shipped = crate::tasks::blocking(move || {
@@ -497,6 +506,7 @@ impl ChangeLog {
                 self.start_base(
                     tenant,
                     "a replicated tenant's log needs a base in the regions",
+                    bases::Starts::Now,
                 );
             }
             if based && self.verified_upto(tenant) >= seq {
