@@ -36,6 +36,14 @@ fn base_among(jobs: &[crate::backup::BackupJob], tenant: &TenantId, generation: 
 }
 
 impl ChangeLog {
+    /// The host's backup jobs, as the catalog holds them now (none when it
+    /// cannot be read: a base is then asked for again, never assumed).
+    fn jobs(&self) -> Vec<crate::backup::BackupJob> {
+        crate::backup::JOBS
+            .all(&self.storage.catalog)
+            .unwrap_or_default()
+    }
+
     /// `ensure_base` for every tenant whose wait has run out (a tenant that
     /// shipped once and then went quiet still gets its base).
     pub(super) fn base_the_unbased(self: &Arc<Self>) {
@@ -51,9 +59,7 @@ impl ChangeLog {
             return;
         }
         // One read of the jobs for the round, not one per tenant.
-        let jobs = crate::backup::JOBS
-            .all(&self.storage.catalog)
-            .unwrap_or_default();
+        let jobs = self.jobs();
         for (tenant, generation) in due {
             let active = self
                 .storage
@@ -82,10 +88,7 @@ impl ChangeLog {
         if self.based.lock().expect("based").contains(&key) {
             return;
         }
-        let jobs = crate::backup::JOBS
-            .all(&self.storage.catalog)
-            .unwrap_or_default();
-        self.ensure_base_among(tenant, generation, &jobs);
+        self.ensure_base_among(tenant, generation, &self.jobs());
     }
 
     /// [`ensure_base`](Self::ensure_base) with the host's backup jobs read.
@@ -127,10 +130,7 @@ impl ChangeLog {
     /// Whether the tenant has a full backup of this generation of its log,
     /// done (its regions may still be verifying it) or still running.
     pub(super) fn base_on_its_way(&self, tenant: &TenantId, generation: &str) -> bool {
-        let jobs = crate::backup::JOBS
-            .all(&self.storage.catalog)
-            .unwrap_or_default();
-        base_among(&jobs, tenant, generation)
+        base_among(&self.jobs(), tenant, generation)
     }
 
     /// The sequence the tenant's newest done full backup of `generation` covers.
@@ -138,9 +138,8 @@ impl ChangeLog {
         if let Some(seq) = self.bases.lock().expect("bases").get(tenant) {
             return *seq;
         }
-        let seq = crate::backup::JOBS
-            .all(&self.storage.catalog)
-            .unwrap_or_default()
+        let seq = self
+            .jobs()
             .iter()
             .filter(|j| &j.tenant == tenant)
             .filter_map(|j| j.stored.as_ref()?.covers.clone())
@@ -252,9 +251,8 @@ impl ChangeLog {
             return true;
         }
         let need = self.need();
-        let ready = crate::backup::JOBS
-            .all(&self.storage.catalog)
-            .unwrap_or_default()
+        let ready = self
+            .jobs()
             .iter()
             .filter(|j| &j.tenant == tenant)
             .filter(|j| {
